@@ -1,0 +1,349 @@
+"""smolm135: the architecture, in one file.
+
+A GPT-style decoder: learned token and position embeddings, `n_layer` pre-norm blocks of causal
+self-attention (through `scaled_dot_product_attention`, i.e. flash attention where the hardware has it)
+and a SwiGLU MLP, a final RMSNorm, and an output head tied to the token embedding.
+
+Notebook usage, as in the original recipe:
+
+    from smollm135_model import SmoLM135_Model, config
+    model = SmoLM135_Model(config)
+    model.load_state_dict(torch.load(path)['model_state_dict'])
+    model.generate(input_ids, max_length=100, temperature=0.7)   # prompt + continuation
+
+Every other file of the project imports its layers from here; none re-implements one.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+# GPT-2's BPE has 50,257 tokens. Padding the embedding to a multiple of 64 keeps the output matmul on
+# fast tensor-core tile sizes; the 47 extra rows are never produced by the tokenizer.
+GPT2_VOCAB_SIZE = 50257
+VOCAB_PADDING_MULTIPLE = 64
+
+
+def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_PADDING_MULTIPLE) -> int:
+    return ((n_tokens + multiple - 1) // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every architectural choice, as plain data (it is stored inside every checkpoint)."""
+
+    vocab_size: int = padded_vocab_size(GPT2_VOCAB_SIZE)  # 50,304
+    block_size: int = 2048  # context length: rows of the learned position embedding
+    n_layer: int = 30
+    n_head: int = 9  # head dim = n_embd / n_head = 64
+    n_kv_head: int | None = None  # grouped-query attention; None means n_head (3 gives SmolLM-135M's layout)
+    n_embd: int = 576
+    intermediate_size: int = 1536  # SwiGLU hidden width
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> list[str]:
+        """Problems with this config, as sentences (empty when it is usable)."""
+        problems = []
+        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
+            if getattr(self, field) <= 0:
+                problems.append(f"{field} must be positive, got {getattr(self, field)}")
+        if not problems and self.n_embd % self.n_head:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not problems and self.n_head % self.n_kv_head:
+            problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        return problems
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Presets are data, not if-chains. `smolm135` is the seed model (about 149.6M parameters, see the README for
+# why not 135M); `tiny` shares the tokenizer and layout and trains at thousands of tokens/s on 2 CPU cores.
+PRESETS: dict[str, ModelConfig] = {
+    "smolm135": ModelConfig(),
+    "smolm135-gqa": ModelConfig(n_kv_head=3),  # SmolLM-135M's attention layout: about 136.4M parameters
+    "tiny": ModelConfig(block_size=512, n_layer=4, n_head=4, n_embd=128, intermediate_size=384),
+}
+
+# The seed's notebooks do `from smollm135_model import SmoLM135_Model, config`.
+config = PRESETS["smolm135"]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        # q, k and v in one matmul: one kernel launch instead of three
+        self.qkv_proj = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
+        self.o_proj.is_residual_projection = True
+
+    def forward(self, x, kv_cache: "KVCache | None" = None, layer_idx: int = 0, attn_mask=None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv_proj(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        past_length = 0
+        if kv_cache is not None:
+            past_length = kv_cache.length
+            k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
+        if attn_mask is None and past_length and T > 1:
+            # SDPA's is_causal aligns the triangle top-left; with a cache the queries are the *last* T
+            # positions, so the mask must be aligned bottom-right.
+            attn_mask = torch.ones(T, past_length + T, dtype=torch.bool, device=x.device).tril(past_length)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and past_length == 0 and T > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        # gate and up projections fused into one matmul; down_proj maps back to the residual stream
+        self.gate_up_proj = nn.Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+        self.down_proj.is_residual_projection = True
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, I) each
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = SwiGLUMLP(cfg)
+
+    def forward(self, x, kv_cache=None, layer_idx: int = 0, attn_mask=None):
+        x = x + self.attn(self.attn_norm(x), kv_cache, layer_idx, attn_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for the whole generation so decoding never reallocates."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_length: int, device, dtype):
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_length, cfg.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far; advanced by the model after all layers have run
+
+    def update(self, layer_idx: int, k, v):
+        end = self.length + k.shape[2]
+        self.keys[layer_idx, :, :, self.length:end] = k
+        self.values[layer_idx, :, :, self.length:end] = v
+        return self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
+
+
+class SmoLM135_Model(nn.Module):
+    def __init__(self, cfg: ModelConfig = config):
+        super().__init__()
+        problems = cfg.validate()
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+        self.config = cfg
+        self.gradient_checkpointing = False
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            # weight tying (Press & Wolf 2017): one matrix reads tokens in and writes logits out
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                # GPT-2: scale the projections into the residual stream by 1/sqrt(2 * n_layer) so its
+                # variance does not grow with depth (two such projections per block).
+                std = std / math.sqrt(2 * self.config.n_layer)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, position_ids=None, attn_mask=None,
+                logits_to_keep: int = 0):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With `targets` (B, T) the loss is the mean next-token cross entropy (ignore_index -100).
+        `logits_to_keep` > 0 computes logits for only the last that many positions (sampling needs one),
+        which saves most of the (T, vocab) output matmul. `position_ids` (B, T) override the positions
+        (left-padded batches); `attn_mask` is an explicit SDPA mask (B or 1, 1, T, S) for such batches.
+        """
+        B, T = idx.shape
+        past_length = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            if past_length + T > self.config.block_size:
+                raise ValueError(
+                    f"sequence of {past_length + T} tokens is longer than the context length "
+                    f"({self.config.block_size}); crop the input or use a model with a larger block_size"
+                )
+            position_ids = torch.arange(past_length, past_length + T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        for layer_idx, block in enumerate(self.transformer.h):
+            if self.gradient_checkpointing and self.training:
+                # recompute activations in the backward pass: memory ~ one block instead of n_layer
+                x = checkpoint(block, x, None, layer_idx, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, layer_idx, attn_mask)
+        if kv_cache is not None:
+            kv_cache.length += T
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -logits_to_keep:, :] if logits_to_keep else x), None  # (B, T or k, V)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # ---------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_length: int | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue `input_ids` (B, T) or (T,); returns prompt + continuation, like transformers' generate.
+
+        `max_length` counts the prompt (the seed's usage), `max_new_tokens` does not; give one (default:
+        50 new tokens). `temperature` 0 decodes greedily. `top_k` keeps the k likeliest tokens, `top_p` the
+        smallest set whose probability reaches p. Rows that emit `eos_token_id` stop and are padded with it.
+        Generation stops, with a warning, at the context length `config.block_size`.
+        """
+        squeeze = input_ids.dim() == 1
+        idx = input_ids.unsqueeze(0) if squeeze else input_ids
+        B, prompt_length = idx.shape
+        if max_new_tokens is None:
+            max_new_tokens = (max_length - prompt_length) if max_length is not None else 50
+        max_new_tokens = max(0, max_new_tokens)
+        room = self.config.block_size - prompt_length
+        if max_new_tokens > room:
+            warnings.warn(
+                f"generation stops at the context length of {self.config.block_size} tokens: "
+                f"{max(room, 0)} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
+                stacklevel=2,
+            )
+            max_new_tokens = max(room, 0)
+        if max_new_tokens == 0:
+            return input_ids
+
+        was_training = self.training
+        self.eval()
+        param = self.lm_head.weight
+        kv_cache = KVCache(self.config, B, prompt_length + max_new_tokens, param.device, param.dtype) if use_cache else None
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        step_input = idx
+        for _ in range(max_new_tokens):
+            logits, _ = self(step_input if use_cache else idx, kv_cache=kv_cache, logits_to_keep=1)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            if eos_token_id is not None:
+                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+                finished |= next_token == eos_token_id
+            idx = torch.cat([idx, next_token[:, None]], dim=1)
+            step_input = next_token[:, None]
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        self.train(was_training)
+        return idx[0] if squeeze else idx
+
+    # ---------------------------------------------------------------- reporting
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter count split into embeddings (token + position) and the rest; tied weights count once."""
+        token = self.transformer.wte.weight.numel()
+        position = self.transformer.wpe.weight.numel()
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        return {"token_embedding": token, "position_embedding": position,
+                "non_embedding": total - token - position, "total": total}
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward = 6 per weight, plus attention), PaLM appendix B."""
+        n_matmul_params = self.num_parameters()["total"] - self.transformer.wpe.weight.numel()
+        cfg = self.config
+        return 6 * n_matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def sample_next_token(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
+    """logits (B, V) -> next token ids (B,). temperature 0 means greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth_value = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_value, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens before it already reach top_p (so the top token always survives)
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def build_model(cfg: ModelConfig | str = "smolm135", **overrides) -> SmoLM135_Model:
+    """A fresh model from a preset name or a config, with optional field overrides."""
+    if isinstance(cfg, str):
+        cfg = PRESETS[cfg]
+    return SmoLM135_Model(replace(cfg, **overrides) if overrides else cfg)
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """Strip torch.compile's `_orig_mod.` and DDP's `module.` prefixes so a checkpoint always loads."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
+        cleaned[key.replace("._orig_mod.", ".")] = value
+    return cleaned
