@@ -1,0 +1,53 @@
+"""Shared fixtures: a generated corpus and tiny training configs, so the suite runs on 2 CPU cores."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from train_config import TrainConfig  # noqa: E402
+
+
+def make_corpus_text(n_sentences: int = 4000, seed: int = 0) -> str:
+    """Sentences from a small grammar: varied enough to need learning, regular enough to learn fast."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my friend", "the old king", "a young bird", "the sailor"]
+    verbs = ["sees", "likes", "follows", "remembers", "finds", "carries"]
+    objects = ["the moon", "a red apple", "the river", "an old song", "the green hill", "a small boat"]
+    endings = [".", "!", " today.", " at night.", " again."]
+    lines = []
+    for _ in range(n_sentences):
+        lines.append(f"{rng.choice(subjects).capitalize()} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(endings)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_corpus_text(), encoding="utf-8")
+    return path
+
+
+def tiny_train_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
+    """The tiny preset with a recipe small enough for a test: a few steps of 8 x 32 tokens."""
+    values = dict(data=str(data), out_dir=str(out_dir), preset="tiny", max_steps=30, batch_size=8, seq_len=32,
+                  lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=4, checkpoint_every=10,
+                  sample_every=15, sample_tokens=12, device="cpu", dtype="float32", progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus_file, tmp_path_factory):
+    """One short tiny-preset training run, shared by the tests that inspect its outputs."""
+    from Model_smollm135_trainer import train
+
+    out_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_train_config(corpus_file, out_dir)
+    model, summary = train(cfg)
+    return cfg, model, summary, out_dir
