@@ -1,0 +1,107 @@
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+import smollm135_model
+from conftest import REPO_ROOT, tiny_train_config
+from errors import UserError
+from Model_smollm135_trainer import train
+from train_config import TrainConfig, get_lr
+
+TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
+
+
+def test_defaults_are_the_seed_recipe():
+    cfg = TrainConfig()
+    assert (cfg.batch_size, cfg.seq_len, cfg.max_steps, cfg.warmup_steps, cfg.checkpoint_every, cfg.sample_every) == (
+        32, 128, 5000, 2000, 500, 500)
+    assert (cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.beta1, cfg.beta2) == (6e-4, 0.1, 1.0, 0.9, 0.95)
+    assert cfg.final_lr == pytest.approx(6e-5)
+    assert cfg.preset == "smolm135" and cfg.data == "input.txt" and cfg.out_dir == "." and cfg.resume == "auto"
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_ten_percent():
+    cfg = TrainConfig()
+    assert get_lr(0, cfg) == pytest.approx(6e-4 / 2000)
+    assert get_lr(999, cfg) == pytest.approx(3e-4)
+    assert get_lr(1999, cfg) == pytest.approx(6e-4)
+    assert get_lr(3500, cfg) == pytest.approx((6e-4 + 6e-5) / 2)
+    assert get_lr(5000, cfg) == pytest.approx(6e-5)
+    assert get_lr(9000, cfg) == pytest.approx(6e-5)
+    lrs = [get_lr(s, cfg) for s in range(2000, 5000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
+    cfg, model, summary, out_dir = trained_run
+    assert summary["steps"] == 30 and summary["tokens_seen"] == 30 * 8 * 32
+    assert summary["initial_val_loss"] > 10.0
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 3.0
+    assert (out_dir / "checkpoints" / "latest.pt").is_file()
+    finals = list((out_dir / "models").glob("final_model_*.pt"))
+    logs = list((out_dir / "logs").glob("training_*.log"))
+    plots = list((out_dir / "logs").glob("loss_*.png"))
+    assert len(finals) == len(logs) == len(plots) == 1
+    assert str(finals[0]) == summary["final_model_path"]
+    assert plots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_log_holds_config_parameters_device_steps_validation_and_samples(trained_run):
+    _, _, summary, _ = trained_run
+    log = open(summary["log_path"], encoding="utf-8").read()
+    for expected in ("config: {", "7,357,568 parameters", "on cpu", "step 30/30 | loss", "| lr ", "grad_norm",
+                     "tok/s", "validation loss", "step 15 sample:", "summary:"):
+        assert expected in log, expected
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(trained_run):
+    cfg, model, summary, out_dir = trained_run
+    for path in [out_dir / "checkpoints" / "latest.pt", summary["final_model_path"]]:
+        state = torch.load(path, weights_only=True)
+        assert state["step"] == 30
+        rebuilt = smollm135_model.SmoLM135_Model(smollm135_model.ModelConfig.from_dict(state["model_config"]))
+        rebuilt.load_state_dict(state["model_state_dict"])
+        assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model_state_dict"])
+        for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()):
+            assert torch.equal(a, b.cpu())
+
+
+def test_checkpoints_keep_only_the_newest(trained_run):
+    _, _, _, out_dir = trained_run
+    assert sorted(p.name for p in (out_dir / "checkpoints").glob("step_*.pt")) == ["step_0000020.pt", "step_0000030.pt"]
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(corpus_file, tmp_path, monkeypatch):
+    small = replace(smollm135_model.PRESETS["tiny"], vocab_size=256)
+    monkeypatch.setitem(smollm135_model.PRESETS, "small-vocab", small)
+    with pytest.raises(UserError, match="outside the model's vocabulary of 256"):
+        train(tiny_train_config(corpus_file, tmp_path, preset="small-vocab"))
+
+
+def run_trainer(*args, cwd):
+    return subprocess.run([sys.executable, TRAINER, "--preset", "tiny", "--device", "cpu", "--no-progress", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "missing.txt"], "does not exist"),
+    (["--data", "empty.txt"], "is empty"),
+    (["--data", "short.txt"], "needs at least"),
+    (["--data", "short.txt", "--seq-len", "4096"], "longer than the tiny context length"),
+    (["--max-steps", "0"], "--max-steps must be positive"),
+    (["--batch-size", "-2"], "--batch-size must be positive"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("only a few words here\n")
+    result = run_trainer(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not list(tmp_path.glob("models/*.pt"))

@@ -1,0 +1,143 @@
+"""The training recipe as one frozen dataclass, its validation, the learning-rate schedule, and the
+command-line flags that fill it (shared by the trainer and continue_training.py)."""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, fields
+
+from data import DEFAULT_DATA
+from errors import UserError
+from smollm135_model import PRESETS, ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults are the seed recipe: 5,000 steps of 32 x 128 tokens, AdamW, lr 6e-4 with 2,000 warm-up steps
+    and cosine decay to 10%, bf16 autocast where supported."""
+
+    data: str = DEFAULT_DATA
+    preset: str = "smolm135"
+    max_steps: int = 5000
+    batch_size: int = 32  # sequences per micro-batch per process; global = batch_size * grad_accum * processes
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr: float | None = None  # None: 10% of lr
+    warmup_steps: int = 2000
+    lr_decay_steps: int | None = None  # where the cosine reaches min_lr; None: max_steps
+    weight_decay: float = 0.1  # applied to matrices only (see configure_optimizer)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    sample_prompt: str = "The "
+    sample_tokens: int = 100
+    eval_every: int = 250
+    eval_batches: int = 20
+    val_fraction: float = 0.1
+    log_every: int = 1
+    out_dir: str = "."
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast dtype)
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 1337
+    resume: str = "auto"  # auto | never | PATH
+    progress: bool = True  # console progress bar
+
+    @property
+    def final_lr(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.lr / 10
+
+    @property
+    def decay_steps(self) -> int:
+        return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
+
+    def model_config(self) -> ModelConfig:
+        return PRESETS[self.preset]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Collect every problem with the recipe and raise once, naming the flags to fix."""
+    problems = []
+    for name in ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
+                 "eval_every", "eval_batches", "log_every", "keep_checkpoints"):
+        value = getattr(cfg, name)
+        if value <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        problems.append(f"--lr must be a positive number (got {cfg.lr})")
+    if cfg.min_lr is not None and not 0 <= cfg.min_lr <= cfg.lr:
+        problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
+    if cfg.warmup_steps < 0:
+        problems.append(f"--warmup-steps cannot be negative (got {cfg.warmup_steps})")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
+        problems.append("--weight-decay and --grad-clip cannot be negative")
+    if not 0 < cfg.val_fraction < 1:
+        problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
+    if cfg.preset not in PRESETS:
+        problems.append(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    elif cfg.seq_len > PRESETS[cfg.preset].block_size:
+        problems.append(f"--seq-len {cfg.seq_len} is longer than the {cfg.preset} context length "
+                        f"({PRESETS[cfg.preset].block_size}): lower --seq-len")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then the floor."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.decay_steps:
+        return cfg.final_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.decay_steps - cfg.warmup_steps)
+    return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
+
+
+# ------------------------------------------------------------------ command line
+
+_HELP = {
+    "data": "text file, folder of .txt files, or glob (default input.txt; written from Shakespeare if absent)",
+    "preset": f"model size: {', '.join(PRESETS)}",
+    "batch_size": "sequences per micro-batch per process",
+    "grad_accum": "micro-batches per optimizer step",
+    "min_lr": "learning rate at the end of the cosine (default: lr / 10)",
+    "lr_decay_steps": "step at which the cosine reaches min-lr (default: max-steps)",
+    "out_dir": "root of checkpoints/, models/ and logs/",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "dtype": "autocast precision: auto (bf16 where supported), float32, bfloat16, float16",
+    "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
+    "compile": "torch.compile the model",
+    "grad_checkpointing": "recompute activations in backward to save memory",
+    "progress": "show the console progress bar",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass."""
+    for field in fields(TrainConfig):
+        if only is not None and field.name not in only:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=_HELP.get(field.name))
+        else:
+            kind = {int: int, float: float, str: str}.get(type(default), float if "lr" in field.name else int)
+            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name, f"default {default}"))
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known}
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -1,0 +1,60 @@
+"""The run's log file and its loss plot (only the main process writes either)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """Appends timestamped lines to logs/<name>.log; `say` also prints them above the progress bar."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, message: str) -> None:
+        if self._file is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            for line in message.splitlines() or [""]:
+                self._file.write(f"{stamp} {line}\n")
+
+    def say(self, message: str) -> None:
+        self.write(message)
+        if self.path is not None:
+            tqdm.write(message)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def plot_losses(history: dict, path: Path, title: str) -> Path:
+    """PNG of training and validation loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    if history["train"]:
+        steps, losses = zip(*history["train"])
+        ax.plot(steps, losses, label="train", linewidth=1, alpha=0.8)
+    if history["val"]:
+        steps, losses = zip(*history["val"])
+        ax.plot(steps, losses, label="validation", marker="o", markersize=3, linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
