@@ -262,7 +262,16 @@ class SmoLM135_Model(nn.Module):
         """
         squeeze = input_ids.dim() == 1
         idx = input_ids.unsqueeze(0) if squeeze else input_ids
-        B, prompt_length = idx.shape
+        new_tokens = list(self.generate_stream(idx, max_length, max_new_tokens, temperature, top_k, top_p,
+                                               eos_token_id, generator, use_cache))
+        out = torch.cat([idx] + [token[:, None] for token in new_tokens], dim=1)
+        return out[0] if squeeze else out
+
+    @torch.no_grad()
+    def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=1.0, top_k=None,
+                        top_p=None, eos_token_id=None, generator=None, use_cache=True):
+        """Like `generate`, but yields each new token (B,) as soon as it is decoded (for streaming UIs)."""
+        B, prompt_length = input_ids.shape
         if max_new_tokens is None:
             max_new_tokens = (max_length - prompt_length) if max_length is not None else 50
         max_new_tokens = max(0, max_new_tokens)
@@ -271,30 +280,33 @@ class SmoLM135_Model(nn.Module):
             warnings.warn(
                 f"generation stops at the context length of {self.config.block_size} tokens: "
                 f"{max(room, 0)} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
-                stacklevel=2,
+                stacklevel=3,
             )
             max_new_tokens = max(room, 0)
         if max_new_tokens == 0:
-            return input_ids
+            return
 
         was_training = self.training
         self.eval()
         param = self.lm_head.weight
         kv_cache = KVCache(self.config, B, prompt_length + max_new_tokens, param.device, param.dtype) if use_cache else None
-        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        step_input = idx
-        for _ in range(max_new_tokens):
-            logits, _ = self(step_input if use_cache else idx, kv_cache=kv_cache, logits_to_keep=1)
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            if eos_token_id is not None:
-                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
-                finished |= next_token == eos_token_id
-            idx = torch.cat([idx, next_token[:, None]], dim=1)
-            step_input = next_token[:, None]
-            if eos_token_id is not None and bool(finished.all()):
-                break
-        self.train(was_training)
-        return idx[0] if squeeze else idx
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        idx, step_input = input_ids, input_ids
+        try:
+            for _ in range(max_new_tokens):
+                logits, _ = self(step_input if use_cache else idx, kv_cache=kv_cache, logits_to_keep=1)
+                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+                if eos_token_id is not None:
+                    next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+                    finished |= next_token == eos_token_id
+                yield next_token
+                step_input = next_token[:, None]  # (B, 1): with the cache only the new token is fed
+                if not use_cache:
+                    idx = torch.cat([idx, step_input], dim=1)
+                if eos_token_id is not None and bool(finished.all()):
+                    break
+        finally:
+            self.train(was_training)
 
     # ---------------------------------------------------------------- reporting
 

@@ -151,3 +151,10 @@ def test_clean_state_dict_strips_compile_and_ddp_prefixes():
 def test_invalid_model_config_is_refused():
     with pytest.raises(ValueError, match="divisible"):
         build_model("tiny", n_head=3)
+
+
+def test_streamed_tokens_are_the_generated_continuation(tiny_model):
+    prompt = torch.randint(0, 50257, (2, 6))
+    streamed = list(tiny_model.generate_stream(prompt, max_new_tokens=9, temperature=0))
+    assert len(streamed) == 9 and all(t.shape == (2,) for t in streamed)
+    assert torch.equal(torch.stack(streamed, dim=1), tiny_model.generate(prompt, max_new_tokens=9, temperature=0)[:, 6:])
