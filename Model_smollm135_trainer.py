@@ -7,7 +7,7 @@
 From a notebook: `model, summary = train(TrainConfig(preset="tiny", max_steps=200))`.
 
 Outputs under --out-dir: checkpoints/latest.pt (every --checkpoint-every steps), models/final_model_<ts>.pt,
-logs/training_<ts>.log and logs/loss_<ts>.png.
+logs/training_<ts>.log and logs/training_<ts>.png (the loss curves).
 """
 from __future__ import annotations
 
@@ -137,11 +137,19 @@ def config_mismatch(saved: dict, wanted: dict) -> list[str]:
 
 
 def find_resume_state(cfg: TrainConfig, checkpoint_dir: Path, log: RunLog) -> tuple[Path, dict] | None:
-    if cfg.resume == "never":
-        return None
+    """The checkpoint to continue from: this run's own (per --resume), else --init-from, else none."""
+    found = None
     if cfg.resume == "auto":
-        return newest_intact_checkpoint(checkpoint_dir, warn=log.say)
-    return Path(cfg.resume), load_checkpoint(cfg.resume)
+        found = newest_intact_checkpoint(checkpoint_dir, warn=log.say)
+        if found is not None and found[1].get("train_config", {}).get("init_from") != cfg.init_from:
+            log.say(f"ignoring {found[0]}: it started from {found[1]['train_config'].get('init_from')}, "
+                    f"this run from {cfg.init_from}")
+            found = None
+    elif cfg.resume != "never":
+        found = Path(cfg.resume), load_checkpoint(cfg.resume)
+    if found is None and cfg.init_from:
+        found = Path(cfg.init_from), load_checkpoint(cfg.init_from)
+    return found
 
 
 def restore(state: dict, model, optimizer, progress: Progress) -> None:
@@ -287,12 +295,14 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
             raise UserError(f"checkpoint {path} was trained with a different model ({'; '.join(differences)}): "
                             f"use the same --preset, or --resume never to start fresh")
         restore(state, model, optimizer, progress)
-        log.say(f"resumed from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen)")
+        log.say(f"continuing from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen, "
+                f"last train loss {_fmt(progress.last_train_loss)}, validation loss {_fmt(progress.last_val_loss)})")
     if progress.step >= cfg.max_steps:
         log.say(f"step {progress.step} already reaches --max-steps {cfg.max_steps}: nothing to train "
                 f"(raise --max-steps to train longer, or pass --resume never to start over)")
-        return model, summarize(progress, None, log, None)
+        return model, summarize(progress, progress.step, None, log, None)
 
+    start_step = progress.step
     step_model = torch.compile(model) if cfg.compile else model
     if distributed.enabled:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -302,7 +312,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     def save(path_kind: str) -> Path:
         state = training_state(model, optimizer, cfg, progress, corpus, global_batch)
         if path_kind == "final":
-            return save_atomic(state, out_dir / layout.final_dir / f"{layout.final_prefix}_{timestamp}.pt")
+            return save_atomic(state, unused_path(out_dir / layout.final_dir / f"{layout.final_prefix}_{timestamp}.pt"))
         return save_training_checkpoint(state, checkpoint_dir, progress.step, cfg.keep_checkpoints)
 
     def evaluate_and_record():
@@ -388,29 +398,49 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     if stopped_by:
         log.say(f"stopped by {stopped_by} at step {progress.step}: checkpoint saved to "
                 f"{checkpoint_dir / 'latest.pt'}; run the same command again to resume")
-        return model, summarize(progress, None, log, stopped_by)
+        return model, summarize(progress, start_step, None, log, stopped_by)
     final_path = save("final") if distributed.is_main else None
     if distributed.is_main:
-        plot_path = plot_losses(progress.history, out_dir / "logs" / f"loss_{timestamp}.png",
+        plot_path = plot_losses(progress.history, out_dir / "logs" / f"{layout.log_prefix}_{timestamp}.png",
                                 f"smolm135 {cfg.preset} on {corpus.name}")
         log.say(f"saved {final_path}; loss plot {plot_path}")
-    return model, summarize(progress, final_path, log, None)
+    return model, summarize(progress, start_step, final_path, log, None)
 
 
-def summarize(progress: Progress, final_path: Path | None, log: RunLog, stopped_by: str | None) -> dict:
+def summarize(progress: Progress, start_step: int, final_path: Path | None, log: RunLog,
+              stopped_by: str | None) -> dict:
+    this_run = [loss for step, loss in progress.history["train"] if step > start_step]
     summary = {
         "steps": progress.step,
+        "start_step": start_step,
         "tokens_seen": progress.tokens_seen,
         "seconds": round(progress.elapsed_seconds, 2),
         "final_train_loss": progress.last_train_loss,
         "final_val_loss": progress.last_val_loss,
         "initial_val_loss": progress.history["val"][0][1] if progress.history["val"] else None,
+        "first_train_loss_this_run": this_run[0] if this_run else None,
         "final_model_path": str(final_path) if final_path else None,
         "log_path": str(log.path) if log.path else None,
         "stopped_by": stopped_by,
     }
+    if this_run:
+        log.say(f"train loss over steps {start_step + 1}-{progress.step}: first {this_run[0]:.4f}, "
+                f"last {this_run[-1]:.4f}, mean {sum(this_run) / len(this_run):.4f}")
     log.say("summary: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or `path` with _2, _3, ... before the suffix when two runs finish in the same second."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
 
 
 def build_parser() -> argparse.ArgumentParser:

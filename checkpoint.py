@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a torn or foreign file
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt: "
-                              f"{type(error).__name__}); it was left in place for inspection") from None
+                              f"{type(error).__name__})") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a smolm135 checkpoint (no model_state_dict/model_config)")
     return state
@@ -99,13 +99,18 @@ def step_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 
 def newest_intact_checkpoint(checkpoint_dir: Path, warn=print) -> tuple[Path, dict] | None:
-    """latest.pt if it loads, else the newest step file that does; corrupt files are reported and kept."""
-    candidates = [checkpoint_dir / LATEST] + step_checkpoints(checkpoint_dir)
+    """latest.pt if it loads, else the newest step file that does; None when there is no checkpoint.
+    A corrupt file is renamed to `<name>.corrupt` (kept as evidence, out of the way of the next save);
+    when every checkpoint is corrupt, CheckpointError: never silently start over."""
+    candidates = [p for p in [checkpoint_dir / LATEST] + step_checkpoints(checkpoint_dir) if p.exists()]
     for path in candidates:
-        if not path.exists():
-            continue
         try:
             return path, load_checkpoint(path)
         except CheckpointError as error:
-            warn(f"warning: {error}; trying an older checkpoint")
+            evidence = path.with_name(path.name + ".corrupt")
+            os.replace(path, evidence)
+            warn(f"warning: {error}; moved it to {evidence}")
+    if candidates:
+        raise CheckpointError(f"no intact checkpoint left in {checkpoint_dir} (the corrupt ones were renamed "
+                              f"*.corrupt): pass --resume never to start fresh, or --resume PATH")
     return None

@@ -46,6 +46,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     seed: int = 1337
     resume: str = "auto"  # auto | never | PATH
+    init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
     progress: bool = True  # console progress bar
 
     @property
@@ -115,6 +116,7 @@ _HELP = {
     "device": "auto, cpu, cuda, cuda:N or mps",
     "dtype": "autocast precision: auto (bf16 where supported), float32, bfloat16, float16",
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
+    "init_from": "start from this checkpoint (weights, optimizer, step) when there is nothing to resume",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
@@ -132,7 +134,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=_HELP.get(field.name))
         else:
-            kind = {int: int, float: float, str: str}.get(type(default), float if "lr" in field.name else int)
+            kind = {"int": int, "float": float, "str": str}[str(field.type).split(" |")[0]]
             parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name, f"default {default}"))
 
 

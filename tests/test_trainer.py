@@ -43,7 +43,7 @@ def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
     assert (out_dir / "checkpoints" / "latest.pt").is_file()
     finals = list((out_dir / "models").glob("final_model_*.pt"))
     logs = list((out_dir / "logs").glob("training_*.log"))
-    plots = list((out_dir / "logs").glob("loss_*.png"))
+    plots = list((out_dir / "logs").glob("training_*.png"))
     assert len(finals) == len(logs) == len(plots) == 1
     assert str(finals[0]) == summary["final_model_path"]
     assert plots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,92 @@
+"""Train a finished model for more steps, picking up its optimizer and schedule where they stopped.
+
+    python continue_training.py                      # newest models/final_model_*.pt, 50 more steps
+    python continue_training.py --steps 500 --data more_text.txt --lr 1e-4
+
+Writes continued_models/continued_model_<ts>.pt and logs/continued_training_<ts>.log. The training loop is
+the trainer's own (`Model_smollm135_trainer.train`); this file only decides where to start and for how long.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, replace
+from pathlib import Path
+
+from checkpoint import LATEST, CheckpointError, load_checkpoint
+from errors import UserError, run_cli
+from Model_smollm135_trainer import TRAINING, RunLayout, train
+from train_config import TrainConfig, add_train_arguments
+
+CONTINUED = RunLayout(checkpoint_dir="checkpoints/continued", final_dir="continued_models",
+                      final_prefix="continued_model", log_prefix="continued_training")
+DEFAULT_EXTRA_STEPS = 50
+
+
+def newest_final_model(out_dir: str | Path) -> Path:
+    """The newest models/final_model_<timestamp>.pt (timestamps sort as text)."""
+    finals = sorted((Path(out_dir) / TRAINING.final_dir).glob(f"{TRAINING.final_prefix}_*.pt"))
+    if not finals:
+        raise UserError(f"no {TRAINING.final_dir}/{TRAINING.final_prefix}_*.pt under {out_dir}: train a model first "
+                        f"with `python Model_smollm135_trainer.py` (or pass --checkpoint PATH)")
+    return finals[-1]
+
+
+def continued_config(source: Path, state: dict, steps: int, out_dir: str, data: str | None = None,
+                     lr: float | None = None, **overrides) -> TrainConfig:
+    """The original run's recipe, extended by `steps`. The cosine keeps its original horizon, so the
+    learning rate continues from where the schedule was (the floor, after a full run). `lr` instead sets
+    a constant learning rate for the added steps."""
+    known = {f.name for f in fields(TrainConfig)}
+    original = TrainConfig(**{k: v for k, v in state.get("train_config", {}).items() if k in known})
+    cfg = replace(original, max_steps=int(state["step"]) + steps, lr_decay_steps=original.decay_steps,
+                  init_from=str(source), resume="never", out_dir=out_dir, data=data or original.data, **overrides)
+    if lr is not None:
+        cfg = replace(cfg, lr=lr, min_lr=lr, warmup_steps=0)
+    return cfg
+
+
+def interrupted_continuation(cfg: TrainConfig) -> Path | None:
+    """The checkpoint of an unfinished continuation of the same model, to resume rather than restart.
+    A finished one is not resumed: every call adds `steps` to the source model."""
+    latest = Path(cfg.out_dir) / CONTINUED.checkpoint_dir / LATEST
+    try:
+        state = load_checkpoint(latest)
+    except CheckpointError:
+        return None
+    same_start = state.get("train_config", {}).get("init_from") == cfg.init_from
+    return latest if same_start and state["step"] < cfg.max_steps else None
+
+
+def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
+                      data: str | None = None, lr: float | None = None, **overrides):
+    """Continue a finished model for `steps` more steps; returns (model, summary) like `train`."""
+    if steps <= 0:
+        raise UserError(f"--steps must be positive (got {steps})")
+    source = Path(checkpoint) if checkpoint else newest_final_model(out_dir)
+    state = load_checkpoint(source)
+    cfg = continued_config(source, state, steps, out_dir, data, lr, **overrides)
+    print(f"continuing {source} from step {state['step']} (train loss {state.get('train_loss')}, "
+          f"validation loss {state.get('val_loss')}) for {steps} more steps")
+    unfinished = interrupted_continuation(cfg)
+    model, summary = train(replace(cfg, resume=str(unfinished)) if unfinished else cfg, CONTINUED)
+    summary["continued_from"] = str(source)
+    return model, summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="model to continue (default: newest models/final_model_*.pt)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
+    parser.add_argument("--data", default=None, help="text to train on (default: the original run's)")
+    parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "
+                        "(default: the original schedule continues)")
+    add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress"})
+    args = parser.parse_args(argv)
+    _, summary = continue_training(args.checkpoint, args.steps, args.out_dir, args.data, args.lr,
+                                   device=args.device, dtype=args.dtype, compile=args.compile,
+                                   progress=args.progress)
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,83 @@
+"""continue_training.py: more steps from the newest final model, through the trainer's own loop."""
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from continue_training import CONTINUED, continue_training, continued_config
+from Model_smollm135_trainer import train
+
+CONTINUE = str(REPO_ROOT / "continue_training.py")
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """A private copy of the shared trained run, so continuing it leaves the original untouched."""
+    _, _, _, out_dir = trained_run
+    shutil.copytree(out_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir):
+    result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(run_dir), "--no-progress"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    (continued,) = run_dir.glob("continued_models/continued_model_*.pt")
+    (log_path,) = run_dir.glob("logs/continued_training_*.log")
+    original, state = torch.load(source, weights_only=True), torch.load(continued, weights_only=True)
+    assert state["step"] == original["step"] + 50
+    assert state["train_config"]["batch_size"] == original["train_config"]["batch_size"]
+    assert state["train_config"]["seq_len"] == original["train_config"]["seq_len"]
+    log = log_path.read_text()
+    assert f"continuing from {source} at step {original['step']}" in log
+    assert f"last train loss {original['train_loss']:.4f}" in log
+    assert f"train loss over steps {original['step'] + 1}-{original['step'] + 50}: first" in log
+
+
+def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir):
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    original = torch.load(source, weights_only=True)
+    _, summary = continue_training(out_dir=str(run_dir), steps=3)
+    recent = [loss for _, loss in original["history"]["train"][-5:]]
+    assert abs(summary["first_train_loss_this_run"] - sum(recent) / len(recent)) < 0.5
+    assert summary["first_train_loss_this_run"] < original["history"]["val"][0][1] - 3  # far from a restart
+    # the optimizer continued: its step count went on from the original's
+    state = torch.load(summary["final_model_path"], weights_only=True)
+    first_param_state = next(iter(state["optimizer_state_dict"]["state"].values()))
+    assert int(first_param_state["step"]) == original["step"] + 3
+
+
+def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("A completely different text about boats and rivers.\n" * 400)
+    out_dir = tmp_path / "elsewhere"
+    _, summary = continue_training(checkpoint=str(source), steps=4, out_dir=str(out_dir), data=str(other_text),
+                                   lr=1e-4)
+    assert summary["steps"] == torch.load(source, weights_only=True)["step"] + 4
+    assert summary["final_model_path"].startswith(str(out_dir / "continued_models" / "continued_model_"))
+    log = open(summary["log_path"]).read()
+    assert "data: other.txt" in log
+    assert log.count("| lr 1.000e-04 |") == 4
+
+
+def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
+    result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "python Model_smollm135_trainer.py" in result.stderr
+
+
+def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir):
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    start = torch.load(source, weights_only=True)["step"]
+    cfg = continued_config(source, torch.load(source, weights_only=True), 6, str(run_dir))
+    train(replace(cfg, max_steps=start + 3, checkpoint_every=1), CONTINUED)  # stands for a run killed at +3
+    _, summary = continue_training(checkpoint=str(source), steps=6, out_dir=str(run_dir))
+    assert summary["start_step"] == start + 3 and summary["steps"] == start + 6
