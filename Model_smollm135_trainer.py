@@ -32,8 +32,8 @@ from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, new
                         save_atomic, save_training_checkpoint)
 from data import TRAIN_STREAM, VAL_STREAM, Corpus, batch_offsets, get_batch, load_corpus, split_train_val
 from errors import UserError, run_cli
-from runtime import (Distributed, autocast, configure_backends, device_description, peak_flops, pick_device,
-                     pick_dtype, setup_distributed)
+from runtime import (Distributed, autocast, configure_backends, device_description, main_process_first, peak_flops,
+                     pick_device, pick_dtype, setup_distributed)
 from smollm135_model import SmoLM135_Model, clean_state_dict
 from tokenizer import get_tokenizer
 from train_config import TrainConfig, add_train_arguments, config_from_args, get_lr, validate
@@ -258,13 +258,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
     tokens_per_step = global_batch * cfg.seq_len
 
-    # Tokenize on the main process first; the others then read its cache.
-    if distributed.is_main:
-        corpus = load_corpus(cfg.data, out_dir / "cache", show_progress=cfg.progress)
-    if distributed.enabled:
-        dist.barrier()
-    if not distributed.is_main:
-        corpus = load_corpus(cfg.data, out_dir / "cache", show_progress=False)
+    corpus = main_process_first(distributed, lambda: load_corpus(
+        cfg.data, out_dir / "cache", show_progress=cfg.progress and distributed.is_main))
     train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
     check_corpus_fits(corpus, train_tokens, val_tokens, cfg, model_config.vocab_size, global_batch)
 
@@ -287,7 +282,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
         log.say(f"note: the {cfg.preset} model on CPU takes about a minute per step; "
                 f"try --preset tiny for a model that learns in minutes")
 
-    resumed = find_resume_state(cfg, checkpoint_dir, log)
+    resumed = main_process_first(distributed, lambda: find_resume_state(cfg, checkpoint_dir, log))
     if resumed is not None:
         path, state = resumed
         differences = config_mismatch(state["model_config"], model_config.to_dict())

@@ -47,6 +47,18 @@ def setup_distributed(device_request: str) -> Distributed:
     return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 
+def main_process_first(distributed: Distributed, work):
+    """Run `work()` on the main process, then on the others: the main one creates shared files (token
+    cache, renamed corrupt checkpoints) that the others then only read."""
+    if distributed.is_main:
+        result = work()
+    if distributed.enabled:
+        dist.barrier()
+    if not distributed.is_main:
+        result = work()
+    return result
+
+
 def pick_device(requested: str, distributed: Distributed = Distributed()) -> torch.device:
     if requested == "auto":
         if torch.cuda.is_available():
