@@ -1,0 +1,356 @@
+"""Convert a trained smolm135 checkpoint into a Hugging Face transformers folder (and back), and push it.
+
+    python convert_to_hf.py                                # the newest final or continued model
+    python convert_to_hf.py --checkpoint PATH --output-dir my-model-hf
+    python convert_to_hf.py --push-to-hub you/my-model      # also upload (token: --token, HF_TOKEN or `hf auth login`)
+    python convert_to_hf.py --from-hf my-model-hf           # back to a native checkpoint, to train it more
+
+By default the newest of models/final_model_*.pt and continued_models/continued_model_*.pt (under
+--search-dir) is converted into ./smolm135-<preset>-hf (./smolm135-hf for the full preset). The folder holds
+model.safetensors, config.json (with auto_map), generation_config.json, the modeling code, a GPT-2 tokenizer,
+a model card (README.md), loss.png and training_info.json. Before reporting success the script reloads the
+folder in a fresh Python process through the Auto classes, from another directory and offline, and compares
+its logits with the native model's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from configuration_smolm135 import SmoLM135Config
+from errors import UserError, run_cli
+from model_card import TrainingFacts, render_model_card
+from modeling_smolm135 import SmoLM135ForCausalLM
+from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model, clean_state_dict
+from tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
+from training_log import plot_losses
+
+MODEL_GLOBS = ("models/final_model_*.pt", "continued_models/continued_model_*.pt")
+_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})\.pt$")
+MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
+VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
+TRAINING_INFO = "training_info.json"
+TRAINING_INFO_KEYS = ("data_name", "step", "tokens_seen", "train_loss", "val_loss", "history", "train_config")
+
+
+# ------------------------------------------------------------------ native side
+
+
+def find_newest_model(search_dir: str | os.PathLike = ".") -> Path:
+    """The newest final or continued model under `search_dir`, by the timestamp in its name, then its mtime."""
+    search_dir = Path(search_dir)
+    candidates = [path for pattern in MODEL_GLOBS for path in search_dir.glob(pattern)]
+    if not candidates:
+        raise UserError(f"no trained model under {search_dir.resolve()} ({' or '.join(MODEL_GLOBS)}): train one "
+                        f"first (python Model_smollm135_trainer.py --preset tiny ...), or pass --checkpoint PATH")
+
+    def newness(path: Path):
+        match = _TIMESTAMP.search(path.name)
+        return (match.group(1) if match else "", path.stat().st_mtime)
+
+    return max(candidates, key=newness)
+
+
+def native_model_from_state(state: dict) -> SmoLM135_Model:
+    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(clean_state_dict(state["model_state_dict"]))
+    return model.eval()
+
+
+def preset_of(model_config: ModelConfig) -> str | None:
+    return next((name for name, preset in PRESETS.items() if preset == model_config), None)
+
+
+def default_output_dir(model_config: ModelConfig) -> Path:
+    """smolm135-hf for the full preset, smolm135-<preset>-hf for the others, smolm135-custom-hf otherwise."""
+    preset = preset_of(model_config) or "custom"
+    name = preset if preset.startswith("smolm135") else f"smolm135-{preset}"
+    return Path(f"{name}-hf")
+
+
+# ------------------------------------------------------------------ the Hugging Face folder
+
+
+def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
+    """GPT-2's tokenizer from the same offline BPE files as tiktoken's; ids are checked against it in tests.
+
+    transformers 5 silently builds an *empty* tokenizer from `vocab_file=`/`merges_file=`; `vocab=`/`merges=`
+    with the paths is the form that loads the files.
+    """
+    from transformers import GPT2TokenizerFast
+
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    tokenizer = GPT2TokenizerFast(vocab=str(encoder_json), merges=str(vocab_bpe), bos_token=END_OF_TEXT,
+                                  eos_token=END_OF_TEXT, unk_token=END_OF_TEXT,
+                                  pad_token=END_OF_TEXT,  # GPT-2 has no pad token; batched generation needs one
+                                  padding_side="left",  # decoder-only: new tokens follow each prompt's last token
+                                  model_max_length=model_max_length)
+    if len(tokenizer) != get_tokenizer().n_vocab:
+        raise RuntimeError(f"the Hugging Face tokenizer has {len(tokenizer)} tokens instead of GPT-2's 50,257")
+    return tokenizer
+
+
+def build_generation_config(config: SmoLM135Config):
+    from transformers import GenerationConfig
+
+    # the sampling recipe the README recommends for the native generate
+    return GenerationConfig(do_sample=True, temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=100,
+                            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                            pad_token_id=config.pad_token_id)
+
+
+def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
+    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config))
+    hf_model.model.load_state_dict(native.state_dict())
+    return hf_model.eval()
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse to write into a folder that holds something other than a previous smolm135 export."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output-dir {output_dir} is a file: choose a folder name")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        try:
+            model_type = json.loads((output_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+        if model_type != SmoLM135Config.model_type:
+            raise UserError(f"--output-dir {output_dir} is not empty and is not a smolm135 export; choose a new "
+                            f"or empty folder so nothing in it is overwritten")
+
+
+def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model_id: str | None = None,
+                    license: str = "apache-2.0") -> Path:
+    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
+    check_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    hf_model = hf_model_from_native(native)
+    hf_model.generation_config = build_generation_config(hf_model.config)
+    # copies the modeling/configuration files and the smollm135_model.py they import into the folder, and
+    # writes auto_map into config.json, so the folder loads with no file of this repository on the path
+    SmoLM135Config.register_for_auto_class()
+    SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    hf_model.save_pretrained(output_dir)
+    build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
+
+    info = {key: state.get(key) for key in TRAINING_INFO_KEYS}
+    (output_dir / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    history = state.get("history") or {"train": [], "val": []}
+    has_plot = bool(history.get("train") or history.get("val"))
+    name = model_id.split("/")[-1] if model_id else output_dir.resolve().name
+    (output_dir / "loss.png").unlink(missing_ok=True)  # a previous export's plot would describe another run
+    if has_plot:
+        plot_losses(history, output_dir / "loss.png", f"{name} on {state.get('data_name') or 'its data'}")
+    card = render_model_card(native.config, native.num_parameters()["total"], TrainingFacts.from_state(state),
+                             model_id or str(output_dir.resolve()), name, license, has_plot)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    return output_dir
+
+
+# ------------------------------------------------------------------ verification in a fresh process
+
+# Runs with the working directory in a temporary folder and no PYTHONPATH: only the exported folder's code
+# can be imported, exactly as for a user who downloaded it.
+_VERIFY_SCRIPT = r"""
+import importlib.util, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, text, out_path = sys.argv[1:4]
+assert importlib.util.find_spec("smollm135_model") is None, "a smolm135 file is on sys.path: not a clean check"
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
+with torch.no_grad():
+    logits = model(input_ids).logits
+torch.save({"input_ids": input_ids[0].tolist(), "logits": logits[0], "model_class": type(model).__module__}, out_path)
+"""
+
+
+@dataclass(frozen=True)
+class Verification:
+    max_abs_difference: float
+    n_tokens: int
+    model_class: str  # the module transformers loaded the model from (transformers_modules.<folder>...)
+
+
+def clean_subprocess_env() -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no network; prove it
+    return env
+
+
+def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: float = MAX_LOGIT_DIFFERENCE) -> float:
+    """Max absolute difference of two (T, V) logit tensors; UserError above `limit`."""
+    if expected.shape != actual.shape:
+        raise UserError(f"the exported model returns logits of shape {tuple(actual.shape)}, the native model "
+                        f"{tuple(expected.shape)}: the export is broken, do not publish it")
+    difference = (expected.float() - actual.float()).abs().max().item()
+    if not difference <= limit:
+        raise UserError(f"the exported model's logits differ from the native model's by up to {difference:.3g} "
+                        f"(limit {limit:g}): the export is broken, do not publish it")
+    return difference
+
+
+def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT) -> Verification:
+    """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32)."""
+    expected_ids = get_tokenizer().encode_ordinary(text)
+    with tempfile.TemporaryDirectory() as workdir:
+        out_path = Path(workdir) / "logits.pt"
+        result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(folder.resolve()), text, str(out_path)],
+                                cwd=workdir, env=clean_subprocess_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+            raise UserError(f"the exported folder {folder} did not load through AutoModelForCausalLM in a fresh "
+                            f"process; its output ends with:\n{tail}")
+        loaded = torch.load(out_path, weights_only=True)
+    if loaded["input_ids"] != expected_ids:
+        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
+                        f"tiktoken encoding: the export is broken, do not publish it")
+    with torch.no_grad():
+        expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
+    difference = check_logits_match(expected_logits[0], loaded["logits"])
+    return Verification(difference, len(expected_ids), loaded["model_class"])
+
+
+def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+            model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
+    """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
+    state = load_checkpoint(checkpoint_path)
+    native = native_model_from_state(state)
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
+    say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
+        f"{state.get('step', '?')}) into {output_dir}")
+    write_hf_folder(native, state, output_dir, model_id, license)
+    check = verify_hf_folder(output_dir, native)
+    say(f"verified: {output_dir} reloads through AutoModelForCausalLM in a fresh offline process; max abs logit "
+        f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
+        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
+    return output_dir
+
+
+# ------------------------------------------------------------------ the Hub
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload smolm135 model", api=None) -> str:
+    """Create the model repository if needed and upload `folder`; returns the repository URL.
+
+    `api` is an `HfApi`-like object (tests pass a recorder). The token comes from `token`, else HF_TOKEN,
+    else a saved `hf auth login`.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError
+
+    folder = Path(folder)
+    token = token or get_token()
+    if not token:
+        raise UserError(f"--push-to-hub {repo_id} needs a Hugging Face token with write access: pass --token, set "
+                        f"HF_TOKEN or run `hf auth login` (tokens: https://huggingface.co/settings/tokens); the "
+                        f"folder {folder} is complete and can be pushed later")
+    api = api if api is not None else HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message=commit_message, token=token)
+    except HFValidationError as error:
+        raise UserError(f"--push-to-hub {repo_id!r} is not a valid repository id ({error}); use name or "
+                        f"owner/name") from None
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        hint = "check that the token has write access to it" if status in (401, 403) else "see the message"
+        raise UserError(f"the Hugging Face Hub refused the upload to {repo_id} (HTTP {status}): {hint}; the "
+                        f"folder {folder} is complete and can be pushed later") from None
+    except (HTTPError, OSError) as error:  # no network, DNS failure, HF_HUB_OFFLINE=1
+        raise UserError(f"could not reach the Hugging Face Hub to push {repo_id} ({type(error).__name__}): check "
+                        f"the network and run again; the folder {folder} is complete and can be pushed "
+                        f"later") from None
+    return str(url)
+
+
+# ------------------------------------------------------------------ back to a native checkpoint
+
+
+def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, dict]:
+    """An exported folder -> (native model, native checkpoint dict), to continue training or sample natively."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json): pass a folder written "
+                        f"by convert_to_hf.py")
+    hf_model = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    native = hf_model.model.eval()
+    info_path = folder / TRAINING_INFO
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model_state_dict": clean_state_dict(native.state_dict()),
+        "model_config": native.config.to_dict(),
+        **{key: info[key] for key in TRAINING_INFO_KEYS if info.get(key) is not None},
+        "converted_from": str(folder.resolve()),
+    }
+    return native, state
+
+
+def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike | None = None,
+                            search_dir: str | os.PathLike = ".") -> Path:
+    """Write the folder as a native checkpoint; by default models/final_model_<timestamp>.pt under `search_dir`,
+    where continue_training.py looks first."""
+    _, state = load_hf_folder(folder)
+    if output is None:
+        output = Path(search_dir) / "models" / f"final_model_{time.strftime('%Y%m%d_%H%M%S')}.pt"
+    return save_atomic(state, output)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="native checkpoint to convert (default: the newest final or "
+                                             "continued model under --search-dir)")
+    parser.add_argument("--search-dir", default=".", help="folder holding models/ and continued_models/")
+    parser.add_argument("--output-dir", help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for "
+                                             "the full preset)")
+    parser.add_argument("--license", default="apache-2.0", help="license in the model card's metadata")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repository "
+                                                                 "(name or owner/name), creating it if needed")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    parser.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN or the saved "
+                                        "`hf auth login`)")
+    parser.add_argument("--commit-message", default="Upload smolm135 model", help="commit message of the upload")
+    parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
+                                                            "native checkpoint")
+    parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
+                                         "<search-dir>/models/final_model_<timestamp>.pt)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    if args.from_hf:
+        if args.push_to_hub or args.checkpoint:
+            raise UserError("--from-hf converts a folder back to a checkpoint; it does not combine with "
+                            "--checkpoint or --push-to-hub")
+        path = hf_folder_to_checkpoint(args.from_hf, args.output, args.search_dir)
+        print(f"wrote native checkpoint {path}; train it further with: python continue_training.py "
+              f"--checkpoint {path}")
+        return path
+    checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
+    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license)
+    if args.push_to_hub:
+        url = push_to_hub(folder, args.push_to_hub, args.token, args.private, args.commit_message)
+        print(f"pushed {folder} to {url}")
+    return folder
+
+
+if __name__ == "__main__":
+    run_cli(main)

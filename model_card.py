@@ -1,0 +1,110 @@
+"""The model card (README.md) of an exported Hugging Face folder: Hub metadata, what the model is, how it was
+trained, and code that loads it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from smollm135_model import ModelConfig
+
+USAGE_PROMPT = "To be, or not to be"
+
+
+@dataclass(frozen=True)
+class TrainingFacts:
+    """What a checkpoint says about its training run (None where an older checkpoint does not say)."""
+
+    data_name: str | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TrainingFacts":
+        return cls(**{name: state.get(name) for name in cls.__dataclass_fields__})
+
+
+def usage_snippet(model_id: str) -> str:
+    """Python that loads the folder (or Hub repository) `model_id` and generates, as a user would paste it."""
+    return f'''from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+model_id = {json.dumps(model_id)}
+tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True)
+
+inputs = tokenizer({json.dumps(USAGE_PROMPT)}, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature=0.7, top_k=50, top_p=0.95)
+print(tokenizer.decode(output[0], skip_special_tokens=True))
+
+generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+print(generator({json.dumps(USAGE_PROMPT)}, max_new_tokens=40)[0]["generated_text"])
+'''
+
+
+def _number(value, fmt: str) -> str:
+    return "not recorded" if value is None else format(value, fmt)
+
+
+def render_model_card(model_config: ModelConfig, parameters: int, facts: TrainingFacts, model_id: str,
+                      name: str, license: str, has_loss_plot: bool) -> str:
+    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage."""
+    cfg = model_config
+    data = f"`{facts.data_name}`" if facts.data_name else "not recorded"
+    plot = ("![Training and validation loss](loss.png)" if has_loss_plot
+            else "The checkpoint holds no loss history, so there is no plot.")
+    return f"""---
+license: {license}
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- smolm135
+- gpt
+- causal-lm
+- text-generation
+- custom_code
+---
+
+# {name}
+
+A GPT-style language model trained from scratch with smolm135: learned position embeddings, pre-norm blocks
+of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
+tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
+
+## Architecture
+
+| | |
+| --- | --- |
+| parameters (tied embedding counted once) | {parameters:,} |
+| layers | {cfg.n_layer} |
+| hidden size | {cfg.n_embd} |
+| attention heads (key/value heads) | {cfg.n_head} ({cfg.n_kv_head}), head size {cfg.head_dim} |
+| MLP (SwiGLU) width | {cfg.intermediate_size} |
+| context length | {cfg.block_size} tokens |
+| vocabulary | {cfg.vocab_size:,} (GPT-2's 50,257 tokens padded to a multiple of 64) |
+
+Weights are stored in float32 (`model.safetensors`). The modeling code is in this folder
+(`modeling_smolm135.py`, `configuration_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
+
+## Training
+
+| | |
+| --- | --- |
+| training data | {data} |
+| steps | {_number(facts.step, ",")} |
+| tokens seen | {_number(facts.tokens_seen, ",")} |
+| final training loss | {_number(facts.train_loss, ".4f")} |
+| final validation loss | {_number(facts.val_loss, ".4f")} |
+
+{plot}
+
+`training_info.json` holds the full loss history and the training recipe.
+
+## Usage
+
+```python
+{usage_snippet(model_id)}```
+
+The generation defaults (`generation_config.json`) sample with temperature 0.7, top-k 50 and top-p 0.95;
+pass `do_sample=False` for greedy decoding. Batched prompts are padded on the left.
+"""

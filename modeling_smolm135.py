@@ -1,0 +1,159 @@
+"""smolm135 as a transformers causal LM: `AutoModelForCausalLM`, `generate()` and `pipeline()` work on it.
+
+The model *is* the native `SmoLM135_Model` (held as `self.model`); this file only translates between
+transformers' conventions and the native forward:
+
+- the cache: transformers' `Cache` (a `DynamicCache` in `generate()`) seen through the native `KVCache`
+  interface (`.length`, `.update(layer_idx, k, v)`);
+- positions: learned positions come from `position_ids`, which `generate()` builds from the attention mask,
+  so a left-padded prompt gets the same positions as the prompt alone;
+- masks: a (batch, length) padding mask becomes one boolean SDPA mask, causal and bottom-right aligned;
+- labels: transformers passes unshifted labels; the native loss takes next-token targets.
+
+An exported folder carries this file, `configuration_smolm135.py` and `smollm135_model.py`; transformers
+copies relatively imported files along, so the folder loads from anywhere with `trust_remote_code=True`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+try:  # inside an exported folder, transformers imports these files as one package
+    from .configuration_smolm135 import SmoLM135Config
+    from .smollm135_model import SmoLM135_Model
+except ImportError:  # imported from the repository, where the files are top-level modules
+    from configuration_smolm135 import SmoLM135Config
+    from smollm135_model import SmoLM135_Model
+
+# transformers 5.0 names the returned cache `past_key_values`; later 5.x releases call it `cache` and warn
+# on the old name.
+CACHE_OUTPUT_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class TransformersCacheAsKVCache:
+    """A transformers `Cache` behind the native `KVCache` interface the attention layers call."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.length = cache.get_seq_length()  # positions already cached; the native forward advances it
+
+    def update(self, layer_idx: int, k, v):
+        return self.cache.update(k, v, layer_idx)  # (B, nkv, past + T, hs) each
+
+
+def attention_mask_for_sdpa(attention_mask: torch.Tensor | None, query_length: int) -> torch.Tensor | None:
+    """(B, S) padding mask of 1s and 0s -> (B, 1, T, S) boolean SDPA mask; None when nothing is padded.
+
+    The queries are the last T of the S positions, so the causal triangle is aligned bottom-right. Every
+    query may also see itself: a query whose keys are all padding (a fully padded row) would otherwise take
+    a softmax over nothing and return NaN. Real tokens never see padding either way.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None  # the native layers then use SDPA's is_causal (flash attention where available)
+    key_length = attention_mask.shape[-1]
+    query_positions = torch.arange(key_length - query_length, key_length, device=attention_mask.device)  # (T,)
+    key_positions = torch.arange(key_length, device=attention_mask.device)  # (S,)
+    causal = key_positions[None, :] <= query_positions[:, None]  # (T, S)
+    itself = key_positions[None, :] == query_positions[:, None]  # (T, S)
+    not_padding = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    return (causal & not_padding) | itself  # (B, 1, T, S)
+
+
+def position_ids_from_attention_mask(attention_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """(B, S) padding mask -> (B, T) positions counted from each row's first real token, as generate() does."""
+    position_ids = attention_mask.long().cumsum(-1) - 1  # (B, S)
+    position_ids = position_ids.masked_fill(attention_mask == 0, 0)
+    return position_ids[:, -query_length:]  # (B, T)
+
+
+class SmoLM135PreTrainedModel(PreTrainedModel):
+    config_class = SmoLM135Config
+    base_model_prefix = "model"
+    _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True  # the native attention runs through scaled_dot_product_attention
+
+    def _init_weights(self, module):
+        """The native initialisation (GPT-2's scaled residual projections); norm gains start at one."""
+        if isinstance(module, nn.RMSNorm):
+            torch.nn.init.ones_(module.weight)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            self.model._init_weights(module)
+
+
+class SmoLM135ForCausalLM(SmoLM135PreTrainedModel, GenerationMixin):
+    # target -> source, as transformers 5 expects: the output head is the token embedding
+    _tied_weights_keys = {"model.lm_head.weight": "model.transformer.wte.weight"}
+
+    def __init__(self, config: SmoLM135Config):
+        super().__init__(config)
+        self.model = SmoLM135_Model(config.to_model_config())
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value):
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self):
+        return self.model.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.model.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        past_key_values=None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """
+        input_ids (B, T): token ids. attention_mask (B, past + T): 1 for tokens, 0 for padding.
+        position_ids (B, T): positions of the learned embedding; by default counted from the attention mask.
+        cache / past_key_values: a transformers `Cache` (5.0's generate passes the second name, later 5.x
+        the first; both are accepted). labels (B, T): the input ids themselves, -100 where no loss is wanted;
+        the shift to next-token targets happens here. logits_to_keep: compute logits for the last k only.
+        """
+        if inputs_embeds is not None:
+            raise ValueError("smolm135 takes input_ids, not inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.model.gradient_checkpointing and self.training:
+            use_cache, cache = False, None  # checkpointed blocks recompute; they cannot fill a cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        query_length = input_ids.shape[1]
+        if past_length + query_length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {past_length + query_length} tokens is longer than the context length "
+                             f"({self.config.max_position_embeddings}); crop the input or generate fewer tokens")
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] != past_length + query_length:
+                raise ValueError(f"attention_mask must be (batch, {past_length + query_length}): one entry per "
+                                 f"cached and new token, got {tuple(attention_mask.shape)}")
+            if position_ids is None:
+                position_ids = position_ids_from_attention_mask(attention_mask, query_length)
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100) if labels is not None else None  # (B, T) next tokens
+        logits, loss = self.model(
+            input_ids,
+            targets=targets,
+            kv_cache=TransformersCacheAsKVCache(cache) if cache is not None else None,
+            position_ids=position_ids,
+            attn_mask=attention_mask_for_sdpa(attention_mask, query_length),
+            logits_to_keep=logits_to_keep,
+        )  # logits (B, T or k, V)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_OUTPUT_FIELD: cache if use_cache else None})
+
+
+__all__ = ["SmoLM135Config", "SmoLM135ForCausalLM", "SmoLM135PreTrainedModel"]
