@@ -16,6 +16,7 @@ import collections
 import glob
 import hashlib
 import json
+import mmap
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,8 @@ from tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 DEFAULT_DATA = "input.txt"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
-READ_CHUNK_BYTES = 16 << 20  # text handed to the tokenizer per batch: bounds memory on huge corpora
-ENCODE_PIECE_CHARS = 1 << 20  # one piece per tokenizer thread task
+READ_CHUNK_BYTES = 4 << 20  # text read at a time: with the pieces in flight, all that is in memory
+ENCODE_PIECE_CHARS = 1 << 20  # text per tokenizer task (a thread encodes about 10 MB/s)
 TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536
 
 
@@ -265,7 +266,17 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
     if meta["n_tokens"] == 0:
         raise UserError(f"data {data} holds no tokens: put some text in it")
     tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["n_tokens"],))
+    _advise_random_access(tokens)
     return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache)
+
+
+def _advise_random_access(tokens: np.memmap) -> None:
+    """Batches read short windows at random offsets: say so to the kernel, so that a page fault reads the
+    4 KB page it needs and not the 128 KB around it (32x less I/O on a cold cache, and the trainer maps
+    only the pages it reads). numpy keeps the mapping in `_mmap`; where it or madvise is missing, skip."""
+    mapping = getattr(tokens, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
 
 
 # ------------------------------------------------------------------ batches
