@@ -28,4 +28,4 @@ def says_errors() -> bool:
     """Under torchrun every process of a run meets the same UserError (the trainer checks alike everywhere
     and shares what one process finds), so only the first process of each node prints it: one line per
     node's console instead of one per GPU."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
