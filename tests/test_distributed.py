@@ -130,6 +130,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_as_if_never_stopped(one
 
 def test_only_rank_zero_writes_files_and_prints(two_processes):
     out_dir, result = two_processes
+    assert not result.stderr.strip(), result.stderr  # no warning either (e.g. a process group left alive)
     assert result.stdout.count("summary:") == 1 and result.stdout.count("step 0: validation loss") == 1
     logs = list((out_dir / "logs").glob("training_*.log"))
     assert len(logs) == 1 and len(list((out_dir / "models").glob("final_model_*.pt"))) == 1
