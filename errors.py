@@ -1,6 +1,7 @@
 """One exception type for mistakes a user can fix, and the command-line wrapper that prints it."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -14,8 +15,17 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if says_errors():
+            print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if says_errors():
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def says_errors() -> bool:
+    """Under torchrun every process of a run meets the same UserError (the trainer checks alike everywhere
+    and shares what one process finds), so only the first process of each node prints it: one line per
+    node's console instead of one per GPU."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1

@@ -6,8 +6,10 @@ Apple MPS never trip on them.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -20,12 +22,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                   "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
 
+# How long a process may wait for rank 0 (tokenizing a corpus of hundreds of GB, writing a checkpoint).
+# The collectives' own timeout (10 to 30 minutes) would kill a healthy run that tokenizes a big corpus;
+# a process that dies closes its sockets, which ends the wait at once, so this only bounds a silent hang.
+COORDINATION_TIMEOUT = datetime.timedelta(hours=24)
+
 
 @dataclass(frozen=True)
 class Distributed:
+    """This process's place in the run. One process: rank 0 of 1."""
+
     rank: int = 0
-    local_rank: int = 0
+    local_rank: int = 0  # index on this node = the GPU it drives
     world_size: int = 1
+    owns_process_group: bool = False  # set up here, so torn down here (not when a notebook made it)
+    # A gloo group with a long timeout for waiting on rank 0 and for sharing its errors and results.
+    coordination: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -37,25 +49,81 @@ class Distributed:
 
 
 def setup_distributed(device_request: str) -> Distributed:
-    """Join torchrun's process group when launched by torchrun (RANK/WORLD_SIZE set), else one process."""
+    """Join torchrun's process group when launched by torchrun (RANK/WORLD_SIZE set), else one process.
+    NCCL drives CUDA, gloo the CPU."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Distributed()
-    use_cuda = device_request.startswith("cuda") or (device_request == "auto" and torch.cuda.is_available())
-    backend = "nccl" if use_cuda else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # --device cuda without a GPU joins with gloo, so pick_device can refuse it with its own message
+    use_cuda = device_request.startswith(("cuda", "auto")) and torch.cuda.is_available()
+    owns = not dist.is_initialized()
+    if owns:
+        if use_cuda:
+            processes_here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+            if processes_here > gpus:  # the same check, and so the same message, on every process
+                raise UserError(f"torchrun starts {processes_here} processes on this node but it has {gpus} "
+                                f"visible GPUs: use --nproc_per_node={gpus} (one process per GPU)")
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
+    coordination = dist.new_group(backend="gloo", timeout=COORDINATION_TIMEOUT)
+    return Distributed(dist.get_rank(), local_rank, dist.get_world_size(), owns, coordination)
 
 
-def main_process_first(distributed: Distributed, work):
-    """Run `work()` on the main process, then on the others: the main one creates shared files (token
-    cache, renamed corrupt checkpoints) that the others then only read."""
-    if distributed.is_main:
-        result = work()
-    if distributed.enabled:
-        dist.barrier()
-    if not distributed.is_main:
-        result = work()
+def teardown_distributed(distributed: Distributed) -> None:
+    """Leave the process group cleanly (NCCL warns, and may hang at exit, when it is left alive)."""
+    if distributed.owns_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_on_main(distributed: Distributed, fn: Callable[[], Any], send_result_to_all: bool = False) -> Any:
+    """fn() on rank 0 alone (a checkpoint write, choosing the checkpoint to resume). Every process then
+    learns whether it failed, so a UserError on rank 0 stops all of them with its message instead of
+    leaving them waiting in a collective. With send_result_to_all, every process gets rank 0's result
+    (so other nodes need not see rank 0's disk); else the others get None."""
+    result = _run_and_share_failures(distributed, fn, distributed.is_main)
+    if send_result_to_all and distributed.enabled:
+        box = [result]
+        dist.broadcast_object_list(box, src=0, group=distributed.coordination)
+        result = box[0]
+    return result
+
+
+def main_process_first(distributed: Distributed, fn: Callable[[], Any]) -> Any:
+    """fn() on every process in three turns: rank 0, then the first process of each other node, then
+    the rest. Rank 0 fills a cache (the tokenized corpus) that the others then read; a node that does
+    not share rank 0's disk fills its own copy once, not once per GPU. Failures are shared as in
+    run_on_main."""
+    if not distributed.enabled:
+        return fn()
+    my_turn = 0 if distributed.is_main else 1 if distributed.local_rank == 0 else 2
+    result = None
+    for turn in range(3):
+        outcome = _run_and_share_failures(distributed, fn, turn == my_turn)
+        if turn == my_turn:
+            result = outcome
+    return result
+
+
+def _run_and_share_failures(distributed: Distributed, fn: Callable[[], Any], run_here: bool) -> Any:
+    if not distributed.enabled:
+        return fn() if run_here else None
+    result, own_error, message = None, None, None
+    if run_here:
+        try:
+            result = fn()
+        except UserError as error:
+            own_error, message = error, str(error)
+        except Exception as error:  # a bug: re-raised here with its traceback, named to the others
+            own_error, message = error, f"process {distributed.rank} stopped on {type(error).__name__}: {error}"
+    messages = [None] * distributed.world_size
+    dist.all_gather_object(messages, message, group=distributed.coordination)
+    if own_error is not None:
+        raise own_error
+    first = next((m for m in messages if m is not None), None)
+    if first is not None:
+        raise UserError(first)
     return result
 
 
@@ -63,7 +131,7 @@ def pick_device(requested: str, distributed: Distributed = Distributed()) -> tor
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", distributed.local_rank)
-        if torch.backends.mps.is_available():
+        if torch.backends.mps.is_available() and not distributed.enabled:  # gloo cannot reduce MPS tensors
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -75,6 +143,12 @@ def pick_device(requested: str, distributed: Distributed = Distributed()) -> tor
             raise UserError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
         if distributed.enabled and device.index is None:
             device = torch.device("cuda", distributed.local_rank)
+        elif distributed.enabled:  # refused on every process alike, so all stop with one message
+            raise UserError(f"--device {requested} under torchrun would put several processes on one GPU: "
+                            f"use --device cuda (each process takes the GPU of its LOCAL_RANK)")
+    if device.type == "mps" and distributed.enabled:
+        raise UserError("torchrun with --device mps is not supported (gloo cannot reduce MPS tensors): "
+                        "run one process, or use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for but Apple MPS is not available: use --device cpu or auto")
     return device
