@@ -417,7 +417,7 @@ def model_summary(info: ModelInfo) -> str:
 
 def build_demo(text_model=None) -> gr.Blocks:
     """The page: prompt, sliders, streamed output, and what is loaded. `text_model` None shows how to train."""
-    context_length = text_model.info.context_length if text_model is not None else 2048
+    context_length = text_model.info.context_length if text_model is not None else ModelConfig().block_size
     with gr.Blocks(title="smolm135", analytics_enabled=False) as demo:
         gr.Markdown("# smolm135\nA base language model continues your text: write the start, it writes on.")
         gr.Markdown(model_summary(text_model.info) if text_model is not None else no_model_message(),
@@ -463,8 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", default=os.environ.get(MODEL_ENV_VAR) or None,
                         help=f"a Hugging Face folder or Hub id to serve (default: ${MODEL_ENV_VAR} if set)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or "
-                        "$GRADIO_SERVER_NAME, which a Space sets); 0.0.0.0 opens it to your network")
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the page is for this machine only
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME); "
+                             "0.0.0.0 opens it to your network")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     return parser
@@ -475,7 +477,11 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.checkpoint
     model = None if checkpoint else args.model  # an explicit --checkpoint beats $SMOLM135_MODEL
     demo = build_demo(load_model(checkpoint, model, args.device))
-    demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as error:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise UserError(f"cannot listen on {args.host}:{args.port or 'the default port'} "
+                        f"({str(error).splitlines()[0].split('. ')[0]}): choose another --port or --host") from None
 
 
 if __name__ == "__main__":

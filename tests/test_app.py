@@ -2,8 +2,8 @@
 then the page in headless Chromium (skipped where Chromium or playwright is missing)."""
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
 import os
 import shutil
 import socket
@@ -86,6 +86,33 @@ def test_a_missing_checkpoint_is_one_line_on_stderr_and_exit_status_2(tmp_path, 
         app.run_cli(lambda: app.main(["--checkpoint", str(tmp_path / "nope.pt")]))
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "nope.pt does not exist" in error
+
+
+def test_the_page_is_for_this_machine_only_unless_asked(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert app.build_parser().parse_args([]).host == "127.0.0.1"
+    assert app.build_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+def test_a_space_can_name_a_hub_model_in_an_environment_variable(monkeypatch):
+    monkeypatch.setenv(app.MODEL_ENV_VAR, "you/smolm135-tiny")
+    args = app.build_parser().parse_args([])
+    assert args.model == "you/smolm135-tiny" and args.checkpoint is None
+
+
+def test_a_port_in_use_is_one_line_on_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(app, "APP_DIR", tmp_path)  # no model anywhere: the quickest page to build
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as exit_info:
+            app.run_cli(lambda: app.main(["--port", str(taken.getsockname()[1])]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("error: cannot listen on 127.0.0.1:")
+    assert "Cannot find empty port" in error and error.count("\n") == 1
 
 
 def test_native_generation_streams_the_prompt_then_each_new_token(native_model):
@@ -268,7 +295,8 @@ def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     text, status = client.predict("Hi", 10**9, -5, 10**9, 7, -1, api_name="/generate")
     assert text.startswith("Hi")
     for note in ("Max new tokens 1000000000 is outside 1..512: used 512", "Temperature -5 is outside 0..2: used 0",
-                 "Top-k 1000000000 is outside 0..500: used 500", "Top-p 7 is outside", "Seed -1 is outside 0..4294967295: used 0", "instead of 512"):
+                 "Top-k 1000000000 is outside 0..500: used 500", "Top-p 7 is outside 0.01..1: used 1",
+                 "Seed -1 is outside 0..4294967295: used 0", "511 new tokens instead of 512"):
         assert note in status
     text, status = client.predict("Hi", "many", None, "x", [], {}, api_name="/generate")
     assert text.startswith("Hi") and status.count("is not a number") == 5
@@ -306,12 +334,17 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# decided before any fixture runs, so a machine without a browser does not train a model only to skip
+needs_chromium = pytest.mark.skipif(
+    chromium_path() is None or importlib.util.find_spec("playwright") is None,
+    reason="needs Chromium on PATH (Debian: apt-get install chromium) and the playwright package")
+
+
 @pytest.fixture(scope="module")
 def browser():
-    if chromium_path() is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
         context = playwright.chromium.launch_persistent_context(
             profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
         yield context
@@ -328,6 +361,7 @@ def open_page(browser, url):
     return page, elsewhere
 
 
+@needs_chromium
 def test_page_renders_and_generate_streams_text_into_the_output(browser, server, native_model):
     page, elsewhere = open_page(browser, server)
     page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)
@@ -341,6 +375,7 @@ def test_page_renders_and_generate_streams_text_into_the_output(browser, server,
     page.close()
 
 
+@needs_chromium
 def test_page_without_a_model_shows_the_train_command(browser, empty_server):
     page, elsewhere = open_page(browser, empty_server)
     page.locator("#model-info").get_by_text("No trained model found").wait_for(timeout=60_000)
