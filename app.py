@@ -183,7 +183,7 @@ class TransformersTextModel:
         self.start_token_id = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long prompts are cut later
 
     def stream(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple[str, int]]:
         """Yield (the next piece of text, new tokens so far), while generate() runs in a thread."""
