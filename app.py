@@ -1,0 +1,488 @@
+"""Play with a trained smolm135 in the browser: a prompt in, its continuation streamed out, token by token.
+
+    python app.py                                   # the newest models/final_model_*.pt or continued model
+    python app.py --checkpoint models/final_model_<timestamp>.pt
+    python app.py --model smolm135-tiny-hf          # a converted Hugging Face folder, or a Hub id
+    python app.py --host 0.0.0.0 --port 7860 --share
+
+It is also a Hugging Face Space entry point: a Space runs `app.py` with no arguments, so the model is looked
+for next to this file as well as in the current folder (a native checkpoint first, then a Hugging Face folder),
+and `SMOLM135_MODEL` may name a Hub model instead. With no model anywhere the page still opens and says how
+to train one.
+
+From a notebook: `demo = build_demo(load_model("models/final_model_<ts>.pt")); demo.launch()`, or
+`for text, status in generate_text(model, "To be", ...)` without any page at all.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+# Gradio reports usage to its servers unless told not to; the demo runs offline and tells no one.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from checkpoint import load_checkpoint  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
+from runtime import pick_device  # noqa: E402
+from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict  # noqa: E402
+from tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
+
+APP_DIR = Path(__file__).resolve().parent
+MODEL_GLOBS = ("models/final_model_*.pt", "continued_models/continued_model_*.pt")
+_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})\.pt$")
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TRAINING_INFO_FILE = "training_info.json"  # written next to the weights by convert_to_hf.py
+MODEL_ENV_VAR = "SMOLM135_MODEL"  # lets a Space, which cannot pass arguments, name a Hub model
+# The README's quick-start training command (a test keeps the two identical).
+TRAIN_COMMAND = ("python Model_smollm135_trainer.py --preset tiny --max-steps 250 --warmup-steps 25 --lr 2e-3 "
+                 "--eval-every 50 --sample-every 250 --checkpoint-every 125")
+EXAMPLE_PROMPTS = (
+    "To be, or not to be",
+    "ROMEO:\nBut, soft! what light",
+    "Once upon a time",
+    "The king said to his daughter",
+)
+
+
+# ------------------------------------------------------------------ the knobs, and what the API may send
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One slider: its range draws the widget and also clamps whatever a client sends through the API."""
+
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    step: float
+    integer: bool = False
+    info: str = ""
+
+
+TEMPERATURE = Knob("Temperature", 0.0, 2.0, 0.8, 0.05, info="0 picks the likeliest token every time (greedy)")
+TOP_K = Knob("Top-k", 0, 500, 50, 1, integer=True, info="sample among the k likeliest tokens; 0 = all")
+TOP_P = Knob("Top-p", 0.01, 1.0, 0.95, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
+SEED = Knob("Seed", 0, 2**32 - 1, 0, 1, integer=True, info="the same seed and settings give the same text")
+DEFAULT_MAX_NEW_TOKENS = 200
+
+
+def max_new_tokens_knob(context_length: int) -> Knob:
+    return Knob("Max new tokens", 1, context_length, min(DEFAULT_MAX_NEW_TOKENS, context_length), 1, integer=True,
+                info=f"at most the model's context of {context_length:,} tokens")
+
+
+def clamp(raw, knob: Knob) -> tuple[float | int, str | None]:
+    """(a usable value, a note saying what was changed, or None). Anything not a finite number becomes the
+    default; numbers outside the range become its nearest end."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value):
+        value, note = knob.default, f"{knob.label} {raw!r} is not a number: used {number(knob.default)}"
+    elif not knob.minimum <= value <= knob.maximum:
+        nearest = min(max(value, knob.minimum), knob.maximum)
+        note = (f"{knob.label} {number(value)} is outside {number(knob.minimum)}..{number(knob.maximum)}: "
+                f"used {number(nearest)}")
+        value = nearest
+    else:
+        note = None
+    return (int(round(value)) if knob.integer else value), note
+
+
+def number(value: float) -> str:
+    """4294967295 rather than 4.29497e+09; 0.95 rather than 0.950000."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = TEMPERATURE.default
+    top_k: int = TOP_K.default  # 0: no top-k filter
+    top_p: float = TOP_P.default  # 1: no top-p filter
+    seed: int = SEED.default
+
+    @classmethod
+    def from_raw(cls, context_length: int, max_new_tokens, temperature, top_k, top_p, seed):
+        """Settings from untrusted values (a page or any API client), and notes on what had to change."""
+        knobs = (max_new_tokens_knob(context_length), TEMPERATURE, TOP_K, TOP_P, SEED)  # in field order
+        clamped = [clamp(raw, knob) for raw, knob in zip((max_new_tokens, temperature, top_k, top_p, seed), knobs)]
+        return cls(*(value for value, _ in clamped)), [note for _, note in clamped if note]
+
+
+# ------------------------------------------------------------------ the two kinds of model
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the page says about the loaded model."""
+
+    source: str  # file, folder or Hub id
+    kind: str  # "native checkpoint" or "Hugging Face model"
+    parameters: int
+    context_length: int
+    step: int | None = None
+    tokens_seen: int | None = None
+    val_loss: float | None = None
+    data_name: str | None = None
+
+
+class NativeTextModel:
+    """A smolm135 checkpoint, decoded with the model's own KV-cache `generate_stream`."""
+
+    def __init__(self, model: SmoLM135_Model, info: ModelInfo):
+        self.model, self.info = model, info
+        self.encoder = get_tokenizer()
+        self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
+
+    def encode(self, text: str) -> list[int]:
+        # `<|endoftext|>` typed in a prompt means the separator the trainer puts between files
+        return self.encoder.encode(text, allowed_special={END_OF_TEXT})
+
+    def stream(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple[str, int]]:
+        """Yield (the next piece of text, new tokens so far); a character split across tokens waits for its end."""
+        device = self.model.lm_head.weight.device
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tokens = self.model.generate_stream(
+            torch.tensor([prompt_ids], device=device),  # (1, T)
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator)
+        n_tokens = 0
+        for token in tokens:  # (1,)
+            token_id = token.item()
+            n_tokens += 1
+            if token_id == END_OF_TEXT_ID:
+                break
+            # the 47 padding rows of the embedding are not tokens: an undertrained model may still pick one
+            piece = self.encoder.decode_single_token_bytes(token_id) if token_id < self.encoder.n_vocab else b""
+            yield utf8.decode(piece), n_tokens
+        yield utf8.decode(b"", final=True), n_tokens
+
+
+class TransformersTextModel:
+    """A model loaded through transformers' Auto classes, streamed with TextIteratorStreamer."""
+
+    def __init__(self, model, tokenizer, info: ModelInfo):
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+        self.start_token_id = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long prompts are cut later
+
+    def stream(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple[str, int]]:
+        """Yield (the next piece of text, new tokens so far), while generate() runs in a thread."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stop, progress, failure = threading.Event(), {"tokens": 0}, []
+
+        class CountAndStopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # input_ids (1, prompt + new)
+                progress["tokens"] = input_ids.shape[1] - len(prompt_ids)
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        input_ids = torch.tensor([prompt_ids], device=self.model.device)  # (1, T)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = (dict(do_sample=True, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+                    if settings.temperature > 0 else dict(do_sample=False))
+        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                      max_new_tokens=settings.max_new_tokens, streamer=streamer,
+                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                      stopping_criteria=StoppingCriteriaList([CountAndStopWhenAsked()]), **sampling)
+
+        def generate():
+            try:
+                self.model.generate(**kwargs)
+            except BaseException as error:  # handed to the page's thread below, not swallowed
+                failure.append(error)
+                streamer.end()  # or the loop below would wait forever for text that never comes
+
+        torch.manual_seed(settings.seed)  # generate() samples from the global RNG; the queue runs one at a time
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                yield piece, progress["tokens"]
+        finally:
+            stop.set()  # the page's Stop button (or a closed connection) ends the generation early
+            worker.join()
+        if failure:
+            raise failure[0]
+        yield "", progress["tokens"]
+
+
+def generation_context_length(config) -> int:
+    """The positions a transformers model can attend over (GPT-2's 1,024 when its config names none)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
+
+
+# ------------------------------------------------------------------ finding and loading a model
+
+
+def find_newest_checkpoint(search_dirs: list[Path]) -> Path | None:
+    """The newest final or continued model in any of the folders, by the timestamp in its name, then mtime."""
+    candidates = [path for folder in search_dirs for pattern in MODEL_GLOBS for path in folder.glob(pattern)]
+    if not candidates:
+        return None
+
+    def newness(path: Path):
+        match = _TIMESTAMP.search(path.name)
+        return (match.group(1) if match else "", path.stat().st_mtime)
+
+    return max(candidates, key=newness)
+
+
+def is_hf_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in HF_WEIGHT_FILES)
+
+
+def find_hf_folder(search_dirs: list[Path]) -> Path | None:
+    """A converted Hugging Face model: one of the folders itself (a Space that is a model repo) or a folder
+    inside one (`smolm135-tiny-hf/`); the most recently written wins."""
+    candidates = [folder for base in search_dirs for folder in [base, *sorted(base.iterdir())]
+                  if folder.is_dir() and is_hf_folder(folder)]
+    return max(candidates, key=lambda folder: (folder / "config.json").stat().st_mtime, default=None)
+
+
+def default_search_dirs() -> list[Path]:
+    """The current folder, and the folder of app.py (where a Space keeps its files)."""
+    return list(dict.fromkeys([Path.cwd().resolve(), APP_DIR]))
+
+
+def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") -> NativeTextModel:
+    state = load_checkpoint(checkpoint_path)
+    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
+    try:
+        model.load_state_dict(clean_state_dict(state["model_state_dict"]))
+    except RuntimeError as error:
+        raise UserError(f"{checkpoint_path}: the weights do not fit the model config stored with them "
+                        f"({str(error).splitlines()[0]})") from None
+    model.to(pick_device(device)).eval()
+    info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
+                     parameters=model.num_parameters()["total"], context_length=model.config.block_size,
+                     step=state.get("step"), tokens_seen=state.get("tokens_seen"), val_loss=state.get("val_loss"),
+                     data_name=state.get("data_name"))
+    return NativeTextModel(model, info)
+
+
+def load_transformers_model(name_or_path: str, device: str = "auto") -> TransformersTextModel:
+    """A Hugging Face folder or Hub id; the smolm135 modeling code travels with it (trust_remote_code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
+    except OSError as error:
+        raise UserError(f"could not load the Hugging Face model {name_or_path!r}: {str(error).splitlines()[0]} "
+                        f"(give a folder written by convert_to_hf.py or a Hub id)") from None
+    model.to(pick_device(device)).eval()
+    facts = read_training_info(name_or_path)
+    info = ModelInfo(source=name_or_path, kind="Hugging Face model", parameters=model.num_parameters(),
+                     context_length=generation_context_length(model.config), step=facts.get("step"),
+                     tokens_seen=facts.get("tokens_seen"), val_loss=facts.get("val_loss"),
+                     data_name=facts.get("data_name"))
+    return TransformersTextModel(model, tokenizer, info)
+
+
+def read_training_info(name_or_path: str) -> dict:
+    """Steps, tokens and losses that convert_to_hf.py stores beside the weights ({} when absent)."""
+    local = Path(name_or_path) / TRAINING_INFO_FILE
+    if local.is_file():
+        return json.loads(local.read_text(encoding="utf-8"))
+    if Path(name_or_path).exists():
+        return {}
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(name_or_path, TRAINING_INFO_FILE)).read_text(encoding="utf-8"))
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
+        return {}
+
+
+def load_model(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
+               search_dirs: list[Path] | None = None, say=print):
+    """The model the page serves: `checkpoint`, else `model`, else the newest native checkpoint, else a
+    Hugging Face folder in `search_dirs`; None when there is none (the page then says how to train one)."""
+    if checkpoint and model:
+        raise UserError("give --checkpoint or --model, not both")
+    if checkpoint:
+        return load_native_model(checkpoint, device)
+    if model:
+        return load_transformers_model(model, device)
+    search_dirs = search_dirs if search_dirs is not None else default_search_dirs()
+    newest = find_newest_checkpoint(search_dirs)
+    if newest is not None:
+        say(f"serving the newest trained model: {newest}")
+        return load_native_model(newest, device)
+    folder = find_hf_folder(search_dirs)
+    if folder is not None:
+        say(f"serving the Hugging Face model in {folder}")
+        return load_transformers_model(str(folder), device)
+    say(f"no trained model found in {', '.join(map(str, search_dirs))}; the page will say how to train one")
+    return None
+
+
+# ------------------------------------------------------------------ generation, as the page sees it
+
+
+def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, list[str]]:
+    """Make prompt + new tokens fit the context: the prompt loses its first tokens as far as the new ones need,
+    but keeps at least half the context (or all of itself, if shorter); the new tokens stop at the context.
+    Returns (kept ids, new tokens that fit, notes saying what was cut)."""
+    keep = max(context_length - max_new_tokens, min(len(prompt_ids), context_length // 2), 1)
+    kept = prompt_ids[-keep:]
+    fitting = min(max_new_tokens, context_length - len(kept))
+    notes = []
+    if len(kept) < len(prompt_ids):
+        notes.append(f"The prompt has {len(prompt_ids):,} tokens; with {fitting:,} new ones in a context of "
+                     f"{context_length:,}, only its last {len(kept):,} tokens were used.")
+    if fitting < max_new_tokens:
+        notes.append(f"{fitting:,} new tokens instead of {max_new_tokens:,}: the context holds {context_length:,} "
+                     f"tokens and the prompt takes {len(kept):,}.")
+    return kept, fitting, notes
+
+
+def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=TEMPERATURE.default,
+                  top_k=TOP_K.default, top_p=TOP_P.default, seed=SEED.default) -> Iterator[tuple[str, str]]:
+    """Yield (prompt + the continuation so far, a status line) after every decoded token.
+
+    Every argument may come from an API client unchecked: values are clamped and each change is reported in
+    the status instead of raising."""
+    if text_model is None:
+        yield "", no_model_message()
+        return
+    prompt = prompt if isinstance(prompt, str) else ("" if prompt is None else str(prompt))
+    info = text_model.info
+    settings, notes = GenerationSettings.from_raw(info.context_length, max_new_tokens, temperature, top_k, top_p,
+                                                  seed)
+    prompt_ids = text_model.encode(prompt)
+    if not prompt_ids:
+        prompt_ids = [text_model.start_token_id]
+        notes.append("Empty prompt: the model starts from the beginning of a text.")
+    prompt_ids, fitting, fit_notes = fit_prompt(prompt_ids, settings.max_new_tokens, info.context_length)
+    notes += fit_notes
+    settings = GenerationSettings(fitting, settings.temperature, settings.top_k, settings.top_p, settings.seed)
+
+    text, n_tokens, started = prompt, 0, time.perf_counter()
+    yield text, status_line(notes, "generating…")
+    for piece, n_tokens in text_model.stream(prompt_ids, settings):
+        text += piece
+        yield text, status_line(notes, f"generating… {n_tokens:,} tokens")
+    seconds = time.perf_counter() - started
+    yield text, status_line(notes, f"{n_tokens:,} new tokens in {seconds:.1f} s "
+                                   f"({n_tokens / max(seconds, 1e-9):,.0f} tokens/s)")
+
+
+def status_line(notes: list[str], progress: str) -> str:
+    return "\n\n".join([*notes, progress])
+
+
+# ------------------------------------------------------------------ the page
+
+
+def no_model_message(search_dirs: list[Path] | None = None) -> str:
+    where = ", ".join(f"`{folder}`" for folder in (search_dirs or default_search_dirs()))
+    return (f"**No trained model found** (looked for `{'`, `'.join(MODEL_GLOBS)}` and a Hugging Face folder in "
+            f"{where}). Train one first, in a few minutes on a laptop CPU:\n\n```bash\n{TRAIN_COMMAND}\n```\n\n"
+            f"then start `python app.py` again (or pass `--checkpoint PATH`, or `--model FOLDER_OR_HUB_ID`).")
+
+
+def model_summary(info: ModelInfo) -> str:
+    parts = [f"**Model:** `{info.source}` ({info.kind})",
+             f"**Parameters:** {info.parameters:,} · **context:** {info.context_length:,} tokens"]
+    if info.step is not None:
+        tokens = f" ({info.tokens_seen:,} tokens)" if info.tokens_seen else ""
+        data = f" on {info.data_name}" if info.data_name else ""
+        parts.append(f"**Trained:** {info.step:,} steps{tokens}{data}")
+    if info.val_loss is not None:
+        parts.append(f"**Validation loss:** {info.val_loss:.3f}")
+    return "  \n".join(parts)
+
+
+def build_demo(text_model=None) -> gr.Blocks:
+    """The page: prompt, sliders, streamed output, and what is loaded. `text_model` None shows how to train."""
+    context_length = text_model.info.context_length if text_model is not None else ModelConfig().block_size
+    with gr.Blocks(title="smolm135", analytics_enabled=False) as demo:
+        gr.Markdown("# smolm135\nA base language model continues your text: write the start, it writes on.")
+        gr.Markdown(model_summary(text_model.info) if text_model is not None else no_model_message(),
+                    elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=4, placeholder="To be, or not to be", elem_id="prompt")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+                output = gr.Textbox(label="Prompt + continuation", lines=12, interactive=False, elem_id="output")
+                status = gr.Markdown(label="Status", elem_id="status")
+            with gr.Column(scale=2):
+                sliders = [slider(max_new_tokens_knob(context_length)), slider(TEMPERATURE), slider(TOP_K),
+                           slider(TOP_P)]
+                seed = gr.Number(value=SEED.default, label=SEED.label, info=SEED.info, precision=0,
+                                 minimum=SEED.minimum, maximum=SEED.maximum)
+        gr.Examples([[example] for example in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+
+        def run(prompt, max_new_tokens, temperature, top_k, top_p, seed):  # the API's parameter names
+            yield from generate_text(text_model, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+
+        # preprocess=False: the values reach generate_text as sent, which clamps them and says what it changed
+        # (Gradio would otherwise reject an out-of-range number with an error, and crash on NaN).
+        event = generate.click(run, [prompt, *sliders, seed], [output, status], api_name="generate",
+                               preprocess=False, concurrency_limit=1)  # one generation at a time; others queue
+        stop.click(None, cancels=[event])
+    return demo
+
+
+def slider(knob: Knob) -> gr.Slider:
+    return gr.Slider(knob.minimum, knob.maximum, value=knob.default, step=knob.step, label=knob.label, info=knob.info)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=None, help="a native checkpoint (.pt) to serve "
+                        "(default: the newest models/final_model_*.pt or continued_models/continued_model_*.pt)")
+    source.add_argument("--model", default=os.environ.get(MODEL_ENV_VAR) or None,
+                        help=f"a Hugging Face folder or Hub id to serve (default: ${MODEL_ENV_VAR} if set)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the page is for this machine only
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME); "
+                             "0.0.0.0 opens it to your network")
+    parser.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    checkpoint = args.checkpoint
+    model = None if checkpoint else args.model  # an explicit --checkpoint beats $SMOLM135_MODEL
+    demo = build_demo(load_model(checkpoint, model, args.device))
+    try:
+        demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as error:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise UserError(f"cannot listen on {args.host}:{args.port or 'the default port'} "
+                        f"({str(error).splitlines()[0].split('. ')[0]}): choose another --port or --host") from None
+
+
+if __name__ == "__main__":
+    run_cli(main)

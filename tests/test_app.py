@@ -1,0 +1,384 @@
+"""The demo: its pieces as functions, then the real `python app.py` server through gradio_client and raw HTTP,
+then the page in headless Chromium (skipped where Chromium or playwright is missing)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+import app
+from conftest import REPO_ROOT
+
+PROMPT = "To be, or not to be"
+SERVER_START_SECONDS = 180  # an upper bound for a loaded 2-core machine, not a wait: polling ends at the first answer
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def final_text(text_model, *args) -> tuple[str, str]:
+    *_, last = app.generate_text(text_model, *args)
+    return last
+
+
+@pytest.fixture(scope="module")
+def native_model(trained_run):
+    return app.load_model(checkpoint=trained_run[2]["final_model_path"], device="cpu")
+
+
+# ------------------------------------------------------------------ the pieces, in process
+
+
+def test_absurd_settings_are_clamped_and_each_change_is_reported():
+    settings, notes = app.GenerationSettings.from_raw(512, 10**9, -3, float("inf"), float("nan"), "seven")
+    assert settings == app.GenerationSettings(max_new_tokens=512, temperature=0.0, top_k=app.TOP_K.maximum,
+                                               top_p=app.TOP_P.default, seed=app.SEED.default)
+    assert len(notes) == 5 and "used 512" in notes[0] and "not a number" in notes[3]
+    settings, notes = app.GenerationSettings.from_raw(512, "40", 0.5, 7.0, 0.9, 3.0)
+    assert settings == app.GenerationSettings(40, 0.5, 7, 0.9, 3) and notes == []
+    assert app.GenerationSettings.from_raw(512, None, None, None, None, None)[0] == app.GenerationSettings()
+
+
+def test_a_long_prompt_keeps_its_last_tokens_and_leaves_room_for_the_new_ones():
+    kept, fitting, notes = app.fit_prompt(list(range(600)), 100, 512)
+    assert kept == list(range(188, 600)) and fitting == 100 and "only its last 412 tokens" in notes[0]
+    # a short prompt is never cut for the sake of more new tokens; the new tokens stop at the context instead
+    kept, fitting, notes = app.fit_prompt([1, 2], 512, 512)
+    assert kept == [1, 2] and fitting == 510 and notes == [
+        "510 new tokens instead of 512: the context holds 512 tokens and the prompt takes 2."]
+    # nor is a long one cut below half the context
+    kept, fitting, notes = app.fit_prompt(list(range(600)), 512, 512)
+    assert kept == list(range(344, 600)) and fitting == 256 and len(notes) == 2
+    assert app.fit_prompt([1, 2, 3], 10, 512) == ([1, 2, 3], 10, [])
+
+
+def test_newest_model_is_found_by_timestamp_among_final_and_continued_models(tmp_path):
+    older, newer = tmp_path / "a", tmp_path / "b"
+    for path in (older / "models/final_model_20260101_000000.pt", newer / "models/final_model_20260301_000000.pt",
+                 older / "continued_models/continued_model_20260201_000000.pt", newer / "models/notes.txt"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert app.find_newest_checkpoint([older, newer]).name == "final_model_20260301_000000.pt"
+    assert app.find_newest_checkpoint([older]).name == "continued_model_20260201_000000.pt"
+    assert app.find_newest_checkpoint([tmp_path]) is None
+
+
+def test_without_any_model_the_page_says_how_to_train_one(tmp_path):
+    assert app.load_model(search_dirs=[tmp_path], say=lambda _: None) is None
+    text, status = final_text(None, PROMPT)
+    assert text == "" and app.TRAIN_COMMAND in status
+    # the command the page gives is the README's quick start, word for word
+    assert app.TRAIN_COMMAND in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_missing_checkpoint_is_one_line_on_stderr_and_exit_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app.run_cli(lambda: app.main(["--checkpoint", str(tmp_path / "nope.pt")]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "nope.pt does not exist" in error
+
+
+def test_the_page_is_for_this_machine_only_unless_asked(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert app.build_parser().parse_args([]).host == "127.0.0.1"
+    assert app.build_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+def test_a_space_can_name_a_hub_model_in_an_environment_variable(monkeypatch):
+    monkeypatch.setenv(app.MODEL_ENV_VAR, "you/smolm135-tiny")
+    args = app.build_parser().parse_args([])
+    assert args.model == "you/smolm135-tiny" and args.checkpoint is None
+
+
+def test_a_port_in_use_is_one_line_on_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(app, "APP_DIR", tmp_path)  # no model anywhere: the quickest page to build
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as exit_info:
+            app.run_cli(lambda: app.main(["--port", str(taken.getsockname()[1])]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.startswith("error: cannot listen on 127.0.0.1:")
+    assert "Cannot find empty port" in error and error.count("\n") == 1
+
+
+def test_native_generation_streams_the_prompt_then_each_new_token(native_model):
+    steps = list(app.generate_text(native_model, PROMPT, 6, 0, 50, 0.95, 0))
+    texts = [text for text, _ in steps]
+    assert all(text.startswith(PROMPT) for text in texts)
+    assert texts[0] == PROMPT and len(steps) >= 6 + 2  # the prompt, each token, the end
+    assert "6 new tokens" in steps[-1][1]
+
+
+def test_generation_feeds_one_token_at_a_time_through_the_kv_cache(native_model, monkeypatch):
+    fed = []
+    forward = native_model.model.forward
+
+    def spy(idx, *args, **kwargs):
+        fed.append((idx.shape[1], kwargs.get("kv_cache") is not None))
+        return forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(native_model.model, "forward", spy)
+    final_text(native_model, PROMPT, 5, 0, 50, 0.95, 0)
+    prompt_length = len(native_model.encode(PROMPT))
+    assert fed == [(prompt_length, True)] + [(1, True)] * 4
+
+
+def test_a_seed_makes_sampling_repeatable(native_model):
+    first = final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0]
+    assert final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0] == first
+
+
+def test_model_panel_names_file_parameters_steps_and_validation_loss(native_model, trained_run):
+    summary = app.model_summary(native_model.info)
+    assert trained_run[2]["final_model_path"] in summary
+    assert f"{native_model.model.num_parameters()['total']:,}" in summary
+    assert "30 steps" in summary and f"{trained_run[2]['final_val_loss']:.3f}" in summary
+
+
+# ------------------------------------------------------------------ a converted (Hugging Face) model
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A tiny stock transformers model with the offline GPT-2 tokenizer, saved as a folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from tokenizer import END_OF_TEXT, gpt2_bpe_files
+
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    folder = tmp_path_factory.mktemp("space") / "tiny-hf"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
+    GPT2TokenizerFast(vocab=str(encoder_json), merges=str(vocab_bpe), bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+                      unk_token=END_OF_TEXT).save_pretrained(folder)
+    (folder / app.TRAINING_INFO_FILE).write_text(json.dumps({"step": 7, "val_loss": 9.5}), encoding="utf-8")
+    return folder
+
+
+def test_a_hugging_face_folder_beside_the_app_is_served_and_streams(hf_folder):
+    text_model = app.load_model(search_dirs=[hf_folder.parent], device="cpu", say=lambda _: None)
+    assert isinstance(text_model, app.TransformersTextModel)
+    assert "7 steps" in app.model_summary(text_model.info) and "9.500" in app.model_summary(text_model.info)
+    steps = list(app.generate_text(text_model, PROMPT, 8, 0, 50, 0.95, 0))
+    assert all(text.startswith(PROMPT) for text, _ in steps) and len(steps[-1][0]) > len(PROMPT)
+    assert final_text(text_model, PROMPT, 8, 0, 50, 0.95, 0)[0] == steps[-1][0]  # greedy: the same text again
+    sampled = final_text(text_model, PROMPT, 8, 1.0, 0, 1.0, 5)[0]
+    assert final_text(text_model, PROMPT, 8, 1.0, 0, 1.0, 5)[0] == sampled
+    text, status = final_text(text_model, "word " * 100, 8, 0, 50, 0.95, 0)
+    assert text.startswith("word " * 100) and "only its last 56 tokens" in status  # context 64 = 56 + 8
+
+
+def test_a_failing_hugging_face_generate_raises_instead_of_hanging(hf_folder, monkeypatch):
+    text_model = app.load_model(model=str(hf_folder), device="cpu")
+
+    def broken_generate(**kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(text_model.model, "generate", broken_generate)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        final_text(text_model, PROMPT, 8)
+
+
+# ------------------------------------------------------------------ the real server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(space_dir: Path, log_path: Path):
+    """`python app.py` with no arguments in a folder laid out like a Space (app.py beside its model).
+    The project's other modules come from the repository through PYTHONPATH; HF_HUB_OFFLINE proves it needs
+    no network."""
+    shutil.copy(REPO_ROOT / "app.py", space_dir / "app.py")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop(app.MODEL_ENV_VAR, None)
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--device", "cpu"], cwd=space_dir,
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return process, url, log
+        except httpx.TransportError:
+            time.sleep(0.2)  # a poll interval; the loop ends at the first answer
+    stop_app(process, log)
+    pytest.fail(f"app.py did not answer on {url}; its output:\n{log_path.read_text()}")
+
+
+def stop_app(process, log):
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    space = tmp_path_factory.mktemp("space")
+    checkpoint = Path(trained_run[2]["final_model_path"])
+    (space / "models").mkdir()
+    shutil.copy(checkpoint, space / "models" / checkpoint.name)
+    process, url, log = start_app(space, space / "server.log")
+    yield url
+    stop_app(process, log)
+
+
+@pytest.fixture(scope="module")
+def empty_server(tmp_path_factory):
+    space = tmp_path_factory.mktemp("empty-space")
+    process, url, log = start_app(space, space / "server.log")
+    yield url
+    stop_app(process, log)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def test_api_generation_begins_with_the_prompt(client):
+    text, status = client.predict(PROMPT, 12, 0.8, 50, 0.95, 1, api_name="/generate")
+    assert text.startswith(PROMPT) and len(text) > len(PROMPT) and "12 new tokens" in status
+
+
+def test_api_greedy_generation_with_a_fixed_seed_is_repeatable(client):
+    first = client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0]
+    assert client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0] == first
+
+
+def test_api_streams_intermediate_text(client):
+    job = client.submit(PROMPT, 10, 0.8, 50, 0.95, 0, api_name="/generate")
+    final = job.result()
+    texts = [text for text, _ in job.outputs()]
+    assert len(texts) > 2 and all(final[0].startswith(text) for text in texts)
+
+
+def test_api_empty_prompt_gets_text(client):
+    text, status = client.predict("", 8, 0.8, 50, 0.95, 0, api_name="/generate")
+    assert text and "Empty prompt" in status
+
+
+def test_api_prompt_longer_than_the_context_is_cut_from_the_left_and_said_so(client):
+    prompt = "word " * 600  # 600 tokens against a context of 512
+    text, status = client.predict(prompt, 16, 0.8, 50, 0.95, 0, api_name="/generate")
+    assert text.startswith(prompt) and "only its last 496 tokens were used" in status
+
+
+def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
+    text, status = client.predict("Hi", 10**9, -5, 10**9, 7, -1, api_name="/generate")
+    assert text.startswith("Hi")
+    for note in ("Max new tokens 1000000000 is outside 1..512: used 512", "Temperature -5 is outside 0..2: used 0",
+                 "Top-k 1000000000 is outside 0..500: used 500", "Top-p 7 is outside 0.01..1: used 1",
+                 "Seed -1 is outside 0..4294967295: used 0", "511 new tokens instead of 512"):
+        assert note in status
+    text, status = client.predict("Hi", "many", None, "x", [], {}, api_name="/generate")
+    assert text.startswith("Hi") and status.count("is not a number") == 5
+
+
+def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
+    # JSON has no NaN, so gradio_client cannot send one; a hand-written request can (Python's json reads it)
+    body = '{"data": ["Hi", 8, NaN, Infinity, -Infinity, NaN]}'
+    event = httpx.post(server + "gradio_api/call/generate", content=body,
+                       headers={"Content-Type": "application/json"}, timeout=30).json()["event_id"]
+    with httpx.stream("GET", server + f"gradio_api/call/generate/{event}", timeout=120) as response:
+        lines = list(response.iter_lines())
+    assert "event: complete" in lines, lines[-4:]
+    text, status = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))
+    assert text.startswith("Hi") and "Temperature nan is not a number" in status and "8 new tokens" in status
+
+
+def test_concurrent_requests_queue_and_all_get_answers(client):
+    jobs = [client.submit(f"{PROMPT} {n}", 8, 0.8, 50, 0.95, n, api_name="/generate") for n in range(3)]
+    for n, job in enumerate(jobs):
+        assert job.result(timeout=120)[0].startswith(f"{PROMPT} {n}")
+
+
+def test_without_a_model_the_server_starts_and_answers_with_the_train_command(empty_server):
+    from gradio_client import Client
+
+    text, status = Client(empty_server, verbose=False).predict(PROMPT, 8, 0.8, 50, 0.95, 0, api_name="/generate")
+    assert text == "" and app.TRAIN_COMMAND in status
+
+
+# ------------------------------------------------------------------ the page in a real browser
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# decided before any fixture runs, so a machine without a browser does not train a model only to skip
+needs_chromium = pytest.mark.skipif(
+    chromium_path() is None or importlib.util.find_spec("playwright") is None,
+    reason="needs Chromium on PATH (Debian: apt-get install chromium) and the playwright package")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        yield context
+        context.close()
+
+
+def open_page(browser, url):
+    """The page, and the list of requests it sent anywhere but the app (the demo must work offline)."""
+    page = browser.new_page()
+    elsewhere = []
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if request.url.startswith("http") and not request.url.startswith(url) else None)
+    page.goto(url, timeout=60_000)
+    return page, elsewhere
+
+
+@needs_chromium
+def test_page_renders_and_generate_streams_text_into_the_output(browser, server, native_model):
+    page, elsewhere = open_page(browser, server)
+    page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)
+    assert f"{native_model.info.parameters:,}" in page.locator("#model-info").inner_text()
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#generate").click()
+    page.locator("#status").get_by_text("new tokens in").wait_for(timeout=60_000)
+    output = page.locator("#output textarea").input_value()
+    assert output.startswith(PROMPT) and len(output) > len(PROMPT)
+    assert elsewhere == []
+    page.close()
+
+
+@needs_chromium
+def test_page_without_a_model_shows_the_train_command(browser, empty_server):
+    page, elsewhere = open_page(browser, empty_server)
+    page.locator("#model-info").get_by_text("No trained model found").wait_for(timeout=60_000)
+    assert app.TRAIN_COMMAND in page.locator("#model-info").inner_text()
+    assert elsewhere == []
+    page.close()
