@@ -20,7 +20,6 @@ import codecs
 import json
 import math
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,17 +32,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from checkpoint import load_checkpoint  # noqa: E402
+from checkpoint import (TRAINED_MODEL_GLOBS, TRAINING_INFO_FILE, load_checkpoint, model_from_checkpoint,  # noqa: E402
+                        newest_trained_model)
 from errors import UserError, run_cli  # noqa: E402
 from runtime import pick_device  # noqa: E402
-from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict  # noqa: E402
+from smollm135_model import ModelConfig, SmoLM135_Model  # noqa: E402
 from tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
-MODEL_GLOBS = ("models/final_model_*.pt", "continued_models/continued_model_*.pt")
-_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})\.pt$")
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TRAINING_INFO_FILE = "training_info.json"  # written next to the weights by convert_to_hf.py
 MODEL_ENV_VAR = "SMOLM135_MODEL"  # lets a Space, which cannot pass arguments, name a Hub model
 # The README's quick-start training command (a test keeps the two identical).
 TRAIN_COMMAND = ("python Model_smollm135_trainer.py --preset tiny --max-steps 250 --warmup-steps 25 --lr 2e-3 "
@@ -234,19 +231,6 @@ def generation_context_length(config) -> int:
 # ------------------------------------------------------------------ finding and loading a model
 
 
-def find_newest_checkpoint(search_dirs: list[Path]) -> Path | None:
-    """The newest final or continued model in any of the folders, by the timestamp in its name, then mtime."""
-    candidates = [path for folder in search_dirs for pattern in MODEL_GLOBS for path in folder.glob(pattern)]
-    if not candidates:
-        return None
-
-    def newness(path: Path):
-        match = _TIMESTAMP.search(path.name)
-        return (match.group(1) if match else "", path.stat().st_mtime)
-
-    return max(candidates, key=newness)
-
-
 def is_hf_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in HF_WEIGHT_FILES)
 
@@ -266,12 +250,7 @@ def default_search_dirs() -> list[Path]:
 
 def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") -> NativeTextModel:
     state = load_checkpoint(checkpoint_path)
-    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
-    try:
-        model.load_state_dict(clean_state_dict(state["model_state_dict"]))
-    except RuntimeError as error:
-        raise UserError(f"{checkpoint_path}: the weights do not fit the model config stored with them "
-                        f"({str(error).splitlines()[0]})") from None
+    model = model_from_checkpoint(state, checkpoint_path)
     model.to(pick_device(device)).eval()
     info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
                      parameters=model.num_parameters()["total"], context_length=model.config.block_size,
@@ -326,7 +305,7 @@ def load_model(checkpoint: str | None = None, model: str | None = None, device: 
     if model:
         return load_transformers_model(model, device)
     search_dirs = search_dirs if search_dirs is not None else default_search_dirs()
-    newest = find_newest_checkpoint(search_dirs)
+    newest = newest_trained_model(search_dirs)
     if newest is not None:
         say(f"serving the newest trained model: {newest}")
         return load_native_model(newest, device)
@@ -398,7 +377,7 @@ def status_line(notes: list[str], progress: str) -> str:
 
 def no_model_message(search_dirs: list[Path] | None = None) -> str:
     where = ", ".join(f"`{folder}`" for folder in (search_dirs or default_search_dirs()))
-    return (f"**No trained model found** (looked for `{'`, `'.join(MODEL_GLOBS)}` and a Hugging Face folder in "
+    return (f"**No trained model found** (looked for `{'`, `'.join(TRAINED_MODEL_GLOBS)}` and a Hugging Face folder in "
             f"{where}). Train one first, in a few minutes on a laptop CPU:\n\n```bash\n{TRAIN_COMMAND}\n```\n\n"
             f"then start `python app.py` again (or pass `--checkpoint PATH`, or `--model FOLDER_OR_HUB_ID`).")
 

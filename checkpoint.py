@@ -16,11 +16,16 @@ from pathlib import Path
 import torch
 
 from errors import UserError
+from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 CHECKPOINT_FORMAT = "smolm135-checkpoint"
 REQUIRED_KEYS = ("model_state_dict", "model_config")
 LATEST = "latest.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+FINAL_MODEL_GLOB = "models/final_model_*.pt"
+TRAINED_MODEL_GLOBS = (FINAL_MODEL_GLOB, "continued_models/continued_model_*.pt")
+_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})(?:_\d+)?\.pt$")
+TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 
 
 class CheckpointError(UserError):
@@ -114,3 +119,26 @@ def newest_intact_checkpoint(checkpoint_dir: Path, warn=print) -> tuple[Path, di
         raise CheckpointError(f"no intact checkpoint left in {checkpoint_dir} (the corrupt ones were renamed "
                               f"*.corrupt): pass --resume never to start fresh, or --resume PATH")
     return None
+
+
+def newest_trained_model(search_dirs: list[Path], patterns=TRAINED_MODEL_GLOBS) -> Path | None:
+    """The newest final or continued model in any of the folders, by the timestamp in its name, then its
+    modification time; None when there is none."""
+    candidates = [path for folder in search_dirs for pattern in patterns for path in Path(folder).glob(pattern)]
+
+    def newness(path: Path):
+        match = _TIMESTAMP.search(path.name)
+        return (match.group(1) if match else "", path.stat().st_mtime)
+
+    return max(candidates, key=newness, default=None)
+
+
+def model_from_checkpoint(state: dict, source: str | os.PathLike = "checkpoint") -> SmoLM135_Model:
+    """The native model a checkpoint describes, with its weights loaded, in eval mode."""
+    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
+    try:
+        model.load_state_dict(clean_state_dict(state["model_state_dict"]))
+    except RuntimeError as error:
+        raise CheckpointError(f"{source}: the weights do not fit the model config stored with them "
+                              f"({str(error).splitlines()[0]})") from None
+    return model.eval()

@@ -12,9 +12,9 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from checkpoint import LATEST, CheckpointError, load_checkpoint
+from checkpoint import FINAL_MODEL_GLOB, LATEST, CheckpointError, load_checkpoint, newest_trained_model
 from errors import UserError, run_cli
-from Model_smollm135_trainer import TRAINING, RunLayout, train
+from Model_smollm135_trainer import RunLayout, train
 from train_config import TrainConfig, add_train_arguments
 
 CONTINUED = RunLayout(checkpoint_dir="checkpoints/continued", final_dir="continued_models",
@@ -23,12 +23,12 @@ DEFAULT_EXTRA_STEPS = 50
 
 
 def newest_final_model(out_dir: str | Path) -> Path:
-    """The newest models/final_model_<timestamp>.pt (timestamps sort as text)."""
-    finals = sorted((Path(out_dir) / TRAINING.final_dir).glob(f"{TRAINING.final_prefix}_*.pt"))
-    if not finals:
-        raise UserError(f"no {TRAINING.final_dir}/{TRAINING.final_prefix}_*.pt under {out_dir}: train a model first "
+    """The newest models/final_model_<timestamp>.pt under out_dir."""
+    newest = newest_trained_model([Path(out_dir)], patterns=(FINAL_MODEL_GLOB,))
+    if newest is None:
+        raise UserError(f"no {FINAL_MODEL_GLOB} under {out_dir}: train a model first "
                         f"with `python Model_smollm135_trainer.py` (or pass --checkpoint PATH)")
-    return finals[-1]
+    return newest
 
 
 def continued_config(source: Path, state: dict, steps: int, out_dir: str, data: str | None = None,

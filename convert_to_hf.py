@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from checkpoint import (CHECKPOINT_FORMAT, TRAINED_MODEL_GLOBS, TRAINING_INFO_FILE, load_checkpoint,
+                        model_from_checkpoint, newest_trained_model, save_atomic)
 from configuration_smolm135 import SmoLM135Config
 from errors import UserError, run_cli
 from model_card import TrainingFacts, render_model_card
@@ -36,11 +36,8 @@ from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model, clean_state_di
 from tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
 from training_log import plot_losses
 
-MODEL_GLOBS = ("models/final_model_*.pt", "continued_models/continued_model_*.pt")
-_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})\.pt$")
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
-TRAINING_INFO = "training_info.json"
 TRAINING_INFO_KEYS = ("data_name", "step", "tokens_seen", "train_loss", "val_loss", "history", "train_config")
 
 
@@ -49,23 +46,11 @@ TRAINING_INFO_KEYS = ("data_name", "step", "tokens_seen", "train_loss", "val_los
 
 def find_newest_model(search_dir: str | os.PathLike = ".") -> Path:
     """The newest final or continued model under `search_dir`, by the timestamp in its name, then its mtime."""
-    search_dir = Path(search_dir)
-    candidates = [path for pattern in MODEL_GLOBS for path in search_dir.glob(pattern)]
-    if not candidates:
-        raise UserError(f"no trained model under {search_dir.resolve()} ({' or '.join(MODEL_GLOBS)}): train one "
-                        f"first (python Model_smollm135_trainer.py --preset tiny ...), or pass --checkpoint PATH")
-
-    def newness(path: Path):
-        match = _TIMESTAMP.search(path.name)
-        return (match.group(1) if match else "", path.stat().st_mtime)
-
-    return max(candidates, key=newness)
-
-
-def native_model_from_state(state: dict) -> SmoLM135_Model:
-    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(clean_state_dict(state["model_state_dict"]))
-    return model.eval()
+    newest = newest_trained_model([Path(search_dir)])
+    if newest is None:
+        raise UserError(f"no trained model under {Path(search_dir).resolve()} ({' or '.join(TRAINED_MODEL_GLOBS)}): "
+                        f"train one first (python Model_smollm135_trainer.py --preset tiny ...), or pass --checkpoint PATH")
+    return newest
 
 
 def preset_of(model_config: ModelConfig) -> str | None:
@@ -145,7 +130,7 @@ def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model
     build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
 
     info = {key: state.get(key) for key in TRAINING_INFO_KEYS}
-    (output_dir / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     history = state.get("history") or {"train": [], "val": []}
     has_plot = bool(history.get("train") or history.get("val"))
     name = model_id.split("/")[-1] if model_id else output_dir.resolve().name
@@ -226,7 +211,7 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
             model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
     """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
     state = load_checkpoint(checkpoint_path)
-    native = native_model_from_state(state)
+    native = model_from_checkpoint(state)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{state.get('step', '?')}) into {output_dir}")
@@ -288,7 +273,7 @@ def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, dict]:
                         f"by convert_to_hf.py")
     hf_model = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32)
     native = hf_model.model.eval()
-    info_path = folder / TRAINING_INFO
+    info_path = folder / TRAINING_INFO_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     state = {
         "format": CHECKPOINT_FORMAT,

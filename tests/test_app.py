@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import app
+from checkpoint import TRAINING_INFO_FILE
 from conftest import REPO_ROOT
 
 PROMPT = "To be, or not to be"
@@ -68,9 +69,9 @@ def test_newest_model_is_found_by_timestamp_among_final_and_continued_models(tmp
                  older / "continued_models/continued_model_20260201_000000.pt", newer / "models/notes.txt"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    assert app.find_newest_checkpoint([older, newer]).name == "final_model_20260301_000000.pt"
-    assert app.find_newest_checkpoint([older]).name == "continued_model_20260201_000000.pt"
-    assert app.find_newest_checkpoint([tmp_path]) is None
+    assert app.newest_trained_model([older, newer]).name == "final_model_20260301_000000.pt"
+    assert app.newest_trained_model([older]).name == "continued_model_20260201_000000.pt"
+    assert app.newest_trained_model([tmp_path]) is None
 
 
 def test_without_any_model_the_page_says_how_to_train_one(tmp_path):
@@ -165,7 +166,7 @@ def hf_folder(tmp_path_factory):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
     GPT2TokenizerFast(vocab=str(encoder_json), merges=str(vocab_bpe), bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
                       unk_token=END_OF_TEXT).save_pretrained(folder)
-    (folder / app.TRAINING_INFO_FILE).write_text(json.dumps({"step": 7, "val_loss": 9.5}), encoding="utf-8")
+    (folder / TRAINING_INFO_FILE).write_text(json.dumps({"step": 7, "val_loss": 9.5}), encoding="utf-8")
     return folder
 
 

@@ -22,10 +22,9 @@ from safetensors import safe_open
 from transformers import DynamicCache
 
 import convert_to_hf
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from convert_to_hf import (build_hf_tokenizer, check_logits_match, check_output_dir, default_output_dir,
-                           find_newest_model, hf_folder_to_checkpoint, hf_model_from_native, main,
-                           native_model_from_state, push_to_hub)
+                           find_newest_model, hf_folder_to_checkpoint, hf_model_from_native, main, push_to_hub)
 from errors import UserError, run_cli
 from model_card import USAGE_PROMPT
 from modeling_smolm135 import CACHE_OUTPUT_FIELD
@@ -48,7 +47,7 @@ def greedy(model, input_ids, attention_mask=None, max_new_tokens=12, **kwargs):
 @pytest.fixture(scope="module")
 def native(trained_run):
     _, _, summary, _ = trained_run
-    return native_model_from_state(load_checkpoint(summary["final_model_path"]))
+    return model_from_checkpoint(load_checkpoint(summary["final_model_path"]))
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +420,7 @@ def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(exp
         assert state[key] == original[key], key
     assert state["model_config"] == original["model_config"]
     assert set(state["model_state_dict"]) == set(original["model_state_dict"])
-    back = native_model_from_state(state)
+    back = model_from_checkpoint(state)
     input_ids = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         assert torch.equal(back(input_ids)[0], native(input_ids)[0])
