@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, newest_intact_checkpoint,
+from checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, newest_intact_checkpoint,
                         save_atomic, save_training_checkpoint)
 from data import (TRAIN_STREAM, VAL_STREAM, Corpus, batch_offsets, get_batch, load_corpus, local_rows,
                   split_train_val)
@@ -165,6 +165,22 @@ def restore(state: dict, model, optimizer, progress: Progress) -> None:
         restore_rng_state(state["rng_state"])
 
 
+def resume(path: Path, state: dict, model, optimizer, progress: Progress, global_batch: int, log: RunLog) -> None:
+    """Load a checkpoint into the run after checking that it describes the same model."""
+    differences = config_mismatch(state["model_config"], model.config.to_dict())
+    if differences:
+        raise UserError(f"checkpoint {path} was trained with a different model ({'; '.join(differences)}): "
+                        f"use the same --preset, or --resume never to start fresh")
+    restore(state, model, optimizer, progress)
+    log.say(f"continuing from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen, "
+            f"last train loss {_fmt(progress.last_train_loss)}, validation loss {_fmt(progress.last_val_loss)})")
+    saved_batch = state.get("data_position", {}).get("global_batch_size", global_batch)
+    if saved_batch != global_batch:  # e.g. resumed with another number of processes
+        log.say(f"note: the checkpoint trained with a global batch of {saved_batch} sequences, this run uses "
+                f"{global_batch} (batch size x grad accum x processes); set --batch-size or --grad-accum "
+                f"to keep {saved_batch}")
+
+
 def check_corpus_fits(corpus: Corpus, train_tokens, val_tokens, cfg: TrainConfig, vocab_size: int,
                       global_batch: int) -> None:
     if corpus.max_token_id >= vocab_size:
@@ -230,6 +246,36 @@ def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
     max_new = min(cfg.sample_tokens, model.config.block_size - prompt.shape[1])
     out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator)
     return encoder.decode(out[0].tolist())
+
+
+def forward_backward(step_model, model, train_tokens, step: int, cfg: TrainConfig, distributed: Distributed,
+                     device, dtype, stop_requested: bool) -> tuple[float, float, float]:
+    """Gradients of this process's share of step `step`'s global batch, clipped. Returns the loss averaged
+    over the whole global batch, the gradient norm, and how many processes were asked to stop: the
+    step's one host sync, as the three travel together."""
+    global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
+    offsets = batch_offsets(len(train_tokens), cfg.seq_len, global_batch, cfg.seed, TRAIN_STREAM, step)
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(cfg.grad_accum):
+        # this process's share of the global batch: the same rows whatever the process count
+        rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
+        x, y = get_batch(train_tokens, offsets[rows], cfg.seq_len, device)
+        last_micro = micro == cfg.grad_accum - 1
+        # under DDP, gradients are all-reduced only once per step, after the last micro-batch
+        sync = step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
+        with sync:
+            with autocast(device, dtype):
+                _, loss = step_model(x, y)
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+    reduced = torch.stack([loss_sum / cfg.grad_accum, grad_norm.float(),
+                           torch.tensor(float(stop_requested), device=device)])
+    if distributed.enabled:
+        dist.all_reduce(reduced)
+        reduced[:2] /= distributed.world_size  # every process holds the same (synced) gradient norm
+    step_loss, grad_norm, stop_votes = reduced.tolist()
+    return step_loss, grad_norm, stop_votes
 
 
 # ------------------------------------------------------------------ the run
@@ -301,19 +347,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     resumed = run_on_main(distributed, lambda: find_resume_state(cfg, checkpoint_dir, log), send_result_to_all=True)
     if resumed is not None:
-        path, state = resumed
-        differences = config_mismatch(state["model_config"], model_config.to_dict())
-        if differences:
-            raise UserError(f"checkpoint {path} was trained with a different model ({'; '.join(differences)}): "
-                            f"use the same --preset, or --resume never to start fresh")
-        restore(state, model, optimizer, progress)
-        log.say(f"continuing from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen, "
-                f"last train loss {_fmt(progress.last_train_loss)}, validation loss {_fmt(progress.last_val_loss)})")
-        saved_batch = state.get("data_position", {}).get("global_batch_size", global_batch)
-        if saved_batch != global_batch:  # e.g. resumed with another number of processes
-            log.say(f"note: the checkpoint trained with a global batch of {saved_batch} sequences, this run uses "
-                    f"{global_batch} (batch size x grad accum x processes); set --batch-size or --grad-accum "
-                    f"to keep {saved_batch}")
+        resume(*resumed, model, optimizer, progress, global_batch, log)
     if progress.step >= cfg.max_steps:
         log.say(f"step {progress.step} already reaches --max-steps {cfg.max_steps}: nothing to train "
                 f"(raise --max-steps to train longer, or pass --resume never to start over)")
@@ -351,28 +385,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
             lr = get_lr(progress.step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            offsets = batch_offsets(len(train_tokens), cfg.seq_len, global_batch, cfg.seed, TRAIN_STREAM, progress.step)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                # this process's share of the global batch: the same rows whatever the process count
-                rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
-                x, y = get_batch(train_tokens, offsets[rows], cfg.seq_len, device)
-                last_micro = micro == cfg.grad_accum - 1
-                sync = step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, dtype):
-                        _, loss = step_model(x, y)
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            # one host sync per step: the loss (averaged over processes) and the stop flag travel together
-            reduced = torch.stack([loss_sum / cfg.grad_accum, torch.tensor(float(stop.signal_name is not None),
-                                                                           device=device)])
-            if distributed.enabled:
-                dist.all_reduce(reduced)
-                reduced[0] /= distributed.world_size
-            step_loss, stop_votes = reduced.tolist()
-            grad_norm = grad_norm.item()
+            step_loss, grad_norm, stop_votes = forward_backward(step_model, model, train_tokens, progress.step, cfg,
+                                                                distributed, device, dtype, stop.signal_name is not None)
             finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
             if finite:
                 optimizer.step()
