@@ -202,7 +202,7 @@ def evaluate(model, val_tokens, cfg: TrainConfig, device, dtype, distributed: Di
         offsets = batch_offsets(len(val_tokens), cfg.seq_len, cfg.batch_size, cfg.seed, VAL_STREAM, batch_index)
         x, y = get_batch(val_tokens, offsets, cfg.seq_len, device)
         with autocast(device, dtype):
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)
         totals += torch.stack([loss.float(), torch.ones((), device=device)])
     if distributed.enabled:
         dist.all_reduce(totals)
@@ -332,7 +332,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
                 sync = step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast(device, dtype):
-                        _, loss = step_model(x, y)
+                        _, loss = step_model(x, y, return_logits=False)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach().float()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
