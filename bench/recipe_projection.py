@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+# harness first: it puts the repository root on sys.path for the imports after it
 from harness import parse_args
 from data import shakespeare_text
 from errors import run_cli

@@ -8,6 +8,7 @@ device's dense bf16 peak (`runtime.GPU_PEAK_FLOPS`); it is shown where that peak
 """
 from __future__ import annotations
 
+# harness first: it puts the repository root on sys.path for the imports after it
 from harness import bench_config, describe, median, parse_args, print_row, time_interleaved, token_batch, training_step
 from errors import UserError, run_cli
 from runtime import DTYPES, peak_flops, pick_dtype

@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+# harness first: it puts the repository root on sys.path for the imports after it
 from harness import median, parse_args, print_ratios, print_row, time_interleaved
 from data import load_corpus, shakespeare_text
 from errors import run_cli

@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+# harness first: it puts the repository root on sys.path for the imports after it
 from harness import (bench_config, describe, model_pair, parse_args, precisions, print_ratios, token_batch,
                      training_step)
 from errors import UserError, run_cli
@@ -96,9 +97,10 @@ def main(argv=None) -> dict[str, float]:
         name = str(dtype).replace("torch.", "")
         print(f"training step memory, {batch_size} x {seq_len}, {name}:")
         for label, memory in results.items():
-            step_peak = memory["peak"] - memory["resting"]
-            print(f"  {label:<20} step peak {step_peak / 2**20:>9,.0f} MiB   resting {memory['resting'] / 2**20:>9,.0f} "
-                  f"MiB   total peak {memory['peak'] / 2**20:>9,.0f} MiB")
+            step_peak, resting, peak = (value / 2**20 for value in
+                                        (memory["peak"] - memory["resting"], memory["resting"], memory["peak"]))
+            print(f"  {label:<20} step peak {step_peak:>9,.0f} MiB   resting {resting:>9,.0f} MiB   "
+                  f"total peak {peak:>9,.0f} MiB")
         ours, reference = (results[label] for label in SIDES)
         ratios[f"{name} step peak"] = (ours["peak"] - ours["resting"]) / (reference["peak"] - reference["resting"])
         ratios[f"{name} total peak"] = ours["peak"] / reference["peak"]

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+# harness first: it puts the repository root on sys.path for the imports after it
 from harness import (bench_config, describe, median, model_pair, parse_args, precisions, print_ratios, print_row,
                      time_interleaved, token_batch, training_step)
 from errors import run_cli
