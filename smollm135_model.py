@@ -136,7 +136,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, self.n_kv_head, groups, hs)  # (B, nkv, g, hs)
         scores = torch.matmul(q, k.transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, S)
         if attn_mask is not None:  # (B or 1, 1, 1, S), boolean (True = attend) or additive, as for SDPA
-            mask = attn_mask.view(attn_mask.shape[0], 1, 1, -1)
+            mask = attn_mask.reshape(attn_mask.shape[0], 1, 1, -1)
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         return torch.matmul(scores.softmax(dim=-1), v).view(B, self.n_head, hs)  # (B, nh, hs)
 
