@@ -231,7 +231,7 @@ def evaluate(model, val_tokens, cfg: TrainConfig, device, dtype, distributed: Di
             rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
             x, y = get_batch(val_tokens, offsets[rows], cfg.seq_len, device)
             with autocast(device, dtype):
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)
             loss_sum += loss.float()
     if distributed.enabled:
         dist.all_reduce(loss_sum)
@@ -265,7 +265,7 @@ def forward_backward(step_model, model, train_tokens, step: int, cfg: TrainConfi
         sync = step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
         with sync:
             with autocast(device, dtype):
-                _, loss = step_model(x, y)
+                _, loss = step_model(x, y, return_logits=False)
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU figures in a few minutes on one NVIDIA GPU: tokens/s and MFU of the full model (bf16, compiled)
+# at the seed recipe's 32 x 128 and at 16 x 2048, then the seed recipe's first 200 steps through the
+# trainer, projected to its 5,000 steps. Without a CUDA GPU it says so and exits 0.
+#
+#     bash bench/gpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "bench/gpu.sh: no CUDA GPU visible to torch; nothing measured"
+    exit 0
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python bench/throughput.py --device cuda --batch-size 32 --seq-len 128 --dtype bfloat16 --compile --repeats 20
+python bench/throughput.py --device cuda --batch-size 16 --seq-len 2048 --dtype bfloat16 --compile --repeats 10
+python bench/recipe_projection.py --device cuda --steps 200 --compile

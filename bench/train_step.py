@@ -1,0 +1,44 @@
+"""Figure 1: the time of one training step, ours against transformers' Llama of the same size.
+
+    python bench/train_step.py            # the full model, batch 32 x 128, fp32 and (where native) bf16
+    python bench/train_step.py --quick    # the tiny preset, batch 8 x 64
+    python bench/train_step.py --compile  # both models through torch.compile (adds minutes of compiling)
+"""
+from __future__ import annotations
+
+# harness first: it puts the repository root on sys.path for the imports after it
+from harness import (bench_config, describe, median, model_pair, parse_args, precisions, print_ratios, print_row,
+                     time_interleaved, token_batch, training_step)
+from errors import run_cli
+
+
+def add_arguments(parser):
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (quick: 8)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default 128 (quick: 64)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+
+
+def main(argv=None) -> dict[str, float]:
+    args = parse_args(__doc__, argv, add_arguments)
+    cfg = bench_config(args.quick)
+    batch_size = args.batch_size or (8 if args.quick else 32)
+    seq_len = args.seq_len or (64 if args.quick else 128)
+    describe(args, cfg)
+    ours, reference = model_pair(cfg, args.device)
+    tokens = token_batch(batch_size, seq_len + 1, args.device)
+    ratios = {}
+    for dtype in precisions(args.device):
+        name = str(dtype).replace("torch.", "") + (" compiled" if args.compile else "")
+        steps = {"ours": training_step(ours, "ours", tokens, dtype, args.compile),
+                 "transformers Llama": training_step(reference, "reference", tokens, dtype, args.compile)}
+        seconds = time_interleaved(steps, args.repeats, args.device)
+        print(f"training step, {batch_size} x {seq_len}, {name}:")
+        for label, values in seconds.items():
+            print_row(label, values, "s")
+        ratios[name] = median(seconds["ours"]) / median(seconds["transformers Llama"])
+    print_ratios("step time", ratios, "below 1: ours is faster")
+    return ratios
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,132 @@
+"""Every fast path computes what the plain path computes: the chunked loss, one-query attention, the
+decoding weight layout, and torch.compile."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smollm135_model import CausalSelfAttention, KVCache, build_model, linear_cross_entropy
+
+
+def plain_loss_and_grads(hidden, weight, targets):
+    loss = F.cross_entropy(F.linear(hidden, weight).float(), targets, ignore_index=-100)
+    return (loss, *torch.autograd.grad(loss * 3, (hidden, weight)))  # * 3: backward scales by its input
+
+
+def chunked_loss_and_grads(hidden, weight, targets, chunk_elements):
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_elements=chunk_elements)
+    return (loss, *torch.autograd.grad(loss * 3, (hidden, weight)))
+
+
+@pytest.fixture
+def loss_inputs():
+    torch.manual_seed(0)
+    hidden = torch.randn(150, 24, requires_grad=True)
+    weight = torch.randn(640, 24, requires_grad=True)
+    targets = torch.randint(0, 640, (150,))
+    targets[::7] = -100  # ignored positions
+    return hidden, weight, targets
+
+
+@pytest.mark.parametrize("chunk_elements", [10**9, 640 * 32, 640])  # one chunk, five, one row each
+def test_chunked_loss_and_gradients_equal_plain_cross_entropy(loss_inputs, chunk_elements):
+    plain = plain_loss_and_grads(*loss_inputs)
+    chunked = chunked_loss_and_grads(*loss_inputs, chunk_elements)
+    for expected, actual in zip(plain, chunked):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_under_bf16_autocast_matches_plain_autocast(loss_inputs):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = plain_loss_and_grads(*loss_inputs)
+        chunked = chunked_loss_and_grads(*loss_inputs, 640 * 32)
+    for expected, actual in zip(plain, chunked):
+        assert actual.dtype == expected.dtype
+        torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-3)
+
+
+def test_chunked_loss_without_gradients_and_with_every_target_ignored(loss_inputs):
+    hidden, weight, targets = loss_inputs
+    with torch.no_grad():
+        expected = F.cross_entropy(F.linear(hidden, weight), targets, ignore_index=-100)
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk_elements=640 * 32), expected)
+        all_ignored = torch.full_like(targets, -100)
+        assert linear_cross_entropy(hidden, weight, all_ignored).isnan()  # as F.cross_entropy: 0 / 0
+
+
+def test_model_loss_without_logits_equals_the_loss_with_logits():
+    torch.manual_seed(0)
+    model = build_model("tiny", n_kv_head=2)
+    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    logits, plain = model(x, y)
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    none, fused = model(x, y, return_logits=False)
+    fused.backward()
+    assert none is None and logits.shape == (2, 16, 50304)
+    torch.testing.assert_close(fused, plain)
+    for expected, p in zip(plain_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_training_step_gives_the_eager_loss_and_gradients():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    compiled = torch.compile(model)
+    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    losses, grads = [], []
+    for forward in (model, compiled):
+        _, loss = forward(x, y, return_logits=False)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for compiled_grad, eager_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_query_attention_equals_sdpa(n_kv_head, masked):
+    torch.manual_seed(0)
+    cfg = build_model("tiny", n_kv_head=n_kv_head).config
+    attention = CausalSelfAttention(cfg)
+    B, S, hs = 3, 9, cfg.head_dim
+    q = torch.randn(B, cfg.n_head, 1, hs)
+    k, v = torch.randn(B, n_kv_head, S, hs), torch.randn(B, n_kv_head, S, hs)
+    mask = torch.rand(B, 1, 1, S) > 0.3 if masked else None  # e.g. left padding: (B, 1, T, S), True = attend
+    if mask is not None:
+        mask[..., -1] = True  # every query sees itself
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=n_kv_head != cfg.n_head)
+    torch.testing.assert_close(attention._attend_one_query(q, k, v, mask), expected[:, :, 0])
+
+
+def test_cached_decoding_computes_the_logits_of_the_full_forward():
+    torch.manual_seed(0)
+    model = build_model("tiny", n_kv_head=2).eval()
+    sequence = torch.randint(0, 50257, (2, 12))
+    cache = KVCache(model.config, 2, 12, "cpu", torch.float32)
+    with torch.no_grad():
+        full, _ = model(sequence)  # (2, 12, V)
+        model(sequence[:, :8], kv_cache=cache)
+        for position in range(8, 12):  # one token at a time, as generate decodes
+            step, _ = model(sequence[:, position:position + 1], kv_cache=cache)
+            torch.testing.assert_close(step[:, 0], full[:, position], rtol=1e-4, atol=1e-4)
+
+
+def test_generation_restores_the_weight_layout_even_when_a_stream_is_abandoned():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    before = {name: (p.data_ptr(), p.stride(), p.clone()) for name, p in model.named_parameters()}
+    prompt = torch.randint(0, 50257, (1, 5))
+    model.generate(prompt, max_new_tokens=4, temperature=0)
+    stream = model.generate_stream(prompt, max_new_tokens=4, temperature=0)
+    next(stream)
+    stream.close()  # a UI that stops reading mid-way
+    for name, p in model.named_parameters():
+        pointer, stride, values = before[name]
+        assert (p.data_ptr(), p.stride()) == (pointer, stride), name
+        assert torch.equal(p, values), name
+    assert model.training  # and the mode it had
+    assert model.lm_head.weight is model.transformer.wte.weight
