@@ -1,10 +1,12 @@
 """Every fast path computes what the plain path computes: the chunked loss, one-query attention, the
-decoding weight layout, and torch.compile."""
+few-row products of decoding, and torch.compile."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from smollm135_model import CausalSelfAttention, KVCache, build_model, linear_cross_entropy
+import smollm135_model
+from smollm135_model import (CausalSelfAttention, KVCache, Linear, build_model, few_row_linear,
+                             linear_cross_entropy)
 
 
 def plain_loss_and_grads(hidden, weight, targets):
@@ -115,7 +117,50 @@ def test_cached_decoding_computes_the_logits_of_the_full_forward():
             torch.testing.assert_close(step[:, 0], full[:, position], rtol=1e-4, atol=1e-4)
 
 
-def test_generation_restores_the_weight_layout_even_when_a_stream_is_abandoned():
+@pytest.mark.parametrize("leading_shape", [(1, 1), (3, 1), (2, 2), (1,), (5, 1)])  # (5, 1): over FEW_ROWS
+@pytest.mark.parametrize("out_features", [64, 50, 7])  # 7: odd, F.linear's path
+def test_decoding_products_match_f_linear_in_values_and_gradients(leading_shape, out_features):
+    torch.manual_seed(0)
+    layer = Linear(48, out_features, bias=False)
+    x = torch.randn(*leading_shape, 48, requires_grad=True)
+    expected_x = x.detach().clone().requires_grad_()
+    out = layer(x)
+    expected = F.linear(expected_x, layer.weight)
+    torch.testing.assert_close(out, expected)
+    assert out.shape == expected.shape == (*leading_shape, out_features)
+    out.square().sum().backward()
+    weight_grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, expected_x.grad)
+    torch.testing.assert_close(weight_grad, layer.weight.grad)
+
+
+def test_few_row_linear_is_the_product_by_the_transposed_weight():
+    torch.manual_seed(0)
+    weight, rows = torch.randn(10, 6), torch.randn(3, 6)
+    torch.testing.assert_close(few_row_linear(rows, weight), rows @ weight.t())
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="the split product is taken with MKL only")
+def test_cpu_fp32_decoding_takes_the_split_product_and_prompts_do_not(monkeypatch):
+    calls = []
+    monkeypatch.setattr(smollm135_model, "few_row_linear",
+                        lambda x, weight: calls.append(x.shape) or x @ weight.t())
+    model = build_model("tiny").eval()
+    model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=3, temperature=0)
+    layers = model.config.n_layer
+    # the 8-token prompt: F.linear everywhere but the last position's logits; each of 2 decode steps:
+    # qkv, o, gate_up and down in every layer and the logits
+    assert len(calls) == 1 + 2 * (4 * layers + 1)
+    assert all(shape[:-1] == (1, 1) for shape in calls)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=2, temperature=0)
+    assert calls == []  # autocast keeps its bf16 F.linear
+
+
+def test_generation_leaves_weights_and_mode_untouched_even_when_a_stream_is_abandoned():
     torch.manual_seed(0)
     model = build_model("tiny")
     before = {name: (p.data_ptr(), p.stride(), p.clone()) for name, p in model.named_parameters()}
