@@ -109,7 +109,7 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_state(model, optimizer, cfg: TrainConfig, progress: Progress, corpus: Corpus,
+def training_state(model, optimizer, scaler, cfg: TrainConfig, progress: Progress, corpus: Corpus,
                    global_batch: int) -> dict:
     """The checkpoint: plain data and tensors only (loads with weights_only=True)."""
     return {
@@ -118,6 +118,7 @@ def training_state(model, optimizer, cfg: TrainConfig, progress: Progress, corpu
         "model_config": model.config.to_dict(),
         "train_config": cfg.to_dict(),
         "optimizer_state_dict": optimizer.state_dict(),
+        "grad_scaler_state_dict": scaler.state_dict(),  # float16 training's loss scale; {} otherwise
         "step": progress.step,
         "tokens_seen": progress.tokens_seen,
         "elapsed_seconds": progress.elapsed_seconds,
@@ -153,10 +154,12 @@ def find_resume_state(cfg: TrainConfig, checkpoint_dir: Path, log: RunLog) -> tu
     return found
 
 
-def restore(state: dict, model, optimizer, progress: Progress) -> None:
+def restore(state: dict, model, optimizer, scaler, progress: Progress) -> None:
     model.load_state_dict(clean_state_dict(state["model_state_dict"]))
     if "optimizer_state_dict" in state:
         optimizer.load_state_dict(state["optimizer_state_dict"])
+    if state.get("grad_scaler_state_dict") and scaler.is_enabled():
+        scaler.load_state_dict(state["grad_scaler_state_dict"])
     progress.step = int(state.get("step", 0))
     progress.tokens_seen = int(state.get("tokens_seen", 0))
     progress.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
@@ -165,13 +168,14 @@ def restore(state: dict, model, optimizer, progress: Progress) -> None:
         restore_rng_state(state["rng_state"])
 
 
-def resume(path: Path, state: dict, model, optimizer, progress: Progress, global_batch: int, log: RunLog) -> None:
+def resume(path: Path, state: dict, model, optimizer, scaler, progress: Progress, global_batch: int,
+           log: RunLog) -> None:
     """Load a checkpoint into the run after checking that it describes the same model."""
     differences = config_mismatch(state["model_config"], model.config.to_dict())
     if differences:
         raise UserError(f"checkpoint {path} was trained with a different model ({'; '.join(differences)}): "
                         f"use the same --preset, or --resume never to start fresh")
-    restore(state, model, optimizer, progress)
+    restore(state, model, optimizer, scaler, progress)
     log.say(f"continuing from {path} at step {progress.step} ({progress.tokens_seen:,} tokens seen, "
             f"last train loss {_fmt(progress.last_train_loss)}, validation loss {_fmt(progress.last_val_loss)})")
     saved_batch = state.get("data_position", {}).get("global_batch_size", global_batch)
@@ -248,11 +252,12 @@ def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
     return encoder.decode(out[0].tolist())
 
 
-def forward_backward(step_model, model, train_tokens, step: int, cfg: TrainConfig, distributed: Distributed,
-                     device, dtype, stop_requested: bool) -> tuple[float, float, float]:
+def forward_backward(step_model, model, optimizer, scaler, train_tokens, step: int, cfg: TrainConfig,
+                     distributed: Distributed, device, dtype, stop_requested: bool) -> tuple[float, float, float]:
     """Gradients of this process's share of step `step`'s global batch, clipped. Returns the loss averaged
     over the whole global batch, the gradient norm, and how many processes were asked to stop: the
-    step's one host sync, as the three travel together."""
+    step's one host sync, as the three travel together. `scaler` scales the loss for float16 (whose
+    small gradients would otherwise flush to zero) and divides the gradients back before clipping."""
     global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
     offsets = batch_offsets(len(train_tokens), cfg.seq_len, global_batch, cfg.seed, TRAIN_STREAM, step)
     loss_sum = torch.zeros((), device=device)
@@ -266,8 +271,9 @@ def forward_backward(step_model, model, train_tokens, step: int, cfg: TrainConfi
         with sync:
             with autocast(device, dtype):
                 _, loss = step_model(x, y, return_logits=False)
-            (loss / cfg.grad_accum).backward()
+            scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
+    scaler.unscale_(optimizer)  # a no-op unless float16
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
     reduced = torch.stack([loss_sum / cfg.grad_accum, grad_norm.float(),
                            torch.tensor(float(stop_requested), device=device)])
@@ -329,6 +335,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     model = SmoLM135_Model(model_config).to(device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     optimizer = configure_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = Progress()
     params = model.num_parameters()
 
@@ -347,7 +354,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     resumed = run_on_main(distributed, lambda: find_resume_state(cfg, checkpoint_dir, log), send_result_to_all=True)
     if resumed is not None:
-        resume(*resumed, model, optimizer, progress, global_batch, log)
+        resume(*resumed, model, optimizer, scaler, progress, global_batch, log)
     if progress.step >= cfg.max_steps:
         log.say(f"step {progress.step} already reaches --max-steps {cfg.max_steps}: nothing to train "
                 f"(raise --max-steps to train longer, or pass --resume never to start over)")
@@ -359,11 +366,12 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
         # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets, not in a second copy
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None,
                                              gradient_as_bucket_view=True)
-    peak = peak_flops(device)
+    # the step's FLOPs are those of the global batch, so MFU compares them with every process's device
+    peak = (peak_flops(device) or 0) * distributed.world_size
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
 
     def save(path_kind: str) -> Path:
-        state = training_state(model, optimizer, cfg, progress, corpus, global_batch)
+        state = training_state(model, optimizer, scaler, cfg, progress, corpus, global_batch)
         if path_kind == "final":
             return save_atomic(state, unused_path(out_dir / layout.final_dir / f"{layout.final_prefix}_{timestamp}.pt"))
         return save_training_checkpoint(state, checkpoint_dir, progress.step, cfg.keep_checkpoints)
@@ -385,16 +393,23 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
             lr = get_lr(progress.step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, grad_norm, stop_votes = forward_backward(step_model, model, train_tokens, progress.step, cfg,
-                                                                distributed, device, dtype, stop.signal_name is not None)
+            step_loss, grad_norm, stop_votes = forward_backward(
+                step_model, model, optimizer, scaler, train_tokens, progress.step, cfg, distributed, device, dtype,
+                stop.signal_name is not None)
             finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
             if finite:
-                optimizer.step()
+                scaler.step(optimizer)  # optimizer.step(), unless float16 gradients overflowed
                 progress.nonfinite_in_a_row = 0
+            elif scaler.is_enabled() and math.isfinite(step_loss) and scaler.get_scale() >= 1:
+                # float16 gradients overflowed at this loss scale: skip the update, and `update` halves the
+                # scale. Common in the first steps; only below a scale of 1 is it the gradients' fault.
+                log.write(f"step {progress.step}: float16 gradients overflowed at loss scale "
+                          f"{scaler.get_scale():g}; update skipped, scale halved")
             else:
                 progress.nonfinite_in_a_row += 1
                 log.say(f"step {progress.step}: loss {step_loss} / grad norm {grad_norm} is not finite; "
                         f"update skipped ({progress.nonfinite_in_a_row} in a row)")
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             progress.step += 1
             progress.tokens_seen += tokens_per_step

@@ -168,7 +168,8 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     """The autocast dtype; float32 means no autocast."""
     if requested == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            # GPUs before Ampere (e.g. a T4) lack bf16: float16 with the trainer's loss scaling, as nanoGPT
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "cpu" and cpu_supports_bf16():
             return torch.bfloat16
         return torch.float32
@@ -176,7 +177,7 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bfloat16 support: use --dtype float16 or float32")
     if dtype == torch.float16 and device.type == "cpu":
-        raise UserError("float16 autocast is not supported on CPU: use --dtype bfloat16 or float32")
+        raise UserError("--dtype float16 is for GPUs without bfloat16; on a CPU use --dtype bfloat16 or float32")
     return dtype
 
 

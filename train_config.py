@@ -114,7 +114,8 @@ _HELP = {
     "lr_decay_steps": "step at which the cosine reaches min-lr (default: max-steps)",
     "out_dir": "root of checkpoints/, models/ and logs/",
     "device": "auto, cpu, cuda, cuda:N or mps",
-    "dtype": "autocast precision: auto (bf16 where supported), float32, bfloat16, float16",
+    "dtype": "autocast precision: auto (bf16 where supported; float16 with loss scaling on older GPUs), "
+             "float32, bfloat16, float16",
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
     "init_from": "start from this checkpoint (weights, optimizer, step) when there is nothing to resume",
     "compile": "torch.compile the model",
