@@ -24,3 +24,18 @@ def test_a_benchmark_training_step_runs_on_both_models():
     for model, side in ((ours, "ours"), (reference, "reference")):
         loss = training_step(model, side, tokens, torch.float32)()
         assert 10 < loss.item() < 12  # about ln(50,304) for fresh weights
+
+
+def test_the_scripts_behind_gpu_sh_and_generation_run_in_quick_mode_on_a_cpu(capsys):
+    import generation
+    import recipe_projection
+    import throughput
+
+    cpu = ["--quick", "--device", "cpu", "--repeats", "1"]
+    measured = throughput.main(cpu + ["--batch-size", "2", "--seq-len", "16", "--dtype", "float32"])
+    assert measured["tokens_per_second"] > 0 and measured["mfu"] is None  # no known peak for a CPU
+    projection = recipe_projection.main(["--quick", "--device", "cpu", "--steps", "4"])
+    assert projection["projected_seconds"] > projection["wall_seconds"] > 0
+    ratios = generation.main(cpu + ["--new-tokens", "4"])
+    assert ratios["float32"] > 0
+    assert "projected 5,000-step run" in capsys.readouterr().out
