@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures in a few minutes on one NVIDIA GPU: tokens/s and MFU of the full model (bf16, compiled)
-# at the seed recipe's 32 x 128 and at 16 x 2048, then the seed recipe's first 200 steps through the
-# trainer, projected to its 5,000 steps. Without a CUDA GPU it says so and exits 0.
+# at the seed recipe's 32 x 128 and at 16 x 2048, the seed recipe's first 200 steps through the trainer,
+# projected to its 5,000 steps, then the side-by-side figures against transformers' Llama (training step
+# and greedy generation). Without a CUDA GPU it says so and exits 0.
 #
 #     bash bench/gpu.sh
 set -euo pipefail
@@ -14,3 +15,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 python bench/throughput.py --device cuda --batch-size 32 --seq-len 128 --dtype bfloat16 --compile --repeats 20
 python bench/throughput.py --device cuda --batch-size 16 --seq-len 2048 --dtype bfloat16 --compile --repeats 10
 python bench/recipe_projection.py --device cuda --steps 200 --compile
+python bench/train_step.py --device cuda --repeats 10
+python bench/generation.py --device cuda --dtype bfloat16 --repeats 5
