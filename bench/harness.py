@@ -25,6 +25,8 @@ def parse_args(description: str, argv=None, add_arguments: Callable | None = Non
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 3, or 5 with --quick)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the trainer keeps freed memory for reuse on a CPU)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -32,7 +34,8 @@ def parse_args(description: str, argv=None, add_arguments: Callable | None = Non
         torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (5 if args.quick else 3)
     args.device = pick_device(args.device)
-    configure_backends(args.device)  # TF32 on CUDA, for both sides alike
+    # as the trainer does, for both sides alike: TF32 on CUDA, freed memory kept for reuse on a CPU
+    configure_backends(args.device, reuse_freed_memory=not args.default_malloc)
     return args
 
 
