@@ -1,12 +1,12 @@
-"""Every fast path computes what the plain path computes: the chunked loss, one-query attention, the
-few-row products of decoding, and torch.compile."""
+"""Every fast path computes what the plain path computes: the chunked loss, one-query attention, bf16
+attention by matmuls, the few-row products of decoding, and torch.compile."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import smollm135_model
-from smollm135_model import (CausalSelfAttention, KVCache, Linear, build_model, few_row_linear,
-                             linear_cross_entropy)
+from smollm135_model import (MATMUL_ATTENTION_MAX_LENGTH, CausalSelfAttention, KVCache, Linear, build_model,
+                             few_row_linear, linear_cross_entropy)
 
 
 def plain_loss_and_grads(hidden, weight, targets):
@@ -86,6 +86,40 @@ def test_compiled_training_step_gives_the_eager_loss_and_gradients():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
     for compiled_grad, eager_grad in zip(grads[1], grads[0]):
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_bf16_attention_by_matmuls_matches_sdpa_in_values_and_gradients(n_kv_head):
+    torch.manual_seed(0)
+    cfg = build_model("tiny", n_kv_head=n_kv_head).config
+    attention = CausalSelfAttention(cfg)
+    B, T, hs = 3, 24, cfg.head_dim
+    inputs = [torch.randn(B, heads, T, hs, dtype=torch.bfloat16) for heads in (cfg.n_head, n_kv_head, n_kv_head)]
+    ours = [t.clone().requires_grad_() for t in inputs]
+    exact = [t.float().requires_grad_() for t in inputs]  # the same values, attended in fp32
+    out = attention._attend_causal_by_matmuls(*ours)
+    expected = F.scaled_dot_product_attention(*exact, is_causal=True, enable_gqa=n_kv_head != cfg.n_head)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)  # bf16 rounding
+    grad_out = torch.randn_like(expected)
+    out.backward(grad_out.bfloat16())
+    expected.backward(grad_out)
+    for got, want in zip(ours, exact):
+        torch.testing.assert_close(got.grad.float(), want.grad, rtol=5e-2, atol=5e-2)
+
+
+def test_bf16_training_on_a_cpu_attends_by_matmuls_up_to_the_length_limit(monkeypatch):
+    calls = []
+    original = CausalSelfAttention._attend_causal_by_matmuls
+    monkeypatch.setattr(CausalSelfAttention, "_attend_causal_by_matmuls",
+                        lambda self, q, k, v: calls.append(q.shape[2]) or original(self, q, k, v))
+    model = build_model("tiny")
+    for T in (MATMUL_ATTENTION_MAX_LENGTH, MATMUL_ATTENTION_MAX_LENGTH + 1):
+        x = torch.randint(0, 50257, (1, T))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x, x, return_logits=False)[1].backward()
+        model(x, x, return_logits=False)  # fp32: SDPA's kernel
+    assert calls == [MATMUL_ATTENTION_MAX_LENGTH] * model.config.n_layer
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2])
