@@ -160,14 +160,12 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past_length = kv_cache.length
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
-        if T == 1 and x.device.type == "cpu":
-            # One query (a decode step): on a CPU two small matmuls beat SDPA's flash kernel, whose parallel
-            # set-up costs more than this whole product.
-            return self.o_proj(self._attend_one_query(q, k, v, attn_mask).reshape(B, 1, self.n_head * self.head_dim))
-        # bf16 training and prompts on a CPU, at short lengths: see MATMUL_ATTENTION_MAX_LENGTH
-        if (x.device.type == "cpu" and q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0
-                and 1 < T <= MATMUL_ATTENTION_MAX_LENGTH):
-            return self.o_proj(self._attend_causal_by_matmuls(q, k, v).transpose(1, 2).reshape(B, T, -1))
+        if x.device.type == "cpu" and (T == 1 or (
+                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0 and T <= MATMUL_ATTENTION_MAX_LENGTH)):
+            # A decode step (one query: SDPA's flash kernel costs more to set up than this whole product), or
+            # bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
+            y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
             # SDPA's is_causal aligns the triangle top-left; with a cache the queries are the *last* T
             # positions, so the mask must be aligned bottom-right.
@@ -180,27 +178,23 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
-    def _attend_causal_by_matmuls(self, q, k, v):
-        """Causal attention of T queries over the same T positions as two matmuls with the softmax in fp32:
-        q (B, nh, T, hs), k and v (B, nkv, T, hs) -> (B, nh, T, hs)."""
+    def _attend_by_matmuls(self, q, k, v, attn_mask=None):
+        """Attention as two matmuls with the softmax in fp32: q (B, nh, T, hs), k and v (B, nkv, S, hs) ->
+        (B, nh, T, hs). `attn_mask` is SDPA's (B or 1, 1, T, S), boolean (True = attend) or additive; without
+        one the T queries are the last T of the S positions, causally."""
         B, _, T, hs = q.shape
+        S = k.shape[2]
         groups = self.n_head // self.n_kv_head  # query heads per kv head, as SDPA's enable_gqa pairs them
         q = q.view(B, self.n_kv_head, groups, T, hs)  # (B, nkv, g, T, hs)
-        scores = torch.matmul(q, k.unsqueeze(2).transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(probs, v.unsqueeze(2)).view(B, self.n_head, T, hs)  # (B, nh, T, hs)
-
-    def _attend_one_query(self, q, k, v, attn_mask=None):
-        """Attention of one query per row over all S cached keys: q (B, nh, 1, hs) -> (B, nh, hs)."""
-        B, _, _, hs = q.shape
-        groups = self.n_head // self.n_kv_head  # query heads per kv head, as SDPA's enable_gqa pairs them
-        q = q.view(B, self.n_kv_head, groups, hs)  # (B, nkv, g, hs)
-        scores = torch.matmul(q, k.transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, S)
-        if attn_mask is not None:  # (B or 1, 1, 1, S), boolean (True = attend) or additive, as for SDPA
-            mask = attn_mask.reshape(attn_mask.shape[0], 1, 1, -1)
+        scores = torch.matmul(q, k.unsqueeze(2).transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, T, S)
+        if attn_mask is None and T > 1:  # causal, bottom-right aligned (one last query sees every key)
+            scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1),
+                                        float("-inf"))
+        elif attn_mask is not None:
+            mask = attn_mask.unsqueeze(2)  # (B or 1, 1, 1, T, S): the same for every head
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return torch.matmul(scores.softmax(dim=-1), v).view(B, self.n_head, hs)  # (B, nh, hs)
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, v.unsqueeze(2)).view(B, self.n_head, T, hs)  # (B, nh, T, hs)
 
 
 class SwiGLUMLP(nn.Module):

@@ -97,7 +97,7 @@ def test_bf16_attention_by_matmuls_matches_sdpa_in_values_and_gradients(n_kv_hea
     inputs = [torch.randn(B, heads, T, hs, dtype=torch.bfloat16) for heads in (cfg.n_head, n_kv_head, n_kv_head)]
     ours = [t.clone().requires_grad_() for t in inputs]
     exact = [t.float().requires_grad_() for t in inputs]  # the same values, attended in fp32
-    out = attention._attend_causal_by_matmuls(*ours)
+    out = attention._attend_by_matmuls(*ours)
     expected = F.scaled_dot_product_attention(*exact, is_causal=True, enable_gqa=n_kv_head != cfg.n_head)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)  # bf16 rounding
@@ -110,9 +110,9 @@ def test_bf16_attention_by_matmuls_matches_sdpa_in_values_and_gradients(n_kv_hea
 
 def test_bf16_training_on_a_cpu_attends_by_matmuls_up_to_the_length_limit(monkeypatch):
     calls = []
-    original = CausalSelfAttention._attend_causal_by_matmuls
-    monkeypatch.setattr(CausalSelfAttention, "_attend_causal_by_matmuls",
-                        lambda self, q, k, v: calls.append(q.shape[2]) or original(self, q, k, v))
+    original = CausalSelfAttention._attend_by_matmuls
+    monkeypatch.setattr(CausalSelfAttention, "_attend_by_matmuls",
+                        lambda self, q, k, v, mask=None: calls.append(q.shape[2]) or original(self, q, k, v, mask))
     model = build_model("tiny")
     for T in (MATMUL_ATTENTION_MAX_LENGTH, MATMUL_ATTENTION_MAX_LENGTH + 1):
         x = torch.randint(0, 50257, (1, T))
@@ -135,7 +135,7 @@ def test_one_query_attention_equals_sdpa(n_kv_head, masked):
     if mask is not None:
         mask[..., -1] = True  # every query sees itself
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=n_kv_head != cfg.n_head)
-    torch.testing.assert_close(attention._attend_one_query(q, k, v, mask), expected[:, :, 0])
+    torch.testing.assert_close(attention._attend_by_matmuls(q, k, v, mask), expected)
 
 
 def test_cached_decoding_computes_the_logits_of_the_full_forward():
