@@ -28,17 +28,41 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, newest_intact_checkpoint,
-                        save_atomic, save_training_checkpoint)
-from data import (TRAIN_STREAM, VAL_STREAM, Corpus, batch_offsets, get_batch, load_corpus, local_rows,
-                  split_train_val)
-from errors import UserError, run_cli
-from runtime import (Distributed, autocast, configure_backends, device_description, main_process_first,
-                     peak_flops, pick_device, pick_dtype, run_on_main, setup_distributed, teardown_distributed)
 from smollm135_model import SmoLM135_Model, clean_state_dict
-from tokenizer import get_tokenizer
-from train_config import TrainConfig, add_train_arguments, config_from_args, get_lr, validate
-from training_log import RunLog, plot_losses
+from smolm135.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    newest_intact_checkpoint,
+    save_atomic,
+    save_training_checkpoint,
+)
+from smolm135.data import (
+    TRAIN_STREAM,
+    VAL_STREAM,
+    Corpus,
+    batch_offsets,
+    get_batch,
+    load_corpus,
+    local_rows,
+    split_train_val,
+)
+from smolm135.errors import UserError, run_cli
+from smolm135.runtime import (
+    Distributed,
+    autocast,
+    configure_backends,
+    device_description,
+    main_process_first,
+    peak_flops,
+    pick_device,
+    pick_dtype,
+    run_on_main,
+    setup_distributed,
+    teardown_distributed,
+)
+from smolm135.tokenizer import get_tokenizer
+from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, get_lr, validate
+from smolm135.training_log import RunLog, plot_losses
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
 

@@ -32,12 +32,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from checkpoint import (TRAINED_MODEL_GLOBS, TRAINING_INFO_FILE, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                        newest_trained_model)
-from errors import UserError, run_cli  # noqa: E402
-from runtime import pick_device  # noqa: E402
 from smollm135_model import ModelConfig, SmoLM135_Model  # noqa: E402
-from tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
+from smolm135.checkpoint import (  # noqa: E402
+    TRAINED_MODEL_GLOBS,
+    TRAINING_INFO_FILE,
+    load_checkpoint,
+    model_from_checkpoint,
+    newest_trained_model,
+)
+from smolm135.errors import UserError, run_cli  # noqa: E402
+from smolm135.runtime import pick_device  # noqa: E402
+from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
 APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")

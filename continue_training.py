@@ -12,10 +12,10 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from checkpoint import FINAL_MODEL_GLOB, LATEST, CheckpointError, load_checkpoint, newest_trained_model
-from errors import UserError, run_cli
 from Model_smollm135_trainer import RunLayout, train
-from train_config import TrainConfig, add_train_arguments
+from smolm135.checkpoint import FINAL_MODEL_GLOB, LATEST, CheckpointError, load_checkpoint, newest_trained_model
+from smolm135.errors import UserError, run_cli
+from smolm135.train_config import TrainConfig, add_train_arguments
 
 CONTINUED = RunLayout(checkpoint_dir="checkpoints/continued", final_dir="continued_models",
                       final_prefix="continued_model", log_prefix="continued_training")

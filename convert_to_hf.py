@@ -26,15 +26,21 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import (CHECKPOINT_FORMAT, TRAINED_MODEL_GLOBS, TRAINING_INFO_FILE, load_checkpoint,
-                        model_from_checkpoint, newest_trained_model, save_atomic)
-from configuration_smolm135 import SmoLM135Config
-from errors import UserError, run_cli
-from model_card import TrainingFacts, render_model_card
-from modeling_smolm135 import SmoLM135ForCausalLM
+from modeling_smolm135 import SmoLM135Config, SmoLM135ForCausalLM
 from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model, clean_state_dict
-from tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
-from training_log import plot_losses
+from smolm135.checkpoint import (
+    CHECKPOINT_FORMAT,
+    TRAINED_MODEL_GLOBS,
+    TRAINING_INFO_FILE,
+    load_checkpoint,
+    model_from_checkpoint,
+    newest_trained_model,
+    save_atomic,
+)
+from smolm135.errors import UserError, run_cli
+from smolm135.model_card import TrainingFacts, render_model_card
+from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
+from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"

@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
 # GPT-2's BPE has 50,257 tokens. Padding the embedding to a multiple of 64 keeps the output matmul on
 # fast tensor-core tile sizes; the 47 extra rows are never produced by the tokenizer.
 GPT2_VOCAB_SIZE = 50257

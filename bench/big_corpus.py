@@ -1,8 +1,8 @@
 """A corpus of hundreds of MB: how fast it tokenizes next to tiktoken itself, and whether memory stays flat.
 
-    python bench/big_corpus.py                  # 300 MB corpus, 60 training steps
-    python bench/big_corpus.py --quick          # 30 MB, 30 steps: a smoke run in about a minute
-    python bench/big_corpus.py --size-mb 1000 --threads 8
+    python -m bench.big_corpus                  # 300 MB corpus, 60 training steps
+    python -m bench.big_corpus --quick          # 30 MB, 30 steps: a smoke run in about a minute
+    python -m bench.big_corpus --size-mb 1000 --threads 8
 
 Generates the corpus (Shakespeare's lines, reshuffled block by block) in a temporary folder and deletes it
 afterwards. Three measurements, side by side in one run:
@@ -31,13 +31,11 @@ import threading
 import time
 from pathlib import Path
 
+from smolm135 import data
+from smolm135.errors import run_cli
+from smolm135.tokenizer import get_tokenizer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-import data  # noqa: E402
-from errors import run_cli  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
-
 MB = 1_000_000
 
 
@@ -74,9 +72,8 @@ def tiktoken_seconds(path: Path, threads: int) -> tuple[float, int]:
 # Runs in a fresh process, so that its peak resident memory is load_corpus's alone.
 LOAD_CORPUS = """
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
-import data
-from tokenizer import get_tokenizer
+from smolm135 import data
+from smolm135.tokenizer import get_tokenizer
 get_tokenizer()  # built once per process, outside the timing as in the tiktoken measurement
 started = time.perf_counter()
 data._hash_sources([__import__("pathlib").Path({path!r})])
@@ -91,7 +88,7 @@ print(json.dumps({{"seconds": seconds, "hash_seconds": hash_seconds, "n_tokens":
 
 def load_corpus_in_fresh_process(path: Path, cache: Path, threads: int) -> dict:
     code = LOAD_CORPUS.format(root=str(REPO_ROOT), path=str(path), cache=str(cache), threads=threads)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -1,8 +1,8 @@
 """Figure 3: greedy generation speed, ours against transformers' Llama `generate` with its KV cache.
 
-    python bench/generation.py           # the full model: batch 1, a 16-token prompt, 128 new tokens
-    python bench/generation.py --quick   # the tiny preset
-    python bench/generation.py --dtype bfloat16   # both models' weights in bf16
+    python -m bench.generation           # the full model: batch 1, a 16-token prompt, 128 new tokens
+    python -m bench.generation --quick   # the tiny preset
+    python -m bench.generation --dtype bfloat16   # both models' weights in bf16
 
 Both models hold the same weights where their layouts coincide (see harness.model_pair) and decode the
 same prompt greedily for exactly 128 tokens (no end-of-text stop). A round is one whole `generate` call,
@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import torch
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import (bench_config, describe, median, model_pair, parse_args, print_ratios, print_row,
-                     time_interleaved, token_batch)
-from errors import run_cli
+from bench.harness import (
+    bench_config,
+    describe,
+    median,
+    model_pair,
+    parse_args,
+    print_ratios,
+    print_row,
+    time_interleaved,
+    token_batch,
+)
+from smolm135.errors import run_cli
 
 
 def add_arguments(parser):

@@ -12,8 +12,8 @@ if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 
     exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python bench/throughput.py --device cuda --batch-size 32 --seq-len 128 --dtype bfloat16 --compile --repeats 20
-python bench/throughput.py --device cuda --batch-size 16 --seq-len 2048 --dtype bfloat16 --compile --repeats 10
-python bench/recipe_projection.py --device cuda --steps 200 --compile
-python bench/train_step.py --device cuda --repeats 10
-python bench/generation.py --device cuda --dtype bfloat16 --repeats 5
+python -m bench.throughput --device cuda --batch-size 32 --seq-len 128 --dtype bfloat16 --compile --repeats 20
+python -m bench.throughput --device cuda --batch-size 16 --seq-len 2048 --dtype bfloat16 --compile --repeats 10
+python -m bench.recipe_projection --device cuda --steps 200 --compile
+python -m bench.train_step --device cuda --repeats 10
+python -m bench.generation --device cuda --dtype bfloat16 --repeats 5

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # the scripts run as `python bench/x.py` from anywhere
+from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
+from smolm135.runtime import configure_backends, device_description, pick_device, pick_dtype, synchronize
 
-from runtime import configure_backends, device_description, pick_device, pick_dtype, synchronize  # noqa: E402
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(description: str, argv=None, add_arguments: Callable | None = None) -> argparse.Namespace:
@@ -108,8 +106,8 @@ def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype
     clipping, AdamW, zero_grad. tokens (B, T + 1). Ours takes next-token targets, transformers' Llama
     takes labels and shifts them itself."""
     from Model_smollm135_trainer import configure_optimizer
-    from runtime import autocast
-    from train_config import TrainConfig
+    from smolm135.runtime import autocast
+    from smolm135.train_config import TrainConfig
 
     device = tokens.device
     optimizer = configure_optimizer(model, TrainConfig(), device)

@@ -1,7 +1,7 @@
 """Time the seed recipe's first steps with the trainer itself and project the whole 5,000-step run.
 
-    python bench/recipe_projection.py --compile              # 200 steps of the full recipe, on the best device
-    python bench/recipe_projection.py --quick --steps 20     # the tiny preset, a smoke run
+    python -m bench.recipe_projection --compile              # 200 steps of the full recipe, on the best device
+    python -m bench.recipe_projection --quick --steps 20     # the tiny preset, a smoke run
 
 The run keeps the recipe's 5,000-step learning-rate schedule (`lr_decay_steps=5000`) and stops after
 `--steps`. Its log gives each step's time; the projection is the measured wall time (start-up, compiling,
@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import parse_args
-from data import shakespeare_text
-from errors import run_cli
+from bench.harness import parse_args
 from Model_smollm135_trainer import train
-from train_config import TrainConfig
+from smolm135.data import shakespeare_text
+from smolm135.errors import run_cli
+from smolm135.train_config import TrainConfig
 
 RECIPE_STEPS = TrainConfig().max_steps  # 5,000
 STEP_LINE = re.compile(r"step (\d+)/\d+ \| .* \| ([\d,]+) tok/s")

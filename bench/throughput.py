@@ -1,18 +1,26 @@
 """Training throughput of our model alone: tokens/s and model FLOPs utilisation (MFU) at a batch shape.
 
-    python bench/throughput.py --batch-size 32 --seq-len 128 --compile     # the seed recipe's shape
-    python bench/throughput.py --batch-size 16 --seq-len 2048 --compile    # long sequences
+    python -m bench.throughput --batch-size 32 --seq-len 128 --compile     # the seed recipe's shape
+    python -m bench.throughput --batch-size 16 --seq-len 2048 --compile    # long sequences
 
 MFU counts the model's training FLOPs (`flops_per_token`, 6 per weight plus attention) against the
 device's dense bf16 peak (`runtime.GPU_PEAK_FLOPS`); it is shown where that peak is known.
 """
 from __future__ import annotations
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import bench_config, describe, median, parse_args, print_row, time_interleaved, token_batch, training_step
-from errors import UserError, run_cli
-from runtime import DTYPES, peak_flops, pick_dtype
+from bench.harness import (
+    bench_config,
+    describe,
+    median,
+    parse_args,
+    print_row,
+    time_interleaved,
+    token_batch,
+    training_step,
+)
 from smollm135_model import SmoLM135_Model
+from smolm135.errors import UserError, run_cli
+from smolm135.runtime import DTYPES, peak_flops, pick_dtype
 
 
 def add_arguments(parser):

@@ -1,7 +1,7 @@
 """Figure 4: tokenization throughput of our data pipeline against plain tiktoken on the same text.
 
-    python bench/tokenization.py          # Shakespeare's plays (the default corpus), about 5 MB
-    python bench/tokenization.py --quick  # the first tenth of it
+    python -m bench.tokenization          # Shakespeare's plays (the default corpus), about 5 MB
+    python -m bench.tokenization --quick  # the first tenth of it
 
 Ours is `data.load_corpus` on a fresh cache folder: hashing the file, streaming it through the GPT-2
 tokenizer's batch encoder in safe pieces, and writing the uint16 token file. The reference is what a
@@ -16,11 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import median, parse_args, print_ratios, print_row, time_interleaved
-from data import load_corpus, shakespeare_text
-from errors import run_cli
-from tokenizer import get_tokenizer
+from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
+from smolm135.data import load_corpus, shakespeare_text
+from smolm135.errors import run_cli
+from smolm135.tokenizer import get_tokenizer
 
 
 def main(argv=None) -> dict[str, float]:

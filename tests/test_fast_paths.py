@@ -5,8 +5,15 @@ import torch
 import torch.nn.functional as F
 
 import smollm135_model
-from smollm135_model import (MATMUL_ATTENTION_MAX_LENGTH, CausalSelfAttention, KVCache, Linear, build_model,
-                             few_row_linear, linear_cross_entropy)
+from smollm135_model import (
+    MATMUL_ATTENTION_MAX_LENGTH,
+    CausalSelfAttention,
+    KVCache,
+    Linear,
+    build_model,
+    few_row_linear,
+    linear_cross_entropy,
+)
 
 
 def plain_loss_and_grads(hidden, weight, targets):

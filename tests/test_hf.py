@@ -22,14 +22,23 @@ from safetensors import safe_open
 from transformers import DynamicCache
 
 import convert_to_hf
-from checkpoint import load_checkpoint, model_from_checkpoint
-from convert_to_hf import (build_hf_tokenizer, check_logits_match, check_output_dir, default_output_dir,
-                           find_newest_model, hf_folder_to_checkpoint, hf_model_from_native, main, push_to_hub)
-from errors import UserError, run_cli
-from model_card import USAGE_PROMPT
+from convert_to_hf import (
+    build_hf_tokenizer,
+    check_logits_match,
+    check_output_dir,
+    default_output_dir,
+    find_newest_model,
+    hf_folder_to_checkpoint,
+    hf_model_from_native,
+    main,
+    push_to_hub,
+)
 from modeling_smolm135 import CACHE_OUTPUT_FIELD
 from smollm135_model import PRESETS, ModelConfig
-from tokenizer import get_tokenizer
+from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+from smolm135.errors import UserError, run_cli
+from smolm135.model_card import USAGE_PROMPT
+from smolm135.tokenizer import get_tokenizer
 
 PROMPTS = ["The cat", "A young bird follows the", "My friend remembers an old song at"]
 VARIED_TEXTS = ["Hello world, this is a test.", "Ünïcödé ✓ 日本語 naïve café", "emoji 🤖🎉👍🏽 family 👨‍👩‍👧",
@@ -205,7 +214,7 @@ def export(trained_run, tmp_path_factory):
 
 
 EXPORTED_FILES = {"model.safetensors", "config.json", "generation_config.json", "modeling_smolm135.py",
-                  "configuration_smolm135.py", "smollm135_model.py", "tokenizer.json", "tokenizer_config.json",
+                  "smollm135_model.py", "tokenizer.json", "tokenizer_config.json",
                   "README.md", "loss.png", "training_info.json"}
 
 
@@ -214,7 +223,7 @@ def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(expo
     assert EXPORTED_FILES <= {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "smolm135" and config["architectures"] == ["SmoLM135ForCausalLM"]
-    assert config["auto_map"] == {"AutoConfig": "configuration_smolm135.SmoLM135Config",
+    assert config["auto_map"] == {"AutoConfig": "modeling_smolm135.SmoLM135Config",
                                   "AutoModelForCausalLM": "modeling_smolm135.SmoLM135ForCausalLM"}
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
             config["num_key_value_heads"], config["max_position_embeddings"], config["vocab_size"],

@@ -4,8 +4,9 @@ CPU autocast runs float16 too (slowly), so these run here with the trainer's dev
 import torch
 
 import Model_smollm135_trainer as trainer
+from smolm135.runtime import DTYPES, pick_dtype
+
 from conftest import tiny_train_config
-from runtime import DTYPES, pick_dtype
 
 INITIAL_SCALE = 2.0 ** 22  # high enough that the first steps' float16 gradients overflow
 

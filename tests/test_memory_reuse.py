@@ -16,8 +16,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0
 # frees buffers of 100, 200 and 50 MB, as a training step does its activations and gradients.
 STEPS = """
 import resource, sys, torch
-sys.path.insert(0, {root!r})
-from runtime import configure_backends
+from smolm135.runtime import configure_backends
 configure_backends(torch.device("cpu"), reuse_freed_memory={reuse})
 
 def page_faults_of_a_step():
@@ -32,7 +31,7 @@ print([page_faults_of_a_step() for _ in range(8)][-1])
 
 def faults_of_the_last_step(reuse: bool, env=None) -> int:
     code = STEPS.format(root=str(REPO_ROOT), reuse=reuse)
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
                               env=env, timeout=120).stdout)
 
 

@@ -11,12 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-import checkpoint
 import smollm135_model
-from conftest import REPO_ROOT, tiny_train_config
 from continue_training import continue_training
-from errors import UserError
 from Model_smollm135_trainer import train
+from smolm135 import checkpoint
+from smolm135.errors import UserError
+
+from conftest import REPO_ROOT, tiny_train_config
 
 TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
 

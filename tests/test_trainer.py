@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import smollm135_model
-from conftest import REPO_ROOT, tiny_train_config
-from errors import UserError
 from Model_smollm135_trainer import train
-from train_config import TrainConfig, get_lr
+from smolm135.errors import UserError
+from smolm135.train_config import TrainConfig, get_lr
+
+from conftest import REPO_ROOT, tiny_train_config
 
 TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from errors import UserError
-from tokenizer import END_OF_TEXT_ID, get_tokenizer
+from .errors import UserError
+from .tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 DEFAULT_DATA = "input.txt"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes

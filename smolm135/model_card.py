@@ -84,7 +84,7 @@ tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
 | vocabulary | {cfg.vocab_size:,} (GPT-2's 50,257 tokens padded to a multiple of 64) |
 
 Weights are stored in float32 (`model.safetensors`). The modeling code is in this folder
-(`modeling_smolm135.py`, `configuration_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
+(`modeling_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
 
 ## Training
 

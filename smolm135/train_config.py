@@ -6,9 +6,10 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 
-from data import DEFAULT_DATA
-from errors import UserError
 from smollm135_model import PRESETS, ModelConfig
+
+from .data import DEFAULT_DATA
+from .errors import UserError
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from errors import UserError
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
+
+from .errors import UserError
 
 CHECKPOINT_FORMAT = "smolm135-checkpoint"
 REQUIRED_KEYS = ("model_state_dict", "model_config")
