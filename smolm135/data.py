@@ -77,6 +77,8 @@ def write_default_corpus(path: Path) -> Path:
 
 def resolve_sources(data: str) -> list[Path]:
     """`--data` as a sorted list of text files: one file, every .txt file under a folder, or a glob."""
+    if not data.strip():  # Path("") is the current folder: its .txt files are not what anyone meant
+        raise UserError("--data is empty: pass a text file, a folder of .txt files or a glob")
     path = Path(data)
     if path.is_file():
         return [path]
@@ -241,25 +243,12 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"
     meta_path = token_path.with_suffix(".json")
-    from_cache = token_path.exists() and meta_path.exists()
-    if from_cache:
-        meta = json.loads(meta_path.read_text())
-    else:
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create the token cache folder {cache_dir}: {error.strerror}; "
-                            f"choose a writable --out-dir") from None
-        tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
-        try:
-            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress)
-        except OSError as error:
-            tmp_path.unlink(missing_ok=True)
-            raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "
-                            f"some disk space or choose another --out-dir") from None
-        meta.update(key=key, sources=[str(p) for p in files], format_version=CACHE_FORMAT_VERSION)
-        os.replace(tmp_path, token_path)  # the token file is complete before its metadata exists
-        meta_path.write_text(json.dumps(meta, indent=1))
+    meta, damage = read_cache(token_path, meta_path, key)
+    from_cache = meta is not None
+    if damage and not quiet:
+        print(f"token cache {token_path.name} is damaged ({damage}): tokenizing {data} again")
+    if meta is None:
+        meta = _build_cache(files, key, cache_dir, token_path, meta_path, num_threads, show_progress)
     if meta["replaced_bytes"] and not quiet:
         print(f"warning: {meta['replaced_bytes']} bytes of {data} are not valid UTF-8 and were replaced "
               f"with U+FFFD; re-save the file as UTF-8 to keep them")
@@ -268,6 +257,102 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
     tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["n_tokens"],))
     _advise_random_access(tokens)
     return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache)
+
+
+def _build_cache(files: list[Path], key: str, cache_dir: Path, token_path: Path, meta_path: Path,
+                 num_threads: int | None, show_progress: bool) -> dict:
+    """Tokenize into `token_path` and describe it in `meta_path`, each written to a temporary file and
+    renamed: a kill leaves the previous state or the new one, and the metadata is written last."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the token cache folder {cache_dir}: {error.strerror}; "
+                        f"choose a writable --out-dir") from None
+    remove_leftovers(cache_dir, (token_path.name, meta_path.name))
+    tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
+    tmp_meta = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+    try:
+        meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress)
+        meta.update(key=key, sources=[p.name for p in files], format_version=CACHE_FORMAT_VERSION,
+                    dtype=np.dtype(TOKEN_DTYPE).name, sample_sha256=sample_digest(tmp_path))
+        meta_path.unlink(missing_ok=True)  # no metadata describes a token file while it is being replaced
+        os.replace(tmp_path, token_path)
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, meta_path)
+    except OSError as error:
+        tmp_path.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+        raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "
+                        f"some disk space or choose another --out-dir") from None
+    return meta
+
+
+def remove_leftovers(folder: Path, names: tuple[str, ...]) -> None:
+    """Delete `<name>.tmp<pid>` files that a killed process left behind (never those of a live one)."""
+    for name in names:
+        for leftover in folder.glob(glob.escape(name) + ".tmp*"):
+            pid = leftover.name.rsplit(".tmp", 1)[1]
+            if not (pid.isdigit() and _process_alive(int(pid))):
+                leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists under another user, or cannot tell: leave its file alone
+    return True
+
+
+# A damaged cache must be noticed without reading a corpus of many GB on every start: the size check
+# catches truncation, and a digest of SAMPLE_BLOCKS blocks spread over the file catches overwritten content.
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 256, 4096
+
+
+def sample_digest(path: Path) -> str:
+    """sha256 of the file's size and of SAMPLE_BLOCKS blocks at evenly spaced offsets (all of a small file)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES:
+            digest.update(f.read())
+        else:
+            stride = (size - SAMPLE_BLOCK_BYTES) // (SAMPLE_BLOCKS - 1)
+            for block in range(SAMPLE_BLOCKS):
+                f.seek(block * stride)
+                digest.update(f.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+_META_FIELDS = {"n_tokens": int, "max_token_id": int, "replaced_bytes": int, "key": str, "dtype": str,
+                "format_version": int, "sample_sha256": str}
+
+
+def read_cache(token_path: Path, meta_path: Path, key: str) -> tuple[dict | None, str | None]:
+    """(metadata, None) for an intact cache; (None, what is wrong) for a damaged one; (None, None) when
+    there is none. Checks the metadata's fields, then the token file against them."""
+    if not meta_path.exists():
+        return None, None
+    if not token_path.exists():
+        return None, "its token file is missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None, "its metadata is not readable JSON"
+    if not isinstance(meta, dict) or any(type(meta.get(name)) is not kind for name, kind in _META_FIELDS.items()):
+        return None, "its metadata lacks fields or has the wrong types"
+    if meta["key"] != key or meta["format_version"] != CACHE_FORMAT_VERSION or meta["dtype"] != np.dtype(TOKEN_DTYPE).name:
+        return None, "its metadata describes another corpus or format"
+    if not 0 <= meta["max_token_id"] <= np.iinfo(TOKEN_DTYPE).max or meta["n_tokens"] < 0:
+        return None, "its metadata holds impossible values"
+    size = token_path.stat().st_size
+    if size != meta["n_tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
+        return None, f"the token file has {size:,} bytes, its metadata says {meta['n_tokens']:,} tokens"
+    if sample_digest(token_path) != meta["sample_sha256"]:
+        return None, "the token file's content does not match its checksum"
+    return meta, None
 
 
 def _advise_random_access(tokens: np.memmap) -> None:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,93 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 def test_validation_split_holds_out_the_tail():
     train, val = split_train_val(np.arange(100), 0.1)
     assert len(train) == 90 and list(val) == list(range(90, 100))
+
+
+# ------------------------------------------------------------------ a damaged token cache is rebuilt
+
+
+def _cache_files(cache_dir):
+    token_path = next(cache_dir.glob("tokens_*.bin"))
+    return token_path, token_path.with_suffix(".json")
+
+
+def _truncate_metadata(token_path, meta_path):
+    meta_path.write_text(meta_path.read_text()[:25])
+
+
+def _truncate_tokens(token_path, meta_path):
+    token_path.write_bytes(token_path.read_bytes()[:100])
+
+
+def _random_tokens(token_path, meta_path):
+    # the same size, so only the content check can tell: ids far past the vocabulary
+    token_path.write_bytes(np.random.default_rng(0).integers(0, 2**16, token_path.stat().st_size // 2,
+                                                              dtype=np.uint16).tobytes())
+
+
+def _metadata_of_another_shape(token_path, meta_path):
+    meta_path.write_text('["not", "a", "dict"]')
+
+
+def _missing_tokens(token_path, meta_path):
+    token_path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_metadata, _truncate_tokens, _random_tokens, _metadata_of_another_shape,
+                                    _missing_tokens])
+def test_a_damaged_token_cache_is_noticed_and_rebuilt_with_a_one_line_notice(tmp_path, capsys, damage):
+    corpus_path = tmp_path / "c.txt"
+    corpus_path.write_text(make_corpus_text(300))
+    expected = get_tokenizer().encode_ordinary(make_corpus_text(300))
+    load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    capsys.readouterr()
+    damage(*_cache_files(tmp_path / "cache"))
+    rebuilt = load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    notice = capsys.readouterr().out.strip().splitlines()
+    assert len(notice) == 1 and "damaged" in notice[0] and "tokenizing" in notice[0]
+    assert not rebuilt.from_cache and list(rebuilt.tokens) == expected
+    assert rebuilt.max_token_id == max(expected)
+    again = load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    assert again.from_cache and capsys.readouterr().out == ""
+
+
+def test_a_damaged_block_in_a_large_token_file_is_noticed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "SAMPLE_BLOCKS", 4)  # a file larger than the sampled blocks: only some are read
+    monkeypatch.setattr(data, "SAMPLE_BLOCK_BYTES", 64)
+    corpus_path = tmp_path / "c.txt"
+    corpus_path.write_text(make_corpus_text(300))
+    load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    token_path, _ = _cache_files(tmp_path / "cache")
+    raw = bytearray(token_path.read_bytes())
+    raw[-10:] = b"\xff" * 10  # the last block is always sampled
+    token_path.write_bytes(bytes(raw))
+    assert not load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False).from_cache
+    assert "checksum" in capsys.readouterr().out
+
+
+def test_the_token_cache_is_written_through_temporary_files_and_leftovers_are_removed(tmp_path, monkeypatch):
+    corpus_path = tmp_path / "c.txt"
+    corpus_path.write_text("hello there\n" * 50)
+    cache = tmp_path / "cache"
+    load_corpus(str(corpus_path), cache, show_progress=False)
+    token_path, meta_path = _cache_files(cache)
+    meta_path.unlink()  # as if killed between the two renames
+    dead = token_path.with_name(token_path.name + ".tmp999999999")  # a pid no process has
+    dead.write_bytes(b"x" * 1000)
+    written = []
+    real_replace = data.os.replace
+    monkeypatch.setattr(data.os, "replace", lambda src, dst: (written.append((Path(src).name, Path(dst).name)),
+                                                              real_replace(src, dst)))
+    corpus = load_corpus(str(corpus_path), cache, show_progress=False)
+    assert not corpus.from_cache and not dead.exists()
+    assert [dst for _, dst in written] == [token_path.name, meta_path.name]
+    assert all(".tmp" in src for src, _ in written)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([token_path.name, meta_path.name])
+
+
+def test_empty_data_argument_is_refused_rather_than_reading_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "requirements.txt").write_text("torch\n")
+    for empty in ("", "  "):
+        with pytest.raises(UserError, match="--data is empty"):
+            resolve_sources(empty)
