@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import ipaddress
 import json
 import math
 import os
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from smollm135_model import ModelConfig, SmoLM135_Model  # noqa: E402
+from smollm135_model import ModelConfig, SmoLM135_Model, is_greedy  # noqa: E402
 from smolm135.checkpoint import (  # noqa: E402
     TRAINED_MODEL_GLOBS,
     TRAINING_INFO_FILE,
@@ -41,6 +44,7 @@ from smolm135.checkpoint import (  # noqa: E402
     newest_trained_model,
 )
 from smolm135.errors import UserError, run_cli  # noqa: E402
+from smolm135.markdown import escape_markdown  # noqa: E402
 from smolm135.runtime import pick_device  # noqa: E402
 from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
 
@@ -79,6 +83,9 @@ TOP_K = Knob("Top-k", 0, 500, 50, 1, integer=True, info="sample among the k like
 TOP_P = Knob("Top-p", 0.01, 1.0, 0.95, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
 SEED = Knob("Seed", 0, 2**32 - 1, 0, 1, integer=True, info="the same seed and settings give the same text")
 DEFAULT_MAX_NEW_TOKENS = 200
+# A GPT-2 token spans at most 128 characters, so the last 128 x context characters of a prompt hold every
+# token the context can take: longer prompts are cut to that before tokenizing (a 5 MB paste costs nothing).
+MAX_CHARS_PER_TOKEN = 128
 
 
 def max_new_tokens_knob(context_length: int) -> Knob:
@@ -164,16 +171,15 @@ class NativeTextModel:
         tokens = self.model.generate_stream(
             torch.tensor([prompt_ids], device=device),  # (1, T)
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator)
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator,
+            vocab_limit=self.encoder.n_vocab)  # the padding rows past GPT-2's tokens are never sampled
         n_tokens = 0
         for token in tokens:  # (1,)
             token_id = token.item()
             n_tokens += 1
             if token_id == END_OF_TEXT_ID:
                 break
-            # the 47 padding rows of the embedding are not tokens: an undertrained model may still pick one
-            piece = self.encoder.decode_single_token_bytes(token_id) if token_id < self.encoder.n_vocab else b""
-            yield utf8.decode(piece), n_tokens
+            yield utf8.decode(self.encoder.decode_single_token_bytes(token_id)), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
 
 
@@ -201,7 +207,7 @@ class TransformersTextModel:
         input_ids = torch.tensor([prompt_ids], device=self.model.device)  # (1, T)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = (dict(do_sample=True, temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-                    if settings.temperature > 0 else dict(do_sample=False))
+                    if not is_greedy(settings.temperature) else dict(do_sample=False))
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                       max_new_tokens=settings.max_new_tokens, streamer=streamer,
                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
@@ -240,11 +246,33 @@ def is_hf_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in HF_WEIGHT_FILES)
 
 
-def find_hf_folder(search_dirs: list[Path]) -> Path | None:
+def foreign_code(folder: Path) -> list[str]:
+    """The Python files in `folder` that differ from the file of the same name this project ships (all of
+    them, if it ships none). Empty for a folder without code, and for our own exports: loading those with
+    trust_remote_code runs only code that is already here."""
+    foreign = []
+    for path in sorted(folder.rglob("*.py")):
+        relative = path.relative_to(folder)
+        shipped = APP_DIR / relative
+        if not (shipped.is_file() and shipped.read_bytes() == path.read_bytes()):
+            foreign.append(relative.as_posix())
+    return foreign
+
+
+def find_hf_folder(search_dirs: list[Path], say=print) -> Path | None:
     """A converted Hugging Face model: one of the folders itself (a Space that is a model repo) or a folder
-    inside one (`smolm135-tiny-hf/`); the most recently written wins."""
-    candidates = [folder for base in search_dirs for folder in [base, *sorted(base.iterdir())]
-                  if folder.is_dir() and is_hf_folder(folder)]
+    inside one (`smolm135-tiny-hf/`); the most recently written wins. A folder with Python code other than
+    this project's is never picked by itself: its code would run (name it with --trust-remote-code)."""
+    candidates = []
+    for folder in (folder for base in search_dirs for folder in [base, *sorted(base.iterdir())]):
+        if not (folder.is_dir() and is_hf_folder(folder)):
+            continue
+        foreign = foreign_code(folder)
+        if foreign:
+            say(f"skipping the Hugging Face folder {folder.name}: its code ({', '.join(foreign[:3])}) is not this "
+                f"project's; serve it with --model {folder.name} --trust-remote-code if you trust its author")
+        else:
+            candidates.append(folder)
     return max(candidates, key=lambda folder: (folder / "config.json").stat().st_mtime, default=None)
 
 
@@ -264,16 +292,39 @@ def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") 
     return NativeTextModel(model, info)
 
 
-def load_transformers_model(name_or_path: str, device: str = "auto") -> TransformersTextModel:
-    """A Hugging Face folder or Hub id; the smolm135 modeling code travels with it (trust_remote_code)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def runs_only_our_code(name_or_path: str) -> bool:
+    """Whether the folder or Hub repository holds no Python code but this project's own (byte for byte).
+    For a Hub id only its .py files are fetched to compare; offline, or on any failure, the answer is no."""
+    if Path(name_or_path).is_dir():
+        return not foreign_code(Path(name_or_path))
+    from huggingface_hub import snapshot_download
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=True)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=True)
+        return not foreign_code(Path(snapshot_download(name_or_path, allow_patterns=["*.py"])))
+    except Exception:  # noqa: BLE001 (no network, no such repository, an invalid id: not shown to be ours)
+        return False
+
+
+def load_transformers_model(name_or_path: str, device: str = "auto",
+                            trust_remote_code: bool = False) -> TransformersTextModel:
+    """A Hugging Face folder or Hub id. Code in it runs only when `trust_remote_code` is asked for, or when
+    it is byte for byte the modeling code this project ships (a smolm135 export)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trusted = trust_remote_code or runs_only_our_code(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trusted)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trusted)
     except OSError as error:
         raise UserError(f"could not load the Hugging Face model {name_or_path!r}: {str(error).splitlines()[0]} "
                         f"(give a folder written by convert_to_hf.py or a Hub id)") from None
+    except ValueError as error:  # transformers refuses code it was not allowed to run, or a broken config
+        if "trust_remote_code" in str(error):
+            raise UserError(f"the Hugging Face model {name_or_path!r} brings its own Python code, which differs "
+                            f"from this project's: pass --trust-remote-code to run it if you trust its "
+                            f"author") from None
+        raise UserError(f"could not load the Hugging Face model {name_or_path!r}: "
+                        f"{str(error).splitlines()[0]}") from None
     model.to(pick_device(device)).eval()
     facts = read_training_info(name_or_path)
     info = ModelInfo(source=name_or_path, kind="Hugging Face model", parameters=model.num_parameters(),
@@ -300,21 +351,24 @@ def read_training_info(name_or_path: str) -> dict:
 
 
 def load_model(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
-               search_dirs: list[Path] | None = None, say=print):
+               search_dirs: list[Path] | None = None, say=print, trust_remote_code: bool = False):
     """The model the page serves: `checkpoint`, else `model`, else the newest native checkpoint, else a
-    Hugging Face folder in `search_dirs`; None when there is none (the page then says how to train one)."""
+    Hugging Face folder in `search_dirs`; None when there is none (the page then says how to train one).
+    `trust_remote_code` applies to `model` only: a folder found by searching never runs foreign code."""
     if checkpoint and model:
         raise UserError("give --checkpoint or --model, not both")
+    if trust_remote_code and not model:
+        raise UserError("--trust-remote-code applies to the model named by --model: name the folder or Hub id")
     if checkpoint:
         return load_native_model(checkpoint, device)
     if model:
-        return load_transformers_model(model, device)
+        return load_transformers_model(model, device, trust_remote_code)
     search_dirs = search_dirs if search_dirs is not None else default_search_dirs()
     newest = newest_trained_model(search_dirs)
     if newest is not None:
         say(f"serving the newest trained model: {newest}")
         return load_native_model(newest, device)
-    folder = find_hf_folder(search_dirs)
+    folder = find_hf_folder(search_dirs, say)
     if folder is not None:
         say(f"serving the Hugging Face model in {folder}")
         return load_transformers_model(str(folder), device)
@@ -342,9 +396,19 @@ def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) 
     return kept, fitting, notes
 
 
+def bound_prompt(prompt: str, context_length: int) -> tuple[str, list[str]]:
+    """The prompt's last MAX_CHARS_PER_TOKEN x context characters (all a context can use), and a note when cut."""
+    limit = MAX_CHARS_PER_TOKEN * context_length
+    if len(prompt) <= limit:
+        return prompt, []
+    return prompt[-limit:], [f"The prompt has {len(prompt):,} characters; only its last {limit:,} were read "
+                             f"(more than the model's context of {context_length:,} tokens can hold)."]
+
+
 def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=TEMPERATURE.default,
                   top_k=TOP_K.default, top_p=TOP_P.default, seed=SEED.default) -> Iterator[tuple[str, str]]:
-    """Yield (prompt + the continuation so far, a status line) after every decoded token.
+    """Yield (the continuation so far, a status line) after every decoded token. The prompt is not echoed:
+    each update travels whole to the page, so a long prompt would be sent back once per token.
 
     Every argument may come from an API client unchecked: values are clamped and each change is reported in
     the status instead of raising."""
@@ -355,6 +419,8 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
     info = text_model.info
     settings, notes = GenerationSettings.from_raw(info.context_length, max_new_tokens, temperature, top_k, top_p,
                                                   seed)
+    prompt, bound_notes = bound_prompt(prompt, info.context_length)
+    notes += bound_notes
     prompt_ids = text_model.encode(prompt)
     if not prompt_ids:
         prompt_ids = [text_model.start_token_id]
@@ -363,7 +429,7 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
     notes += fit_notes
     settings = GenerationSettings(fitting, settings.temperature, settings.top_k, settings.top_p, settings.seed)
 
-    text, n_tokens, started = prompt, 0, time.perf_counter()
+    text, n_tokens, started = "", 0, time.perf_counter()
     yield text, status_line(notes, "generating…")
     for piece, n_tokens in text_model.stream(prompt_ids, settings):
         text += piece
@@ -380,19 +446,24 @@ def status_line(notes: list[str], progress: str) -> str:
 # ------------------------------------------------------------------ the page
 
 
-def no_model_message(search_dirs: list[Path] | None = None) -> str:
-    where = ", ".join(f"`{folder}`" for folder in (search_dirs or default_search_dirs()))
+def no_model_message() -> str:
     return (f"**No trained model found** (looked for `{'`, `'.join(TRAINED_MODEL_GLOBS)}` and a Hugging Face folder in "
-            f"{where}). Train one first, in a few minutes on a laptop CPU:\n\n```bash\n{TRAIN_COMMAND}\n```\n\n"
+            f"the current folder and beside app.py). Train one first, in a few minutes on a laptop CPU:\n\n```bash\n{TRAIN_COMMAND}\n```\n\n"
             f"then start `python app.py` again (or pass `--checkpoint PATH`, or `--model FOLDER_OR_HUB_ID`).")
 
 
+def display_name(source: str) -> str:
+    """What the page calls a model: a file or folder's own name, never where it lies on the server; a Hub id
+    as it is."""
+    return Path(source).name if Path(source).exists() else source
+
+
 def model_summary(info: ModelInfo) -> str:
-    parts = [f"**Model:** `{info.source}` ({info.kind})",
+    parts = [f"**Model:** {escape_markdown(display_name(info.source))} ({info.kind})",
              f"**Parameters:** {info.parameters:,} · **context:** {info.context_length:,} tokens"]
     if info.step is not None:
         tokens = f" ({info.tokens_seen:,} tokens)" if info.tokens_seen else ""
-        data = f" on {info.data_name}" if info.data_name else ""
+        data = f" on {escape_markdown(info.data_name)}" if info.data_name else ""
         parts.append(f"**Trained:** {info.step:,} steps{tokens}{data}")
     if info.val_loss is not None:
         parts.append(f"**Validation loss:** {info.val_loss:.3f}")
@@ -412,7 +483,7 @@ def build_demo(text_model=None) -> gr.Blocks:
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
-                output = gr.Textbox(label="Prompt + continuation", lines=12, interactive=False, elem_id="output")
+                output = gr.Textbox(label="Continuation", lines=12, interactive=False, elem_id="output")
                 status = gr.Markdown(label="Status", elem_id="status")
             with gr.Column(scale=2):
                 sliders = [slider(max_new_tokens_knob(context_length)), slider(TEMPERATURE), slider(TOP_K),
@@ -453,14 +524,43 @@ def build_parser() -> argparse.ArgumentParser:
                              "0.0.0.0 opens it to your network")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the --model folder or Hub id run its own Python code (only for authors you "
+                             "trust; smolm135's own exports need no such permission)")
     return parser
+
+
+def check_listen_address(host: str, port: int | None) -> None:
+    """Refuse a port outside 1..65535 and a host that is no address of this machine, naming the flag, before
+    anything is loaded (Gradio would say "Cannot find empty port" for both)."""
+    if port is not None and not 1 <= port <= 65535:
+        raise UserError(f"--port must be from 1 to 65535 (got {port})")
+    if re.fullmatch(r"[\d.]+", host):  # looks numeric: an invalid IPv4 address, never a name to look up
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UserError(f"--host {host} is not a valid IP address: use 127.0.0.1 (this machine only), "
+                            f"0.0.0.0 (every network) or one of this machine's addresses") from None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host!r} is neither an IP address nor a name this machine can resolve: use "
+                        f"127.0.0.1, 0.0.0.0 or one of this machine's addresses") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UserError(f"--host {host} is not an address of this machine ({error.strerror}): use 127.0.0.1, "
+                            f"0.0.0.0 or one of this machine's addresses") from None
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    check_listen_address(args.host, args.port)
     checkpoint = args.checkpoint
     model = None if checkpoint else args.model  # an explicit --checkpoint beats $SMOLM135_MODEL
-    demo = build_demo(load_model(checkpoint, model, args.device))
+    demo = build_demo(load_model(checkpoint, model, args.device, trust_remote_code=args.trust_remote_code))
     try:
         demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, share=args.share)
     except OSError as error:  # Gradio's "Cannot find empty port", or an address this machine does not have

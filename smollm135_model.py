@@ -413,6 +413,7 @@ class SmoLM135_Model(nn.Module):
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        vocab_limit: int | None = None,
     ) -> torch.Tensor:
         """Continue `input_ids` (B, T) or (T,); returns prompt + continuation, like transformers' generate.
 
@@ -421,17 +422,18 @@ class SmoLM135_Model(nn.Module):
         smallest set whose probability reaches p. Rows that emit `eos_token_id` stop and are padded with it.
         Generation stops, with a warning, at the context length `config.block_size`. `use_cache=False`
         re-runs the whole sequence for every token (slow; the reference the cache is tested against).
+        `vocab_limit` (the tokenizer's vocabulary size) keeps the padding ids past it from being sampled.
         """
         squeeze = input_ids.dim() == 1
         idx = input_ids.unsqueeze(0) if squeeze else input_ids
         new_tokens = list(self.generate_stream(idx, max_length, max_new_tokens, temperature, top_k, top_p,
-                                               eos_token_id, generator, use_cache))
+                                               eos_token_id, generator, use_cache, vocab_limit))
         out = torch.cat([idx] + [token[:, None] for token in new_tokens], dim=1)
         return out[0] if squeeze else out
 
     @torch.no_grad()
     def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=1.0, top_k=None,
-                        top_p=None, eos_token_id=None, generator=None, use_cache=True):
+                        top_p=None, eos_token_id=None, generator=None, use_cache=True, vocab_limit=None):
         """Like `generate`, but yields each new token (B,) as soon as it is decoded (for streaming UIs)."""
         B, prompt_length = input_ids.shape
         if max_new_tokens is None:
@@ -459,7 +461,8 @@ class SmoLM135_Model(nn.Module):
         try:
             logits, _ = self(input_ids, kv_cache=kv_cache, logits_to_keep=1)  # (B, 1, V); fills the cache
             for length in range(prompt_length, total_length):
-                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator,
+                                               vocab_limit)  # (B,)
                 if eos_token_id is not None:
                     next_token = next_token.masked_fill(finished, eos_token_id)
                     finished |= next_token == eos_token_id
@@ -491,9 +494,23 @@ class SmoLM135_Model(nn.Module):
         return 6 * n_matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
 
-def sample_next_token(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None):
-    """logits (B, V) -> next token ids (B,). temperature 0 means greedy."""
-    if temperature <= 0:
+# Below this temperature sampling is greedy decoding in all but name (a logit gap of 0.01 already weighs
+# e^-100), while dividing by a far smaller one overflows float32 logits to inf and the probabilities to NaN.
+MIN_SAMPLING_TEMPERATURE = 1e-4
+
+
+def is_greedy(temperature: float) -> bool:
+    """Whether `temperature` decodes greedily: 0, negative, NaN, or too small to sample with."""
+    return not temperature >= MIN_SAMPLING_TEMPERATURE
+
+
+def sample_next_token(logits, temperature: float = 1.0, top_k=None, top_p=None, generator=None, vocab_limit=None):
+    """logits (B, V) -> next token ids (B,). Greedy when `is_greedy(temperature)`. Ids at or past
+    `vocab_limit` are never picked: the embedding's padding rows past the tokenizer's vocabulary are no
+    tokens, so the tokenizer could not decode them."""
+    if vocab_limit is not None:
+        logits = logits[:, :vocab_limit]  # (B, vocab_limit): an index here is the token id
+    if is_greedy(temperature):
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and 0 < top_k < logits.size(-1):

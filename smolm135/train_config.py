@@ -65,29 +65,58 @@ class TrainConfig:
         return asdict(self)
 
 
+MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
+_POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
+                  "sample_tokens", "eval_every", "eval_batches", "log_every", "keep_checkpoints")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Collect every problem with the recipe and raise once, naming the flags to fix."""
+    """Collect every problem with the recipe and raise once, naming the flags to fix. Every number must
+    be finite and in its range: NaN compares false with everything, so each test is written to fail on it."""
     problems = []
-    for name in ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
-                 "eval_every", "eval_batches", "log_every", "keep_checkpoints"):
+    for name in _POSITIVE_INTS:
         value = getattr(cfg, name)
-        if value <= 0:
-            problems.append(f"--{name.replace('_', '-')} must be positive (got {value})")
-    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        if not (_is_int(value) and value > 0):
+            problems.append(f"{_flag(name)} must be a positive whole number (got {value})")
+    if not (_is_int(cfg.warmup_steps) and cfg.warmup_steps >= 0):
+        problems.append(f"--warmup-steps must be a whole number, 0 or more (got {cfg.warmup_steps})")
+    if cfg.lr_decay_steps is not None and not (_is_int(cfg.lr_decay_steps) and cfg.lr_decay_steps > 0):
+        problems.append(f"--lr-decay-steps must be a positive whole number (got {cfg.lr_decay_steps})")
+    if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
+        problems.append(f"--seed must be a whole number from 0 to {MAX_SEED} (got {cfg.seed})")
+    if not (_is_number(cfg.lr) and cfg.lr > 0):
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
-    if cfg.min_lr is not None and not 0 <= cfg.min_lr <= cfg.lr:
+    elif cfg.min_lr is not None and not (_is_number(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
-    if cfg.warmup_steps < 0:
-        problems.append(f"--warmup-steps cannot be negative (got {cfg.warmup_steps})")
-    if cfg.weight_decay < 0 or cfg.grad_clip < 0:
-        problems.append("--weight-decay and --grad-clip cannot be negative")
-    if not 0 < cfg.val_fraction < 1:
+    for name in ("weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not (_is_number(value) and value >= 0):
+            problems.append(f"{_flag(name)} must be a finite number, 0 or more (got {value})")
+    for name in ("beta1", "beta2"):
+        value = getattr(cfg, name)
+        if not (_is_number(value) and 0 <= value < 1):
+            problems.append(f"{_flag(name)} must be at least 0 and below 1 (got {value})")
+    if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
+    if not cfg.data.strip():
+        problems.append("--data is empty: pass a text file, a folder of .txt files or a glob")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.preset not in PRESETS:
         problems.append(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    elif cfg.seq_len > PRESETS[cfg.preset].block_size:
+    elif _is_int(cfg.seq_len) and cfg.seq_len > PRESETS[cfg.preset].block_size:
         problems.append(f"--seq-len {cfg.seq_len} is longer than the {cfg.preset} context length "
                         f"({PRESETS[cfg.preset].block_size}): lower --seq-len")
     if problems:

@@ -19,6 +19,7 @@ import torch
 
 import app
 from smolm135.checkpoint import TRAINING_INFO_FILE
+from smolm135.markdown import escape_markdown
 
 from conftest import REPO_ROOT
 
@@ -117,11 +118,15 @@ def test_a_port_in_use_is_one_line_on_stderr(tmp_path, monkeypatch, capsys):
     assert "Cannot find empty port" in error and error.count("\n") == 1
 
 
-def test_native_generation_streams_the_prompt_then_each_new_token(native_model):
+def grows_one_piece_at_a_time(texts: list[str]) -> bool:
+    return all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+
+
+def test_native_generation_streams_each_new_token_and_not_the_prompt(native_model):
     steps = list(app.generate_text(native_model, PROMPT, 6, 0, 50, 0.95, 0))
     texts = [text for text, _ in steps]
-    assert all(text.startswith(PROMPT) for text in texts)
-    assert texts[0] == PROMPT and len(steps) >= 6 + 2  # the prompt, each token, the end
+    assert grows_one_piece_at_a_time(texts) and PROMPT not in texts[-1]
+    assert texts[0] == "" and texts[-1] and len(steps) >= 6 + 2  # nothing yet, each token, the end
     assert "6 new tokens" in steps[-1][1]
 
 
@@ -146,7 +151,8 @@ def test_a_seed_makes_sampling_repeatable(native_model):
 
 def test_model_panel_names_file_parameters_steps_and_validation_loss(native_model, trained_run):
     summary = app.model_summary(native_model.info)
-    assert trained_run[2]["final_model_path"] in summary
+    final_path = Path(trained_run[2]["final_model_path"])
+    assert escape_markdown(final_path.name) in summary and str(final_path.parent) not in summary
     assert f"{native_model.model.num_parameters()['total']:,}" in summary
     assert "30 steps" in summary and f"{trained_run[2]['final_val_loss']:.3f}" in summary
 
@@ -176,12 +182,12 @@ def test_a_hugging_face_folder_beside_the_app_is_served_and_streams(hf_folder):
     assert isinstance(text_model, app.TransformersTextModel)
     assert "7 steps" in app.model_summary(text_model.info) and "9.500" in app.model_summary(text_model.info)
     steps = list(app.generate_text(text_model, PROMPT, 8, 0, 50, 0.95, 0))
-    assert all(text.startswith(PROMPT) for text, _ in steps) and len(steps[-1][0]) > len(PROMPT)
+    assert grows_one_piece_at_a_time([text for text, _ in steps]) and steps[-1][0]
     assert final_text(text_model, PROMPT, 8, 0, 50, 0.95, 0)[0] == steps[-1][0]  # greedy: the same text again
     sampled = final_text(text_model, PROMPT, 8, 1.0, 0, 1.0, 5)[0]
     assert final_text(text_model, PROMPT, 8, 1.0, 0, 1.0, 5)[0] == sampled
     text, status = final_text(text_model, "word " * 100, 8, 0, 50, 0.95, 0)
-    assert text.startswith("word " * 100) and "only its last 56 tokens" in status  # context 64 = 56 + 8
+    assert text and "only its last 56 tokens" in status  # context 64 = 56 + 8
 
 
 def test_a_failing_hugging_face_generate_raises_instead_of_hanging(hf_folder, monkeypatch):
@@ -193,6 +199,75 @@ def test_a_failing_hugging_face_generate_raises_instead_of_hanging(hf_folder, mo
     monkeypatch.setattr(text_model.model, "generate", broken_generate)
     with pytest.raises(RuntimeError, match="out of memory"):
         final_text(text_model, PROMPT, 8)
+
+
+def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(native_model, hf_folder):
+    text_model = app.load_model(model=str(hf_folder), device="cpu")
+    for model in (native_model, text_model):
+        greedy = final_text(model, PROMPT, 6, 0, 50, 0.95, 0)[0]
+        assert final_text(model, PROMPT, 6, 1e-300, 50, 0.95, 0)[0] == greedy
+
+
+def test_a_prompt_beyond_what_the_context_can_use_is_cut_before_tokenizing(native_model, monkeypatch):
+    limit = app.MAX_CHARS_PER_TOKEN * native_model.info.context_length
+    encoded = []
+    encode = native_model.encode
+    monkeypatch.setattr(native_model, "encode", lambda text: (encoded.append(len(text)), encode(text))[1])
+    text, status = final_text(native_model, "x" * (5 * 10**6 - 7) + PROMPT, 4, 0, 50, 0.95, 0)
+    assert encoded == [limit] and f"only its last {limit:,} were read" in status and text
+
+
+# ------------------------------------------------------------------ whose code runs
+
+
+MARKER = "remote_code_ran.txt"
+
+
+@pytest.fixture(scope="module")
+def own_export(native_model, trained_run, tmp_path_factory):
+    """A folder convert_to_hf.py writes (unverified: the export's own tests verify it)."""
+    from convert_to_hf import write_hf_folder
+    from smolm135.checkpoint import load_checkpoint
+
+    folder = tmp_path_factory.mktemp("exports") / "smolm135-tiny-hf"
+    write_hf_folder(native_model.model, load_checkpoint(trained_run[2]["final_model_path"]), folder)
+    return folder
+
+
+def tampered_copy(own_export: Path, where: Path) -> Path:
+    """The export with a modeling file that leaves a marker in the working folder when it is imported."""
+    folder = where / "downloaded-hf"
+    shutil.copytree(own_export, folder)
+    with open(folder / "modeling_smolm135.py", "a", encoding="utf-8") as code:
+        code.write(f"\nimport pathlib\npathlib.Path({str(where / MARKER)!r}).write_text('ran')\n")
+    return folder
+
+
+def test_our_own_export_is_found_and_served_without_asking(own_export):
+    assert app.foreign_code(own_export) == [] and list(own_export.glob("*.py"))
+    text_model = app.load_model(search_dirs=[own_export.parent], device="cpu", say=lambda _: None)
+    assert isinstance(text_model, app.TransformersTextModel) and final_text(text_model, PROMPT, 4, 0)[0]
+
+
+def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp_path):
+    folder = tampered_copy(own_export, tmp_path)
+    said = []
+    assert app.load_model(search_dirs=[tmp_path], device="cpu", say=said.append) is None
+    assert not (tmp_path / MARKER).exists()
+    assert any("skipping the Hugging Face folder downloaded-hf" in line and "--trust-remote-code" in line
+               for line in said)
+    assert app.foreign_code(folder) == ["modeling_smolm135.py"]
+
+
+def test_named_foreign_code_runs_only_with_trust_remote_code(own_export, tmp_path, capsys):
+    folder = tampered_copy(own_export, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        app.run_cli(lambda: app.main(["--model", str(folder), "--device", "cpu"]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "--trust-remote-code" in error
+    assert not (tmp_path / MARKER).exists()
+    text_model = app.load_model(model=str(folder), device="cpu", trust_remote_code=True)
+    assert (tmp_path / MARKER).exists() and isinstance(text_model, app.TransformersTextModel)
 
 
 # ------------------------------------------------------------------ the real server
@@ -265,9 +340,9 @@ def client(server):
     return Client(server, verbose=False)
 
 
-def test_api_generation_begins_with_the_prompt(client):
+def test_api_answers_with_the_continuation_alone(client):
     text, status = client.predict(PROMPT, 12, 0.8, 50, 0.95, 1, api_name="/generate")
-    assert text.startswith(PROMPT) and len(text) > len(PROMPT) and "12 new tokens" in status
+    assert text and not text.startswith(PROMPT) and "12 new tokens" in status
 
 
 def test_api_greedy_generation_with_a_fixed_seed_is_repeatable(client):
@@ -290,18 +365,18 @@ def test_api_empty_prompt_gets_text(client):
 def test_api_prompt_longer_than_the_context_is_cut_from_the_left_and_said_so(client):
     prompt = "word " * 600  # 600 tokens against a context of 512
     text, status = client.predict(prompt, 16, 0.8, 50, 0.95, 0, api_name="/generate")
-    assert text.startswith(prompt) and "only its last 496 tokens were used" in status
+    assert text and "only its last 496 tokens were used" in status
 
 
 def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     text, status = client.predict("Hi", 10**9, -5, 10**9, 7, -1, api_name="/generate")
-    assert text.startswith("Hi")
+    assert text
     for note in ("Max new tokens 1000000000 is outside 1..512: used 512", "Temperature -5 is outside 0..2: used 0",
                  "Top-k 1000000000 is outside 0..500: used 500", "Top-p 7 is outside 0.01..1: used 1",
                  "Seed -1 is outside 0..4294967295: used 0", "511 new tokens instead of 512"):
         assert note in status
     text, status = client.predict("Hi", "many", None, "x", [], {}, api_name="/generate")
-    assert text.startswith("Hi") and status.count("is not a number") == 5
+    assert text and status.count("is not a number") == 5
 
 
 def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
@@ -313,13 +388,36 @@ def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
         lines = list(response.iter_lines())
     assert "event: complete" in lines, lines[-4:]
     text, status = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))
-    assert text.startswith("Hi") and "Temperature nan is not a number" in status and "8 new tokens" in status
+    assert text and "Temperature nan is not a number" in status and "8 new tokens" in status
+
+
+def test_a_huge_prompt_streams_back_only_the_new_text(server):
+    prompt = "All the world's a stage. " * 200_000  # 5 MB
+    event = httpx.post(server + "gradio_api/call/generate", json={"data": [prompt, 200, 0.8, 50, 0.95, 0]},
+                       timeout=120).json()["event_id"]
+    received = 0
+    with httpx.stream("GET", server + f"gradio_api/call/generate/{event}", timeout=300) as response:
+        lines = []
+        for line in response.iter_lines():
+            received += len(line) + 1
+            lines.append(line)
+    assert "event: complete" in lines, lines[-4:]
+    text, status = json.loads(lines[lines.index("event: complete") + 1].removeprefix("data: "))
+    assert "were read" in status and "new tokens in" in status
+    assert received < 2_000_000  # the prompt came back once per token before: about 1 GB
+
+
+def test_config_and_page_name_the_model_without_the_servers_folders(server, trained_run):
+    name = Path(trained_run[2]["final_model_path"]).name
+    for text in (httpx.get(server + "config", timeout=30).text, httpx.get(server, timeout=30).text):
+        assert "/models/final_model_" not in text and escape_markdown(name).replace("\\", "\\\\") in text
 
 
 def test_concurrent_requests_queue_and_all_get_answers(client):
     jobs = [client.submit(f"{PROMPT} {n}", 8, 0.8, 50, 0.95, n, api_name="/generate") for n in range(3)]
-    for n, job in enumerate(jobs):
-        assert job.result(timeout=120)[0].startswith(f"{PROMPT} {n}")
+    for job in jobs:
+        text, status = job.result(timeout=120)
+        assert text and "8 new tokens" in status
 
 
 def test_without_a_model_the_server_starts_and_answers_with_the_train_command(empty_server):
@@ -372,7 +470,7 @@ def test_page_renders_and_generate_streams_text_into_the_output(browser, server,
     page.locator("#generate").click()
     page.locator("#status").get_by_text("new tokens in").wait_for(timeout=60_000)
     output = page.locator("#output textarea").input_value()
-    assert output.startswith(PROMPT) and len(output) > len(PROMPT)
+    assert output and not output.startswith(PROMPT)
     assert elsewhere == []
     page.close()
 

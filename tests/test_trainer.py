@@ -92,8 +92,8 @@ def run_trainer(*args, cwd):
     (["--data", "empty.txt"], "is empty"),
     (["--data", "short.txt"], "needs at least"),
     (["--data", "short.txt", "--seq-len", "4096"], "longer than the tiny context length"),
-    (["--max-steps", "0"], "--max-steps must be positive"),
-    (["--batch-size", "-2"], "--batch-size must be positive"),
+    (["--max-steps", "0"], "--max-steps must be a positive whole number"),
+    (["--batch-size", "-2"], "--batch-size must be a positive whole number"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--preset", "huge"], "unknown preset 'huge'"),
 ])
