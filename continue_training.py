@@ -9,6 +9,7 @@ the trainer's own (`Model_smollm135_trainer.train`); this file only decides wher
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def interrupted_continuation(cfg: TrainConfig) -> Path | None:
 def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
                       data: str | None = None, lr: float | None = None, **overrides):
     """Continue a finished model for `steps` more steps; returns (model, summary) like `train`."""
-    if steps <= 0:
-        raise UserError(f"--steps must be positive (got {steps})")
+    if not (isinstance(steps, int) and steps > 0):
+        raise UserError(f"--steps must be a positive whole number (got {steps})")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):  # checked before any file is read
+        raise UserError(f"--lr must be a positive number (got {lr})")
     source = Path(checkpoint) if checkpoint else newest_final_model(out_dir)
     state = load_checkpoint(source)
     cfg = continued_config(source, state, steps, out_dir, data, lr, **overrides)

@@ -15,8 +15,10 @@ its logits with the native model's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,14 +39,19 @@ from smolm135.checkpoint import (
     newest_trained_model,
     save_atomic,
 )
+from smolm135.disk import WRITE_ERRORS, write_failure
 from smolm135.errors import UserError, run_cli
-from smolm135.model_card import TrainingFacts, render_model_card
+from smolm135.model_card import TrainingFacts, check_license, render_model_card
 from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
 TRAINING_INFO_KEYS = ("data_name", "step", "tokens_seen", "train_loss", "val_loss", "history", "train_config")
+# Recipe fields that name places on the training machine: training_info.json (which --push-to-hub publishes)
+# keeps only their last component, the file or folder name.
+LOCAL_PATH_FIELDS = ("data", "out_dir", "init_from", "resume")
+EXPORT_OVERHEAD_BYTES = 10_000_000  # tokenizer, code, card and plot beside the weights
 
 
 # ------------------------------------------------------------------ native side
@@ -109,8 +116,9 @@ def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
 
 def check_output_dir(output_dir: Path) -> None:
     """Refuse to write into a folder that holds something other than a previous smolm135 export."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output-dir {output_dir} is a file: choose a folder name")
+    for folder in [output_dir, *output_dir.parents]:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--output-dir {output_dir}: {folder} is a file, not a folder; choose a folder name")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         try:
             model_type = json.loads((output_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
@@ -121,9 +129,35 @@ def check_output_dir(output_dir: Path) -> None:
                             f"or empty folder so nothing in it is overwritten")
 
 
+def public_training_info(state: dict) -> dict:
+    """What training_info.json says about the run: the facts and the recipe, with local paths cut to names."""
+    info = {key: state.get(key) for key in TRAINING_INFO_KEYS}
+    recipe = info.get("train_config")
+    if isinstance(recipe, dict):
+        info["train_config"] = {key: (Path(value).name if key in LOCAL_PATH_FIELDS and isinstance(value, str)
+                                      else value) for key, value in recipe.items()}
+    return info
+
+
+@contextlib.contextmanager
+def transformers_progress_bars_off():
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0") -> Path:
-    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
+                    license: str = "apache-2.0", name: str | None = None) -> Path:
+    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card
+    straight into `output_dir` (`export` writes into a temporary folder and renames it). `name` titles the
+    card (default: the last part of `model_id`, else the folder's name)."""
+    check_license(license)
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     hf_model = hf_model_from_native(native)
@@ -132,19 +166,20 @@ def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model
     # writes auto_map into config.json, so the folder loads with no file of this repository on the path
     SmoLM135Config.register_for_auto_class()
     SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    hf_model.save_pretrained(output_dir)
+    with transformers_progress_bars_off():  # one bar for one shard says nothing, and it would end up in
+        hf_model.save_pretrained(output_dir)  # the one-line error of a failed write
     build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
 
-    info = {key: state.get(key) for key in TRAINING_INFO_KEYS}
+    info = public_training_info(state)
     (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     history = state.get("history") or {"train": [], "val": []}
     has_plot = bool(history.get("train") or history.get("val"))
-    name = model_id.split("/")[-1] if model_id else output_dir.resolve().name
+    name = name or (model_id.split("/")[-1] if model_id else output_dir.resolve().name)
     (output_dir / "loss.png").unlink(missing_ok=True)  # a previous export's plot would describe another run
     if has_plot:
         plot_losses(history, output_dir / "loss.png", f"{name} on {state.get('data_name') or 'its data'}")
     card = render_model_card(native.config, native.num_parameters()["total"], TrainingFacts.from_state(state),
-                             model_id or str(output_dir.resolve()), name, license, has_plot)
+                             model_id or name, name, license, has_plot)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     return output_dir
 
@@ -213,16 +248,75 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
     return Verification(difference, len(expected_ids), loaded["model_class"])
 
 
+# ------------------------------------------------------------------ writing the folder whole, or not at all
+
+_STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def tidy_interrupted_exports(output_dir: Path) -> None:
+    """Undo what a killed export left beside `output_dir`: its partial folder is deleted, and a previous
+    export it had moved aside is put back when nothing took its place."""
+    if not output_dir.parent.is_dir():
+        return
+    for leftover in output_dir.parent.glob(f"{output_dir.name}_*_*"):
+        kind, _, pid = leftover.name[len(output_dir.name):].rpartition("_")
+        if kind + "_" not in (_STAGING, _REPLACED) or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind + "_" == _REPLACED and not output_dir.exists():
+            os.replace(leftover, output_dir)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def export(native: SmoLM135_Model, state: dict, output_dir: Path, model_id: str | None = None,
+           license: str = "apache-2.0") -> Verification:
+    """Write the folder beside `output_dir`, verify it there, then rename it into place: a failure (a full
+    disk, a kill, a broken export) leaves no partial folder and any previous export as it was."""
+    check_license(license)
+    check_output_dir(output_dir)
+    tidy_interrupted_exports(output_dir)
+    staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
+    replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
+    needed = 4 * native.num_parameters()["total"] + EXPORT_OVERHEAD_BYTES  # float32 weights
+    try:
+        write_hf_folder(native, state, staging, model_id, license, name=model_id.split("/")[-1] if model_id
+                        else output_dir.resolve().name)
+        check = verify_hf_folder(staging, native)
+        if output_dir.exists():
+            os.replace(output_dir, replaced)  # a previous export: moved aside until the new one is in place
+        os.replace(staging, output_dir)
+    except WRITE_ERRORS as error:
+        raise UserError(write_failure(f"the export {output_dir}", output_dir.parent, error, needed)
+                        + "; nothing was changed there: free some space (or choose another --output-dir) and "
+                          "run again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(replaced, ignore_errors=True)
+    return check
+
+
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
             model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
     """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
+    check_license(license)
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))
     state = load_checkpoint(checkpoint_path)
     native = model_from_checkpoint(state)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{state.get('step', '?')}) into {output_dir}")
-    write_hf_folder(native, state, output_dir, model_id, license)
-    check = verify_hf_folder(output_dir, native)
+    check = export(native, state, output_dir, model_id, license)
     say(f"verified: {output_dir} reloads through AutoModelForCausalLM in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
         f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
@@ -335,6 +429,9 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote native checkpoint {path}; train it further with: python continue_training.py "
               f"--checkpoint {path}")
         return path
+    check_license(args.license)  # the flags first: a typo costs no search and no load
+    if args.output_dir:
+        check_output_dir(Path(args.output_dir))
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
     folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license)
     if args.push_to_hub:

@@ -16,3 +16,4 @@ def escape_markdown(text: str, max_chars: int = 200) -> str:
     if len(text) > max_chars:
         text = text[: max_chars - 1] + "…"
     return _MARKUP.sub(r"\\\1", html.escape(text, quote=True))
+

@@ -3,11 +3,41 @@ trained, and code that loads it."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from smollm135_model import ModelConfig
 
+from .errors import UserError
+from .markdown import escape_markdown
+
 USAGE_PROMPT = "To be, or not to be"
+CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation", "custom_code")
+
+# The license identifiers the Hub recognises in a card's metadata (huggingface.co/docs/hub/repositories-licenses).
+HUB_LICENSES = (
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr",
+    "mpl-2.0", "odc-by", "odbl", "openmdw-1.0", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa",
+    "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license",
+    "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown",
+    "other",
+)
+
+
+def check_license(license: str) -> None:
+    """UserError unless `license` is one of the Hub's identifiers (anything else would be pasted into the
+    card's metadata as it stands)."""
+    if license not in HUB_LICENSES:
+        raise UserError(f"--license {license!r} is not a license identifier the Hugging Face Hub knows (e.g. "
+                        f"apache-2.0, mit, cc-by-4.0; the list: https://huggingface.co/docs/hub/repositories-"
+                        f"licenses); use 'other' for a license of your own")
 
 
 @dataclass(frozen=True)
@@ -43,29 +73,32 @@ print(generator({json.dumps(USAGE_PROMPT)}, max_new_tokens=40)[0]["generated_tex
 
 
 def _number(value, fmt: str) -> str:
-    return "not recorded" if value is None else format(value, fmt)
+    """A recorded number, formatted; anything else a checkpoint may hold in its place is 'not recorded'."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "not recorded"
+    return format(value, fmt)
+
+
+def card_metadata(license: str) -> str:
+    """The YAML header, written by huggingface_hub's ModelCardData (values quoted as YAML needs them)."""
+    from huggingface_hub import ModelCardData
+
+    check_license(license)
+    metadata = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
+                             tags=list(CARD_TAGS))
+    return f"---\n{metadata.to_yaml()}\n---\n"
 
 
 def render_model_card(model_config: ModelConfig, parameters: int, facts: TrainingFacts, model_id: str,
                       name: str, license: str, has_loss_plot: bool) -> str:
-    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage."""
+    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage. Text that
+    comes from a file (the data's name, the model's name) is escaped: it shows as written, never as markup."""
     cfg = model_config
-    data = f"`{facts.data_name}`" if facts.data_name else "not recorded"
+    data = escape_markdown(facts.data_name) if isinstance(facts.data_name, str) and facts.data_name else "not recorded"
     plot = ("![Training and validation loss](loss.png)" if has_loss_plot
             else "The checkpoint holds no loss history, so there is no plot.")
-    return f"""---
-license: {license}
-library_name: transformers
-pipeline_tag: text-generation
-tags:
-- smolm135
-- gpt
-- causal-lm
-- text-generation
-- custom_code
----
-
-# {name}
+    return card_metadata(license) + f"""
+# {escape_markdown(name)}
 
 A GPT-style language model trained from scratch with smolm135: learned position embeddings, pre-norm blocks
 of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The

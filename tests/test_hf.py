@@ -243,7 +243,7 @@ def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(
     assert metadata["license"] == "apache-2.0" and metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "text-generation" and "smolm135" in metadata["tags"]
     state = load_checkpoint(export.checkpoint)
-    for fact in ("7,357,568", "`corpus.txt`", "| steps | 30 |", f"| tokens seen | {30 * 8 * 32:,} |",
+    for fact in ("7,357,568", "| training data | corpus\\.txt |", "| steps | 30 |", f"| tokens seen | {30 * 8 * 32:,} |",
                  f"{state['train_loss']:.4f}", f"{state['val_loss']:.4f}", "![Training and validation loss](loss.png)",
                  f'model_id = "{REPO_ID}"', "trust_remote_code=True"):
         assert fact in card, fact

@@ -1,0 +1,147 @@
+"""Exports are written whole or not at all, publish no local paths, and cannot be made to carry markup or
+metadata that came from a flag or a checkpoint."""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import convert_to_hf
+from convert_to_hf import Verification, export, public_training_info
+from smollm135_model import PRESETS
+from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+from smolm135.errors import run_cli
+from smolm135.model_card import HUB_LICENSES, TrainingFacts, render_model_card
+
+from conftest import REPO_ROOT
+
+HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    state = load_checkpoint(trained_run[2]["final_model_path"])
+    return trained_run[2]["final_model_path"], model_from_checkpoint(state), state
+
+
+def skip_verification(monkeypatch):
+    monkeypatch.setattr(convert_to_hf, "verify_hf_folder", lambda folder, native: Verification(0.0, 1, "skipped"))
+
+
+def one_error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: convert_to_hf.main(argv))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    return error
+
+
+def test_a_license_that_is_not_a_hub_identifier_is_refused_before_anything_is_written(trained, tmp_path, capsys):
+    checkpoint, _, _ = trained
+    injected = "mit\ninference: true\n---\n# INJECTED <script>"
+    error = one_error_line(capsys, ["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "out"),
+                                    "--license", injected])
+    assert "not a license identifier the Hugging Face Hub knows" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_values_from_a_checkpoint_show_as_text_in_the_card_never_as_markup_or_metadata():
+    card = render_model_card(PRESETS["tiny"], 1000, TrainingFacts(data_name=HOSTILE_DATA_NAME, step="abc"),
+                             "you/model", "<b>name</b> [x](javascript:y)", "mit", False)
+    _, header, body = card.split("---\n", 2)
+    assert yaml.safe_load(header) == {"license": "mit", "library_name": "transformers",
+                                      "pipeline_tag": "text-generation",
+                                      "tags": ["smolm135", "gpt", "causal-lm", "text-generation", "custom_code"]}
+    for markup in ("<img", "<b>", "](javascript:", "\n---\n", "\nlicense: x"):
+        assert markup not in body, markup
+    (data_row,) = [line for line in body.splitlines() if line.startswith("| training data |")]
+    assert data_row.count(" | ") == 1 and data_row.count("\\|") == 1  # one cell: its pipe is escaped
+    assert "| steps | not recorded |" in body
+
+
+def test_every_hub_license_identifier_is_accepted():
+    for license in HUB_LICENSES:
+        header = render_model_card(PRESETS["tiny"], 1, TrainingFacts(), "m", "m", license, False).split("---\n")[1]
+        assert yaml.safe_load(header)["license"] == license
+
+
+def test_training_info_keeps_file_names_not_local_paths(trained):
+    _, _, state = trained
+    state = {**state, "train_config": {**state["train_config"], "data": "/home/me/secret/corpus.txt",
+                                       "out_dir": "/home/me/runs/a", "init_from": "/home/me/runs/b/final.pt",
+                                       "resume": "auto"}}
+    recipe = public_training_info(state)["train_config"]
+    assert (recipe["data"], recipe["out_dir"], recipe["init_from"], recipe["resume"]) == (
+        "corpus.txt", "a", "final.pt", "auto")
+    assert "/home/me" not in json.dumps(public_training_info(state))
+
+
+def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(trained, tmp_path, monkeypatch):
+    _, native, state = trained
+    output = tmp_path / "smolm135-tiny-hf"
+    output.mkdir()
+    (output / "config.json").write_text(json.dumps({"model_type": "smolm135"}))
+    (output / "previous.txt").write_text("the previous export")
+
+    def broken(folder, native):
+        assert (folder / "model.safetensors").is_file() and not folder.samefile(output)
+        raise convert_to_hf.UserError("the export is broken")
+
+    monkeypatch.setattr(convert_to_hf, "verify_hf_folder", broken)
+    with pytest.raises(convert_to_hf.UserError, match="broken"):
+        export(native, state, output, license="mit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
+    assert sorted(p.name for p in output.iterdir()) == ["config.json", "previous.txt"]
+    skip_verification(monkeypatch)
+    export(native, state, output, license="mit")  # a good export replaces the previous one whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
+    assert not (output / "previous.txt").exists() and (output / "model.safetensors").is_file()
+    assert "/" not in json.loads((output / "training_info.json").read_text())["train_config"]["out_dir"]
+    assert str(tmp_path) not in (output / "README.md").read_text()
+
+
+def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch):
+    _, native, state = trained
+    output = tmp_path / "out-hf"
+    partial, replaced = tmp_path / "out-hf_partial_999999999", tmp_path / "out-hf_replaced_999999999"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    replaced.mkdir()
+    (replaced / "config.json").write_text(json.dumps({"model_type": "smolm135"}))
+    convert_to_hf.tidy_interrupted_exports(output)
+    assert not partial.exists() and not replaced.exists() and (output / "config.json").exists()
+    skip_verification(monkeypatch)
+    export(native, state, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
+
+
+def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
+    checkpoint, _, _ = trained
+    (tmp_path / "afile").write_text("x")
+    error = one_error_line(capsys, ["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "afile" / "sub")])
+    assert "is a file, not a folder" in error
+
+
+def limit_file_size(n_bytes: int):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+    return preexec
+
+
+def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothing_behind(trained, tmp_path):
+    checkpoint, _, _ = trained
+    out = tmp_path / "exports" / "tiny-hf"
+    out.parent.mkdir()
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "convert_to_hf.py"), "--checkpoint", checkpoint,
+                             "--output-dir", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_file_size(2_000_000), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "File too large" in lines[0] and "the disk at" in lines[0] and "needs about" in lines[0]
+    assert list(out.parent.iterdir()) == []
