@@ -183,7 +183,8 @@ class DataPosition:
         if self.seed != now.seed:
             notes.append(f"the checkpoint's batches were drawn with --seed {self.seed}, this run's with {now.seed}")
         if self.corpus_key is not None and self.corpus_key != now.corpus_key:
-            notes.append("the text differs from the one the checkpoint trained on: training goes on with the new text")
+            notes.append("the tokenized text differs from the one the checkpoint trained on (another text, or "
+                         "another version of the token cache): training goes on with this run's text")
         return notes
 
 

@@ -49,6 +49,8 @@ def test_a_checkpoint_of_the_first_format_resumes_as_the_trainer_of_its_time_did
     assert "format_version" not in torch.load(FORMAT_1, weights_only=True)  # really the old format
     _, summary = train(recipe_of(old, small_vocab_file, tmp_path, max_steps=8))
     assert summary["start_step"] == 4 and summary["steps"] == 8
+    log = open(summary["log_path"]).read()
+    assert "continuing from" in log and "note:" not in log  # the same text, seed and batches as the file says
     history = torch.load(summary["final_model_path"], weights_only=True)["history"]
     for kind in ("train", "val"):
         assert [step for step, _ in history[kind]] == [step for step, _ in FORMAT_1_EXPECTED[kind]]
@@ -108,11 +110,13 @@ def test_a_file_of_another_format_is_not_a_checkpoint(tmp_path):
         load_checkpoint(path)
 
 
-def test_a_resume_says_what_changed_about_the_batches(small_vocab_file, tmp_path):
+def test_a_resume_says_what_changed_about_the_batches(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     shutil.copyfile(FORMAT_1, tmp_path / "checkpoints" / "latest.pt")
-    _, summary = train(recipe_of(load_checkpoint(FORMAT_1), small_vocab_file, tmp_path, max_steps=5, seed=7,
-                                 seq_len=8))
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(make_small_vocab_text(seed=1), encoding="utf-8")
+    _, summary = train(recipe_of(load_checkpoint(FORMAT_1), other_text, tmp_path, max_steps=5, seed=7, seq_len=8))
     log = open(summary["log_path"]).read()
+    assert "note: the tokenized text differs from the one the checkpoint trained on" in log
     assert "note: the checkpoint's batches were drawn with --seed 1337, this run's with 7" in log
     assert "note: the checkpoint trained on sequences of 16 tokens, this run on 8" in log
