@@ -26,7 +26,6 @@ from .checkpoint import (
 )
 from .data import Corpus, load_corpus, split_train_val
 from .errors import UserError
-from .optim import configure_optimizer
 from .runtime import Distributed, main_process_first, run_on_main
 from .train_config import TrainConfig
 from .training_log import RunLog
