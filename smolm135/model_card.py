@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 from smollm135_model import ModelConfig
 
+from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .errors import UserError
 from .markdown import escape_markdown
 
@@ -38,21 +38,6 @@ def check_license(license: str) -> None:
         raise UserError(f"--license {license!r} is not a license identifier the Hugging Face Hub knows (e.g. "
                         f"apache-2.0, mit, cc-by-4.0; the list: https://huggingface.co/docs/hub/repositories-"
                         f"licenses); use 'other' for a license of your own")
-
-
-@dataclass(frozen=True)
-class TrainingFacts:
-    """What a checkpoint says about its training run (None where an older checkpoint does not say)."""
-
-    data_name: str | None = None
-    step: int | None = None
-    tokens_seen: int | None = None
-    train_loss: float | None = None
-    val_loss: float | None = None
-
-    @classmethod
-    def from_state(cls, state: dict) -> "TrainingFacts":
-        return cls(**{name: state.get(name) for name in cls.__dataclass_fields__})
 
 
 def usage_snippet(model_id: str) -> str:
@@ -131,7 +116,7 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 
 {plot}
 
-`training_info.json` holds the full loss history and the training recipe.
+`{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
 ## Usage
 

@@ -230,7 +230,7 @@ def own_export(native_model, trained_run, tmp_path_factory):
     from smolm135.checkpoint import load_checkpoint
 
     folder = tmp_path_factory.mktemp("exports") / "smolm135-tiny-hf"
-    write_hf_folder(native_model.model, load_checkpoint(trained_run[2]["final_model_path"]), folder)
+    write_hf_folder(native_model.model, load_checkpoint(trained_run[2]["final_model_path"]).facts, folder)
     return folder
 
 

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import convert_to_hf
-from convert_to_hf import Verification, export, public_training_info
+from convert_to_hf import Verification, export, public_facts
 from smollm135_model import PRESETS
-from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+from smolm135.checkpoint import TrainingFacts, load_checkpoint
 from smolm135.errors import run_cli
-from smolm135.model_card import HUB_LICENSES, TrainingFacts, render_model_card
+from smolm135.model_card import HUB_LICENSES, render_model_card
 
 from conftest import REPO_ROOT
 
@@ -25,8 +25,8 @@ HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `
 
 @pytest.fixture(scope="module")
 def trained(trained_run):
-    state = load_checkpoint(trained_run[2]["final_model_path"])
-    return trained_run[2]["final_model_path"], model_from_checkpoint(state), state
+    checkpoint = load_checkpoint(trained_run[2]["final_model_path"])
+    return trained_run[2]["final_model_path"], checkpoint.build_model(), checkpoint.facts
 
 
 def skip_verification(monkeypatch):
@@ -71,14 +71,14 @@ def test_every_hub_license_identifier_is_accepted():
 
 
 def test_training_info_keeps_file_names_not_local_paths(trained):
-    _, _, state = trained
-    state = {**state, "train_config": {**state["train_config"], "data": "/home/me/secret/corpus.txt",
-                                       "out_dir": "/home/me/runs/a", "init_from": "/home/me/runs/b/final.pt",
-                                       "resume": "auto"}}
-    recipe = public_training_info(state)["train_config"]
+    _, _, facts = trained
+    facts = TrainingFacts(**{**facts.to_info(), "train_config": {
+        **facts.train_config, "data": "/home/me/secret/corpus.txt", "out_dir": "/home/me/runs/a",
+        "init_from": "/home/me/runs/b/final.pt", "resume": "auto"}})
+    recipe = public_facts(facts).train_config
     assert (recipe["data"], recipe["out_dir"], recipe["init_from"], recipe["resume"]) == (
         "corpus.txt", "a", "final.pt", "auto")
-    assert "/home/me" not in json.dumps(public_training_info(state))
+    assert "/home/me" not in json.dumps(public_facts(facts).to_info())
 
 
 def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(trained, tmp_path, monkeypatch):
