@@ -91,8 +91,11 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
     distributed = setup_distributed(cfg.device)
     try:
         run_on_main(distributed, layout.make_dirs)  # only rank 0 writes files; a failure stops every process
+        leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
         timestamp = run_timestamp()
         log = RunLog(layout.log_path(timestamp), writes=distributed.is_main)
+        if leftovers:
+            log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
         try:
             return train_run(set_up(cfg, layout, timestamp, distributed, log))
         finally:
@@ -138,6 +141,10 @@ def describe(run: Run) -> None:
 def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
     """Steps until --max-steps or a stop signal, evaluating, sampling and checkpointing on the way."""
     start_step, cfg = run.progress.step, run.cfg
+    if start_step >= cfg.max_steps and run.final_model_missing:
+        run.log.say(f"the run reached step {start_step} but its final model {run.final_model} is missing (it was "
+                    f"interrupted while writing it): writing it now")
+        return finish(run, start_step, None)
     if start_step >= cfg.max_steps:
         run.log.say(f"step {start_step} already reaches --max-steps {cfg.max_steps}: nothing to train "
                     f"(raise --max-steps to train longer, or pass --resume never to start over)")
@@ -276,10 +283,12 @@ def after_step(run: Run, report: StepReport, stop: StopRequest) -> str | None:
     """Evaluate, sample and checkpoint when their turn comes; returns what stopped the run, if anything."""
     step, cfg = run.progress.step, run.cfg
     done = step == cfg.max_steps
+    if done:
+        run.choose_final_model()  # recorded in the last checkpoint: a re-run can finish the final write
     if step % cfg.eval_every == 0 or done:
         evaluate_and_record(run)
     if run.is_main and (step % cfg.sample_every == 0 or done):
-        run.log.say(f"step {step} sample:\n{sample_text(run.model, cfg, run.device, step)}\n")
+        log_sample(run, step)
     stopped_by = None
     if report.stop_votes > 0 and not done:
         stopped_by = stop.signal_name or "a signal on another process"
@@ -317,12 +326,23 @@ def evaluate_and_record(run: Run) -> None:
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f}")
 
 
+def log_sample(run: Run, step: int) -> None:
+    """The step's sample in the log. A sample only shows how training goes: whatever makes it fail (odd
+    weights, a tokenizer it cannot please) is one line in the log, and training goes on."""
+    try:
+        run.log.say(f"step {step} sample:\n{sample_text(run.model, run.cfg, run.device, step)}\n")
+    except Exception as error:  # noqa: BLE001 (deliberately broad: see above)
+        reason = (str(error).splitlines() or [""])[0][:200]
+        run.log.say(f"step {step}: no sample ({type(error).__name__}: {reason}); training goes on")
+
+
 def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
     encoder = get_tokenizer()
     prompt = torch.tensor([encoder.encode_ordinary(cfg.sample_prompt) or [0]], device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the global RNG alone
     max_new = min(cfg.sample_tokens, model.config.block_size - prompt.shape[1])
-    out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator)
+    out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator,
+                         vocab_limit=encoder.n_vocab)  # never a padding row: it has no text
     return encoder.decode(out[0].tolist())
 
 
@@ -339,9 +359,12 @@ def finish(run: Run, start_step: int, stopped_by: str | None) -> tuple[SmoLM135_
         return run.model, summarize(run, start_step, None, stopped_by)
     final_path = run.save_final()
     if run.is_main:
-        plot_path = plot_losses(run.progress.history, run.layout.plot_path(run.timestamp),
-                                f"smolm135 {run.cfg.preset} on {run.corpus.name}")
-        run.log.say(f"saved {final_path}; loss plot {plot_path}")
+        try:
+            plot = plot_losses(run.progress.history, run.layout.plot_path(run.timestamp),
+                               f"smolm135 {run.cfg.preset} on {run.corpus.name}")
+        except OSError as error:  # the model is saved; a plot that does not fit on the disk is no reason to fail
+            plot = f"not written ({error.strerror or error})"
+        run.log.say(f"saved {final_path}; loss plot {plot}")
     return run.model, summarize(run, start_step, final_path, None)
 
 

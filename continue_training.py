@@ -23,6 +23,7 @@ from smolm135.checkpoint import (
     load_checkpoint,
     newest_trained_model,
 )
+from smolm135.data import DEFAULT_DATA
 from smolm135.errors import UserError, run_cli
 from smolm135.train_config import TrainConfig, add_train_arguments
 
@@ -42,11 +43,12 @@ def continued_config(source: Checkpoint, steps: int, out_dir: str, data: str | N
                      lr: float | None = None, **overrides) -> TrainConfig:
     """The original run's recipe, for the checkpoint's own model, extended by `steps`. The cosine keeps its
     original horizon, so the learning rate continues from where the schedule was (the floor, after a full
-    run). `lr` instead sets a constant learning rate for the added steps."""
+    run). `lr` instead sets a constant learning rate for the added steps. The text is `data`, else the
+    default: never a path the checkpoint names (a file from someone else must not pick what is read)."""
     recipe = {"preset": "custom"} | source.train_config  # a checkpoint without a recipe names no preset
     original = TrainConfig.from_dict(recipe, model=ModelConfig.from_dict(source.model_config))
     cfg = replace(original, max_steps=source.progress.step + steps, lr_decay_steps=original.decay_steps,
-                  init_from=source.source, resume="never", out_dir=out_dir, data=data or original.data, **overrides)
+                  init_from=source.source, resume="never", out_dir=out_dir, data=data or DEFAULT_DATA, **overrides)
     if lr is not None:
         cfg = replace(cfg, lr=lr, min_lr=lr, warmup_steps=0)
     return cfg
@@ -61,7 +63,9 @@ def interrupted_continuation(cfg: TrainConfig) -> Path | None:
     except CheckpointError:
         return None
     unfinished = checkpoint.progress.step < cfg.max_steps
-    return latest if checkpoint.started_from == cfg.init_from and unfinished else None
+    final_missing = (checkpoint.final_model is not None
+                     and not (CONTINUED.under(cfg.out_dir).final_dir / checkpoint.final_model).exists())
+    return latest if checkpoint.started_from == cfg.init_from and (unfinished or final_missing) else None
 
 
 def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
@@ -75,7 +79,10 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
     cfg = continued_config(source, steps, out_dir, data, lr, **overrides)
     facts = source.facts
     print(f"continuing {source.source} from step {facts.step} (train loss {facts.train_loss}, "
-          f"validation loss {facts.val_loss}) for {steps} more steps")
+          f"validation loss {facts.val_loss}) for {steps} more steps on {cfg.data}")
+    trained_on = source.train_config.get("data")
+    if data is None and isinstance(trained_on, str) and Path(trained_on).name != Path(cfg.data).name:
+        print(f"note: the model was trained on {Path(trained_on).name}; pass --data to continue on that text")
     unfinished = interrupted_continuation(cfg)
     model, summary = train(replace(cfg, resume=str(unfinished)) if unfinished else cfg, CONTINUED)
     summary["continued_from"] = source.source
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
-    parser.add_argument("--data", default=None, help="text to train on (default: the original run's)")
+    parser.add_argument("--data", default=None, help=f"text to train on (default: {DEFAULT_DATA}, as for the "
+                        f"trainer; the checkpoint's own data path is never used)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "
                         "(default: the original schedule continues)")
     add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress"})

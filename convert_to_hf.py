@@ -41,7 +41,7 @@ from smolm135.checkpoint import (
     save_atomic,
     write_training_info,
 )
-from smolm135.disk import WRITE_ERRORS, write_failure
+from smolm135.disk import WRITE_ERRORS, process_alive, write_failure
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import check_license, render_model_card
 from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
@@ -252,16 +252,6 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
 _STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def tidy_interrupted_exports(output_dir: Path) -> None:
     """Undo what a killed export left beside `output_dir`: its partial folder is deleted, and a previous
     export it had moved aside is put back when nothing took its place."""
@@ -269,7 +259,7 @@ def tidy_interrupted_exports(output_dir: Path) -> None:
         return
     for leftover in output_dir.parent.glob(f"{output_dir.name}_*_*"):
         kind, _, pid = leftover.name[len(output_dir.name):].rpartition("_")
-        if kind + "_" not in (_STAGING, _REPLACED) or not pid.isdigit() or _pid_alive(int(pid)):
+        if kind + "_" not in (_STAGING, _REPLACED) or not pid.isdigit() or process_alive(int(pid)):
             continue
         if kind + "_" == _REPLACED and not output_dir.exists():
             os.replace(leftover, output_dir)

@@ -17,7 +17,9 @@ Format versions (`format_version` in the file):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -31,6 +33,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
+from .disk import process_alive, write_failure
 from .errors import UserError
 
 FORMAT_NAME = "smolm135-checkpoint"
@@ -40,7 +43,8 @@ REQUIRED_KEYS = ("model_state_dict", "model_config")
 # no RNG state and (without training_info.json) no step; a missing key reads as its default below.
 OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_dict", "grad_scaler_state_dict",
                  "step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history", "data_position",
-                 "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from")
+                 "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from", "final_model",
+                 "num_threads")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 
 
@@ -114,6 +118,10 @@ class RunLayout:
 
     def plot_path(self, timestamp: str) -> Path:
         return self.logs_dir / f"{self.log_prefix}_{timestamp}.png"
+
+    def remove_interrupted_writes(self) -> list[Path]:
+        """The temporary checkpoint and final-model files that killed runs left behind, deleted."""
+        return remove_interrupted_writes(self.checkpoint_dir) + remove_interrupted_writes(self.final_dir)
 
     def make_dirs(self) -> None:
         try:
@@ -238,6 +246,12 @@ class Checkpoint:
     data_name: str | None = None
     torch_version: str | None = None
     converted_from: str | None = None  # the Hugging Face folder this checkpoint was made from
+    # The file name (in the layout's final folder) of the finished model, in the checkpoint of a run's last
+    # step: a re-run that finds the run finished but that file missing (killed while writing it) writes it.
+    final_model: str | None = None
+    # The CPU threads the run computes with: a CPU sum split over another number of threads rounds
+    # differently, so a resume computes with the saved number to stay bitwise on the uninterrupted path.
+    num_threads: int | None = None
     source: str = "checkpoint"  # where it was read from, for messages; not saved
 
     # ---- reading and writing
@@ -252,13 +266,18 @@ class Checkpoint:
                  "data_name": self.data_name, "torch_version": self.torch_version}
         optional = {"optimizer_state_dict": self.optimizer_state_dict, "rng_state": self.rng_state,
                     "data_position": asdict(self.data_position) if self.data_position else None,
-                    "converted_from": self.converted_from}
+                    "converted_from": self.converted_from, "final_model": self.final_model,
+                    "num_threads": self.num_threads}
         return state | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
     def from_state(cls, state, source: str | os.PathLike = "checkpoint") -> "Checkpoint":
-        """The record of a loaded dict; CheckpointError if it is not ours or comes from a newer version."""
+        """The record of a loaded dict; CheckpointError if it is not ours, comes from a newer version, or
+        holds a field of the wrong kind or an absurd size (checked before anything is built from it)."""
         check_format(state, source)
+        problems = state_problems(state)
+        if problems:
+            raise CheckpointError(f"{source} is not a usable smolm135 checkpoint: {'; '.join(problems[:3])}")
         position = state.get("data_position")
         return cls(
             model_state_dict=state["model_state_dict"], model_config=state["model_config"],
@@ -272,7 +291,8 @@ class Checkpoint:
             data_position=DataPosition(position["seed"], position["global_batch_size"], position["seq_len"],
                                        position.get("corpus_key")) if position else None,
             rng_state=state.get("rng_state"), data_name=state.get("data_name"),
-            torch_version=state.get("torch_version"), converted_from=state.get("converted_from"), source=str(source))
+            torch_version=state.get("torch_version"), converted_from=state.get("converted_from"),
+            final_model=state.get("final_model"), num_threads=state.get("num_threads"), source=str(source))
 
     @classmethod
     def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str) -> "Checkpoint":
@@ -307,6 +327,36 @@ class Checkpoint:
         self.load_weights_into(model)
         return model.eval()
 
+    def load_optimizer_into(self, optimizer: torch.optim.Optimizer) -> None:
+        """The saved optimizer state, after checking that it has this optimizer's parameter groups and that
+        every saved moment has its parameter's shape (torch would accept a mismatch and fail mid-step)."""
+        saved, groups = self.optimizer_state_dict, optimizer.param_groups
+        saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
+        if saved_sizes != [len(group["params"]) for group in groups]:
+            raise CheckpointError(f"{self.source}: its optimizer state has parameter groups of {saved_sizes} "
+                                  f"parameters, this run's optimizer {[len(g['params']) for g in groups]}: it "
+                                  f"belongs to another model or recipe")
+        saved_ids = [index for group in saved["param_groups"] for index in group["params"]]
+        for index, param in zip(saved_ids, (param for group in groups for param in group["params"])):
+            moments = saved["state"].get(index, {})
+            if not isinstance(moments, dict) or any(isinstance(value, torch.Tensor) and value.dim() > 0
+                                                    and value.shape != param.shape for value in moments.values()):
+                raise CheckpointError(f"{self.source}: its optimizer state does not fit the model's parameters "
+                                      f"(a moment of another shape)")
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"{self.source}: its optimizer state does not load "
+                                  f"({str(error).splitlines()[0][:120]})") from None
+
+    def restore_rng(self) -> None:
+        """Put the saved generators back (the checks in `state_problems` cover their kinds, torch the rest)."""
+        try:
+            restore_rng_state(self.rng_state)
+        except (ValueError, KeyError, TypeError, RuntimeError, OverflowError) as error:
+            raise CheckpointError(f"{self.source}: its random generator state does not load "
+                                  f"({type(error).__name__})") from None
+
     def load_weights_into(self, model: torch.nn.Module) -> None:
         try:
             model.load_state_dict(clean_state_dict(self.model_state_dict))
@@ -325,6 +375,108 @@ def check_format(state, source) -> None:
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise NewerCheckpointError(f"{source} has checkpoint format version {version}, and this smolm135 reads "
                               f"versions 1 to {FORMAT_VERSION}: update smolm135 to read it")
+
+
+# ------------------------------------------------------------------ what a checkpoint may hold
+
+MAX_THREADS = 4096
+# A model config may not describe more than this many times the parameters its own weights hold (plus a
+# margin): building the model allocates what the config says, and a hostile vocab_size of 10^13 would ask
+# for petabytes. The estimate below is an upper bound of the architecture's count, not the exact count.
+PARAMETER_BOUND_FACTOR = 2
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value, minimum: int = 0) -> bool:
+    return _is_int(value) and value >= minimum
+
+
+def model_config_problems(config) -> list[str]:
+    """What is wrong with a stored model config: not a dict, a field of the wrong kind, an impossible shape."""
+    if not isinstance(config, dict):
+        return [f"model_config is a {type(config).__name__}, not a dict"]
+    problems = []
+    for spec in dataclasses.fields(ModelConfig):
+        if spec.name not in config:
+            continue
+        value, default = config[spec.name], spec.default
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, int) or default is None:  # None: an optional count (n_kv_head)
+            fits = _is_int(value) or (default is None and value is None)
+        elif isinstance(default, float):
+            fits = _is_number(value) and math.isfinite(value)
+        else:
+            fits = isinstance(value, type(default))
+        if not fits:
+            problems.append(f"model_config.{spec.name} is {value!r}")
+    if problems:
+        return problems
+    return [f"model_config: {problem}" for problem in ModelConfig.from_dict(config).validate()]
+
+
+def approximate_parameters(config: ModelConfig) -> int:
+    """An upper bound of the parameters `config` builds: embeddings, positions, and per layer attention
+    (as if every head had its own keys and values) and a three-matrix MLP."""
+    per_layer = 4 * config.n_embd * config.n_head * config.head_dim + 3 * config.n_embd * config.intermediate_size
+    return (config.vocab_size + config.block_size) * config.n_embd + config.n_layer * (per_layer + 4 * config.n_embd)
+
+
+def state_problems(state: dict) -> list[str]:
+    """Every field of a loaded checkpoint dict that is of the wrong kind, as short phrases (empty: usable)."""
+    weights = state["model_state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                                for key, value in weights.items()):
+        return ["model_state_dict is not a dict of named tensors"]
+    problems = model_config_problems(state["model_config"])
+    if not problems:
+        stored = sum(tensor.numel() for tensor in weights.values())
+        described = approximate_parameters(ModelConfig.from_dict(state["model_config"]))
+        if described > PARAMETER_BOUND_FACTOR * stored + 10**6:
+            problems.append(f"model_config describes about {described:,} parameters, but the weights hold "
+                            f"{stored:,}")
+    kinds = {
+        "train_config": lambda v: isinstance(v, dict),
+        "step": _count, "tokens_seen": _count, "nonfinite_in_a_row": _count,
+        "elapsed_seconds": lambda v: _is_number(v) and v >= 0,
+        "train_loss": _is_number, "val_loss": _is_number,
+        "history": lambda v: isinstance(v, dict) and all(
+            isinstance(v.get(kind, []), list) and all(isinstance(point, (list, tuple)) and len(point) == 2
+                                                      and _count(point[0]) and _is_number(point[1])
+                                                      for point in v.get(kind, [])) for kind in ("train", "val")),
+        "optimizer_state_dict": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+        and isinstance(v.get("param_groups"), list)
+        and all(isinstance(group, dict) and isinstance(group.get("params"), list) for group in v["param_groups"]),
+        "grad_scaler_state_dict": lambda v: isinstance(v, dict),
+        "data_position": lambda v: isinstance(v, dict) and _count(v.get("seed")) and _count(v.get("global_batch_size"), 1)
+        and _count(v.get("seq_len"), 1) and isinstance(v.get("corpus_key"), (str, type(None))),
+        "rng_state": lambda v: isinstance(v, dict) and isinstance(v.get("python"), list)
+        and isinstance(v.get("python_version_gauss"), list) and len(v["python_version_gauss"]) == 2
+        and isinstance(v.get("numpy"), torch.Tensor) and _count(v.get("numpy_pos"))
+        and isinstance(v.get("torch"), torch.Tensor) and v["torch"].dtype == torch.uint8,
+        "data_name": lambda v: isinstance(v, str), "torch_version": lambda v: isinstance(v, str),
+        "converted_from": lambda v: isinstance(v, str),
+        # a bare file name: a checkpoint never chooses where a run writes
+        "final_model": lambda v: isinstance(v, str) and v == Path(v).name and v.endswith(".pt"),
+        "num_threads": lambda v: _count(v, 1) and v <= MAX_THREADS,
+    }
+    for key, fits in kinds.items():
+        value = state.get(key)
+        if value is not None and not fits(value):
+            problems.append(f"{key} is {_short(value)}")
+    return problems
+
+
+def _short(value) -> str:
+    text = repr(value) if not isinstance(value, (dict, list, torch.Tensor)) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ------------------------------------------------------------------ RNG state
@@ -367,23 +519,77 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class _WriteRecorder:
+    """A file for torch.save that remembers the OSError of a failed write: torch reports it only as
+    `RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos`, without the reason."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _tensor_bytes(value) -> int:
+    """The bytes of every tensor in a nested checkpoint dict: about what its file needs on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `save_atomic` writes `path` first: hidden, and named after the writing process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
-    """torch.save the checkpoint to `path` so that `path` is never seen half-written."""
+    """torch.save the checkpoint to `path` so that `path` is never seen half-written. A failed write (a full
+    disk) removes its temporary file and raises a UserError naming the disk and the space needed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary_path(path)
+    state = checkpoint.to_state()
+    recorder = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(checkpoint.to_state(), f)
+            recorder = _WriteRecorder(f)
+            torch.save(state, recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {path}: {error.strerror or error}; any previous checkpoint there "
-                        f"is intact. Free some disk space or choose a writable --out-dir") from None
+        cause = recorder.error if recorder is not None and recorder.error else error
+        if not isinstance(cause, OSError):
+            raise  # a RuntimeError that no failed write explains is a bug, not a disk problem
+        raise UserError(write_failure(str(path), path.parent, cause, _tensor_bytes(state)) + "; the temporary file "
+                        "is removed and any previous checkpoint there is intact: free some space (or choose "
+                        "another --out-dir) and run the same command again") from None
     return path
+
+
+def remove_interrupted_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files (`.<name>.tmp<pid>`) that killed processes left in `folder`, never those of a
+    process still running; returns what was deleted."""
+    removed = []
+    for leftover in Path(folder).glob(".*.tmp*") if Path(folder).is_dir() else []:
+        pid = leftover.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .disk import process_alive
 from .errors import UserError
 from .tokenizer import END_OF_TEXT_ID, get_tokenizer
 
@@ -292,18 +293,8 @@ def remove_leftovers(folder: Path, names: tuple[str, ...]) -> None:
     for name in names:
         for leftover in folder.glob(glob.escape(name) + ".tmp*"):
             pid = leftover.name.rsplit(".tmp", 1)[1]
-            if not (pid.isdigit() and _process_alive(int(pid))):
+            if not (pid.isdigit() and process_alive(int(pid))):
                 leftover.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, OverflowError):
-        return True  # exists under another user, or cannot tell: leave its file alone
-    return True
 
 
 # A damaged cache must be noticed without reading a corpus of many GB on every start: the size check

@@ -1,5 +1,6 @@
-"""Saying why a write failed in words a user can act on: which disk, how much space it has, how much the
-write needs (a full disk otherwise surfaces as `unexpected pos` from torch or an IoError from safetensors)."""
+"""Writes that fail or are cut short: saying why in words a user can act on (which disk, how much space it
+has, how much the write needs; a full disk otherwise surfaces as `unexpected pos` from torch or an IoError
+from safetensors), and telling the temporary files of a killed writer from those of a live one."""
 from __future__ import annotations
 
 import os
@@ -52,3 +53,14 @@ def write_failure(what: str, where: Path, error: BaseException, needed_bytes: in
         free = "free space unknown"
     return (f"could not write {what}: {reason(error)} (the disk at {disk} has {free}; this needs about "
             f"{megabytes(needed_bytes)})")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a temporary file named after a live writer is still being written."""
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # another user's process, or cannot tell: leave its file alone
+    return True

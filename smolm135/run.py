@@ -20,11 +20,10 @@ from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
     newest_intact_checkpoint,
-    restore_rng_state,
     save_atomic,
     save_training_checkpoint,
 )
-from .data import Corpus, load_corpus, split_train_val
+from .data import Corpus, available_cpus, load_corpus, split_train_val
 from .errors import UserError
 from .runtime import Distributed, main_process_first, run_on_main
 from .train_config import TrainConfig
@@ -50,6 +49,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # float16's loss scale; disabled otherwise
     progress: Progress
+    final_model: str | None = None  # the final model's file name, chosen when the last step is reached
 
     @property
     def is_main(self) -> bool:
@@ -74,28 +74,41 @@ class Run:
         """The run as it stands, as a checkpoint record."""
         return Checkpoint(self.model.state_dict(), self.model.config.to_dict(), self.cfg.to_dict(), self.progress,
                           self.optimizer.state_dict(), self.scaler.state_dict(), self.data_position,
-                          capture_rng_state(), self.corpus.name, str(torch.__version__))
+                          capture_rng_state(), self.corpus.name, str(torch.__version__),
+                          final_model=self.final_model, num_threads=torch.get_num_threads())
 
     def save_checkpoint(self) -> Path:
         """The step's checkpoint and latest.pt (rank 0 alone; the others wait and learn of a failure)."""
         return run_on_main(self.distributed, lambda: save_training_checkpoint(
             self.to_checkpoint(), self.layout.checkpoint_dir, self.cfg.keep_checkpoints))
 
+    def choose_final_model(self) -> None:
+        """Name the final model before the last checkpoint is written, so that checkpoint records it."""
+        self.final_model = self.final_model or self.layout.final_path(self.timestamp).name
+
+    @property
+    def final_model_missing(self) -> bool:
+        """A finished run whose final model is not on disk (killed while writing it)."""
+        return self.final_model is not None and not (self.layout.final_dir / self.final_model).exists()
+
     def save_final(self) -> Path | None:
-        """The finished model, at the layout's final path (rank 0 alone; None on the others)."""
+        """The finished model, under the name the last checkpoint recorded (rank 0 alone; None on the others)."""
+        self.choose_final_model()
         return run_on_main(self.distributed, lambda: save_atomic(self.to_checkpoint(),
-                                                                 self.layout.final_path(self.timestamp)))
+                                                                 self.layout.final_dir / self.final_model))
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Take weights, optimizer, loss scale, progress and RNG state from a checkpoint of the same model."""
         checkpoint.load_weights_into(self.model)
         if checkpoint.optimizer_state_dict is not None:
-            self.optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+            checkpoint.load_optimizer_into(self.optimizer)
         if checkpoint.grad_scaler_state_dict and self.scaler.is_enabled():
             self.scaler.load_state_dict(checkpoint.grad_scaler_state_dict)
         self.progress = checkpoint.progress
         if checkpoint.rng_state is not None:
-            restore_rng_state(checkpoint.rng_state)
+            checkpoint.restore_rng()
+        if checkpoint.started_from == self.cfg.init_from:  # this run's own checkpoint, not the one it started from
+            self.final_model = checkpoint.final_model
 
 
 # ------------------------------------------------------------------ setting a run up
@@ -165,6 +178,7 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if differences:
         raise UserError(f"checkpoint {checkpoint.source} was trained with a different model "
                         f"({'; '.join(differences)}): use the same --preset, or --resume never to start fresh")
+    use_threads_of(run, checkpoint)
     run.restore(checkpoint)
     progress = run.progress
     run.log.say(f"continuing from {checkpoint.source} at step {progress.step} ({progress.tokens_seen:,} tokens "
@@ -173,6 +187,21 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if checkpoint.data_position is not None:
         for note in checkpoint.data_position.differences(run.data_position):
             run.log.say(f"note: {note}")
+
+
+def use_threads_of(run: Run, checkpoint: Checkpoint) -> None:
+    """Compute with the CPU threads the checkpoint's run used: a sum split over another number of threads
+    rounds differently (about 1e-7), and the resumed run would drift from the uninterrupted one. Where this
+    machine allows fewer, keep its own and say so."""
+    saved, own = checkpoint.num_threads, torch.get_num_threads()
+    if saved is None or saved == own:
+        return
+    if saved <= available_cpus():
+        torch.set_num_threads(saved)
+        run.log.write(f"computing with {saved} CPU threads, as the checkpoint's run did (not {own})")
+    else:
+        run.log.say(f"note: the checkpoint's run computed with {saved} CPU threads, this machine allows {own}: "
+                    f"the results can differ from an uninterrupted run in the last bits")
 
 
 def _fmt(value: float | None) -> str:

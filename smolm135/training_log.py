@@ -21,8 +21,13 @@ class RunLog:
     def write(self, message: str) -> None:
         if self._file is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            for line in message.splitlines() or [""]:
-                self._file.write(f"{stamp} {line}\n")
+            try:
+                for line in message.splitlines() or [""]:
+                    self._file.write(f"{stamp} {line}\n")
+            except OSError as error:  # a full disk: the log is lost, the run and its checkpoints are not
+                self._file = None
+                tqdm.write(f"warning: could not write the log {self.path} ({error.strerror or error}); going on "
+                           f"without it")
 
     def say(self, message: str) -> None:
         self.write(message)

@@ -11,7 +11,7 @@ from continue_training import continue_training, continued_config
 from Model_smollm135_trainer import train
 from smolm135.checkpoint import CONTINUED, load_checkpoint
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_corpus_text
 
 CONTINUE = str(REPO_ROOT / "continue_training.py")
 
@@ -24,9 +24,9 @@ def run_dir(trained_run, tmp_path):
     return tmp_path / "run"
 
 
-def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir):
-    result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(run_dir), "--no-progress"],
-                            capture_output=True, text=True, timeout=600)
+def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir, corpus_file):
+    result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(run_dir), "--no-progress", "--data",
+                             str(corpus_file)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     (source,) = run_dir.glob("models/final_model_*.pt")
     (continued,) = run_dir.glob("continued_models/continued_model_*.pt")
@@ -41,10 +41,10 @@ def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir):
     assert f"train loss over steps {original['step'] + 1}-{original['step'] + 50}: first" in log
 
 
-def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir):
+def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     original = torch.load(source, weights_only=True)
-    _, summary = continue_training(out_dir=str(run_dir), steps=3)
+    _, summary = continue_training(out_dir=str(run_dir), steps=3, data=str(corpus_file))
     recent = [loss for _, loss in original["history"]["train"][-5:]]
     assert abs(summary["first_train_loss_this_run"] - sum(recent) / len(recent)) < 0.5
     assert summary["first_train_loss_this_run"] < original["history"]["val"][0][1] - 3  # far from a restart
@@ -76,10 +76,30 @@ def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
     assert "python Model_smollm135_trainer.py" in result.stderr
 
 
-def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir):
+def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     start = torch.load(source, weights_only=True)["step"]
-    cfg = continued_config(load_checkpoint(source), 6, str(run_dir))
+    cfg = continued_config(load_checkpoint(source), 6, str(run_dir), str(corpus_file))
     train(replace(cfg, max_steps=start + 3, checkpoint_every=1), CONTINUED)  # stands for a run killed at +3
-    _, summary = continue_training(checkpoint=str(source), steps=6, out_dir=str(run_dir))
+    _, summary = continue_training(checkpoint=str(source), steps=6, out_dir=str(run_dir), data=str(corpus_file))
     assert summary["start_step"] == start + 3 and summary["steps"] == start + 6
+
+
+def test_a_checkpoint_never_chooses_the_text_to_train_on(run_dir, tmp_path, monkeypatch, capsys):
+    """A stranger's checkpoint naming a glob of private files: without --data the run reads the default."""
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    state = torch.load(source, weights_only=True)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "diary.txt").write_text("dear diary " * 2000)
+    state["train_config"]["data"] = str(secret / "*.txt")
+    stranger = tmp_path / "stranger.pt"
+    torch.save(state, stranger)
+    cfg = continued_config(load_checkpoint(stranger), 2, str(tmp_path / "out"))
+    assert cfg.data == "input.txt"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "input.txt").write_text(make_corpus_text(2000))
+    _, summary = continue_training(str(stranger), steps=1, out_dir=str(tmp_path / "out"), progress=False)
+    log = open(summary["log_path"]).read()
+    assert "data: input.txt" in log and "diary" not in log
+    assert "note: the model was trained on *.txt; pass --data" in capsys.readouterr().out

@@ -178,10 +178,10 @@ def test_nan_loss_skips_the_update_then_stops_after_several_in_a_row(corpus_file
 
 
 def test_every_checkpoint_kind_loads_with_weights_only(trained_run, tmp_path):
-    _, _, summary, out_dir = trained_run
+    cfg, _, summary, out_dir = trained_run
     run_dir = tmp_path / "run"
     shutil.copytree(out_dir, run_dir)
-    _, continued = continue_training(out_dir=str(run_dir), steps=2)
+    _, continued = continue_training(out_dir=str(run_dir), steps=2, data=cfg.data)
     paths = [*run_dir.glob("checkpoints/*.pt"), *run_dir.glob("checkpoints/continued/*.pt"),
              *run_dir.glob("models/*.pt"), *run_dir.glob("continued_models/*.pt")]
     assert {p.parent.name for p in paths} == {"checkpoints", "continued", "models", "continued_models"}
