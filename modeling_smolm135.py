@@ -159,7 +159,7 @@ class SmoLM135PreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             self.model._init_weights(module)
 
-    def mark_tied_weights_as_initialized(self, loading_info):
+    def mark_tied_weights_as_initialized(self, *args, **kwargs):
         """Keep a tied weight's source key missing when the checkpoint lacks it.
 
         For custom code, transformers drops from the missing keys any parameter it has just marked as loaded
@@ -167,9 +167,12 @@ class SmoLM135PreTrainedModel(PreTrainedModel):
         token embedding, read back by the output head: a checkpoint without it would leave it on the meta
         device, unreported. Kept missing, it is reported, initialised and tied like any missing weight.
         """
+        loading_info = args[0] if args else kwargs.get("loading_info")
+        if loading_info is None:  # transformers 5.0 passes nothing, and keeps the missing keys as they are
+            return super().mark_tied_weights_as_initialized(*args, **kwargs)
         tied_sources = set(getattr(self, "all_tied_weights_keys", self._tied_weights_keys or {}).values())
         missing_sources = tied_sources & set(loading_info.missing_keys)
-        super().mark_tied_weights_as_initialized(loading_info)
+        super().mark_tied_weights_as_initialized(*args, **kwargs)
         for key in missing_sources:
             loading_info.missing_keys.add(key)
             self.get_parameter(key)._is_hf_initialized = False

@@ -151,8 +151,9 @@ def fine_tune(folder, out_dir, per_device_batch_size, accumulation_steps, datase
         output_dir=str(out_dir), per_device_train_batch_size=per_device_batch_size,
         gradient_accumulation_steps=accumulation_steps, max_steps=2, learning_rate=0.5,
         optim="sgd",  # the update is proportional to the gradient: a mis-scaled loss shows (AdamW would hide it)
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, train_sampling_strategy="sequential",
-        use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no", seed=0,
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
+        seed=0,  # the same seed shuffles the rows the same way in both runs: the same global batches
+        use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no",
         dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
