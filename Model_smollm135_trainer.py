@@ -50,12 +50,12 @@ from smolm135.errors import UserError, run_cli
 from smolm135.runtime import (
     Distributed,
     autocast,
+    choose_precision,
     configure_backends,
     device_description,
     main_process_first,
     peak_flops,
     pick_device,
-    pick_dtype,
     run_on_main,
     setup_distributed,
     teardown_distributed,
@@ -324,7 +324,9 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
 def _train_in_process_group(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):
     device = pick_device(cfg.device, distributed)
     configure_backends(device)
-    dtype = pick_dtype(cfg.dtype, device)
+    # measured on rank 0 (where auto asks the host which precision is faster) so every process agrees
+    precision = run_on_main(distributed, lambda: choose_precision(cfg.dtype, device, cfg.model_config(), cfg.seq_len),
+                            send_result_to_all=True)
     out_dir = Path(cfg.out_dir)
     checkpoint_dir = out_dir / layout.checkpoint_dir
     timestamp = time.strftime("%Y%m%d_%H%M%S")
@@ -339,12 +341,13 @@ def _train_in_process_group(cfg: TrainConfig, layout: RunLayout, distributed: Di
     run_on_main(distributed, make_out_dirs)  # only rank 0 writes files; a failure stops every process
     log = RunLog(out_dir / "logs" / f"{layout.log_prefix}_{timestamp}.log" if distributed.is_main else None)
     try:
-        return _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, timestamp, log)
+        return _train(cfg, layout, distributed, device, precision, out_dir, checkpoint_dir, timestamp, log)
     finally:
         log.close()
 
 
-def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, timestamp, log: RunLog):
+def _train(cfg, layout, distributed, device, precision, out_dir, checkpoint_dir, timestamp, log: RunLog):
+    dtype = precision.dtype
     model_config = cfg.model_config()
     global_batch = cfg.batch_size * cfg.grad_accum * distributed.world_size
     tokens_per_step = global_batch * cfg.seq_len
@@ -358,6 +361,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     torch.manual_seed(cfg.seed)  # identical initial weights on every process and every fresh run
     model = SmoLM135_Model(model_config).to(device)
     model.gradient_checkpointing = cfg.grad_checkpointing
+    model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
     optimizer = configure_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     progress = Progress()
@@ -367,6 +371,7 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
     log.write(f"model: {model_config.to_dict()}")
     log.say(f"smolm135 preset {cfg.preset}: {params['total']:,} parameters ({params['non_embedding']:,} "
             f"non-embedding) on {device_description(device)}, precision {str(dtype).replace('torch.', '')}"
+            + (f" ({precision.reason})" if precision.reason else "")
             + (f", {distributed.world_size} processes" if distributed.enabled else ""))
     log.say(f"data: {corpus.name}, {len(corpus.tokens):,} tokens ({len(train_tokens):,} train, "
             f"{len(val_tokens):,} validation){' from cache' if corpus.from_cache else ''}; "
