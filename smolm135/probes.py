@@ -91,6 +91,10 @@ def _cpu_model_and_flags() -> tuple[str, tuple[str, ...], bool]:
     present = set(listed.group(1).split()) if listed else set()
     flags = tuple(flag for flag in ISA_FLAGS if flag in present)
     name = model.group(1).strip() if model else (platform.processor() or platform.machine() or "unknown CPU")
+    # a virtual machine may call very different processors just "AMD EPYC": family and model tell them apart
+    family, number = (re.search(rf"^{field}\s*:\s*(\d+)$", info, re.MULTILINE) for field in ("cpu family", "model"))
+    if family and number:
+        name += f" (family {family.group(1)}, model {number.group(1)})"
     return name, flags, listed is not None
 
 
