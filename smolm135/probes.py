@@ -215,12 +215,17 @@ def _shape_key(cfg) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(asdict(cfg).items()) if k not in ("init_std",))
 
 
-def _measure_training_precision(cfg, seq_len: int) -> dict:
+def _measure_training_precision(cfg, seq_len: int, screen: bool = True) -> dict:
     """Estimated seconds of a forward and backward pass over the model, fp32 and bf16 autocast: n_layer
     times one block's, plus the loss head's, for 128 positions. In bf16 at short lengths, attention both by
-    SDPA and by matmuls (the faster is taken)."""
+    SDPA and by matmuls (the faster is taken). With `screen`, one small matmul first: where bf16 runs it at
+    under half fp32's speed (emulated), the model is not measured, as bf16 cannot win."""
     from smollm135_model import MATMUL_ATTENTION_MAX_LENGTH, Block, linear_cross_entropy
 
+    if screen:
+        matmul_speedup = _bf16_matmul_speedup(cfg)
+        if matmul_speedup < 0.5:
+            return {"fp32_seconds": matmul_speedup, "bf16_seconds": 1.0, "bf16_attention_by_matmuls": False}
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG, and so the run, untouched
     rows = 128
     batch = max(1, rows // seq_len)
@@ -253,6 +258,16 @@ def _measure_training_precision(cfg, seq_len: int) -> dict:
     return {"fp32_seconds": cfg.n_layer * seconds["fp32 block"] + seconds["fp32 head"],
             "bf16_seconds": cfg.n_layer * bf16_block + seconds["bf16 head"],
             "bf16_attention_by_matmuls": by_matmuls}
+
+
+def _bf16_matmul_speedup(cfg) -> float:
+    """fp32 time / bf16 time of one (32, C) x (C, intermediate) matmul: milliseconds, even emulated."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(32, cfg.n_embd, generator=generator)
+    b = torch.randn(cfg.n_embd, cfg.intermediate_size, generator=generator)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    seconds = median_seconds({"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}, budget_seconds=0.2)
+    return seconds["fp32"] / seconds["bf16"]
 
 
 # ------------------------------------------------------------------ decoding kernels

@@ -91,8 +91,9 @@ def test_auto_takes_bf16_only_where_this_host_measures_it_faster(cache, monkeypa
     assert choose_precision("float32", CPU, SMALL, 16).dtype == torch.float32
 
 
-def test_the_training_precision_probe_times_both_precisions_and_both_attention_kernels(cache):
-    answer = probes._measure_training_precision(SMALL, 16)
+@pytest.mark.parametrize("screen", [True, False])
+def test_the_training_precision_probe_times_both_precisions_and_both_attention_kernels(cache, screen):
+    answer = probes._measure_training_precision(SMALL, 16, screen=screen)
     assert answer["fp32_seconds"] > 0 and answer["bf16_seconds"] > 0
     assert isinstance(answer["bf16_attention_by_matmuls"], bool)
 
