@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -163,6 +164,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv_proj = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
         self.o_proj = Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
         self.o_proj.is_residual_projection = True
+        # True: every call takes `_attend_by_matmuls` (what transformers calls "eager" attention)
+        self.always_attend_by_matmuls = False
 
     def forward(self, x, kv_cache: "KVCache | None" = None, layer_idx: int = 0, attn_mask=None):
         B, T, _ = x.shape
@@ -176,11 +179,12 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past_length = kv_cache.length
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
-        if x.device.type == "cpu" and ((T == 1 and self.decode_by_matmuls) or (
+        if self.always_attend_by_matmuls or (x.device.type == "cpu" and ((T == 1 and self.decode_by_matmuls) or (
                 q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0
-                and T <= self.matmul_attention_max_length)):
-            # A decode step (one query: SDPA's flash kernel may cost more to set up than this whole product),
-            # or bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
+                and T <= self.matmul_attention_max_length))):
+            # Asked for, or on a CPU where measured faster (CpuKernels): a decode step (one query: SDPA's flash
+            # kernel may cost more to set up than this whole product), or bf16 training and prompts at short
+            # lengths (see MATMUL_ATTENTION_MAX_LENGTH)
             y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
@@ -346,6 +350,9 @@ class SmoLM135_Model(nn.Module):
             raise ValueError("invalid model config: " + "; ".join(problems))
         self.config = cfg
         self.gradient_checkpointing = False
+        # how a checkpointed block is recomputed; transformers' gradient_checkpointing_enable replaces it (the
+        # attribute name is the one it sets) with its own options, e.g. use_reentrant
+        self._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
@@ -403,7 +410,7 @@ class SmoLM135_Model(nn.Module):
     # ---------------------------------------------------------------- forward
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, position_ids=None, attn_mask=None,
-                logits_to_keep: int = 0, return_logits: bool = True):
+                logits_to_keep: int = 0, return_logits: bool = True, hidden_states: list | None = None):
         """idx (B, T) token ids -> (logits (B, T, V) or None, loss or None).
 
         With `targets` (B, T) the loss is the mean next-token cross entropy (ignore_index -100). Training
@@ -412,6 +419,8 @@ class SmoLM135_Model(nn.Module):
         `logits_to_keep` > 0 computes logits for only the last that many positions (sampling needs one),
         which saves most of the (T, vocab) output matmul. `position_ids` (B, T) override the positions
         (left-padded batches); `attn_mask` is an explicit SDPA mask (B or 1, 1, T, S) for such batches.
+        A `hidden_states` list receives n_layer + 1 tensors (B, T, C): the embeddings, then each block's output,
+        the last one after the final norm (the states transformers' `output_hidden_states` reports).
         """
         B, T = idx.shape
         past_length = kv_cache.length if kv_cache is not None else 0
@@ -424,14 +433,18 @@ class SmoLM135_Model(nn.Module):
             position_ids = torch.arange(past_length, past_length + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
         for layer_idx, block in enumerate(self.transformer.h):
+            if hidden_states is not None:
+                hidden_states.append(x)
             if self.gradient_checkpointing and self.training:
                 # recompute activations in the backward pass: memory ~ one block instead of n_layer
-                x = checkpoint(block, x, None, layer_idx, attn_mask, use_reentrant=False)
+                x = self._gradient_checkpointing_func(block, x, None, layer_idx, attn_mask)
             else:
                 x = block(x, kv_cache, layer_idx, attn_mask)
         if kv_cache is not None:
             kv_cache.length += T
         x = self.transformer.ln_f(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
         if targets is None:
             return self.lm_head(x[:, -logits_to_keep:, :] if logits_to_keep else x), None  # (B, T or k, V)
         if not return_logits:

@@ -6,7 +6,7 @@ import json
 
 from smollm135_model import ModelConfig
 
-from .checkpoint import TrainingFacts
+from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 
 USAGE_PROMPT = "To be, or not to be"
 
@@ -84,7 +84,7 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 
 {plot}
 
-`training_info.json` holds the full loss history and the training recipe.
+`{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
 ## Usage
 

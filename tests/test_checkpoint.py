@@ -1,4 +1,5 @@
 """The checkpoint record: versioned, read back whole, and still able to resume checkpoints of older formats."""
+import ast
 import json
 import shutil
 from dataclasses import replace
@@ -22,7 +23,7 @@ from smolm135.checkpoint import (
 )
 from smolm135.train_config import TrainConfig
 
-from conftest import make_small_vocab_text
+from conftest import REPO_ROOT, make_small_vocab_text
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FORMAT_1 = FIXTURES / "checkpoint_format1_step4.pt"  # how it was made: checkpoint_format1.json
@@ -79,6 +80,7 @@ def test_a_checkpoint_with_only_weights_and_model_config_continues(small_vocab_f
                                    device="cpu", dtype="float32", progress=False, batch_size=4, seq_len=16,
                                    eval_batches=2)
     assert summary["start_step"] == 0 and summary["steps"] == 2
+    assert "smolm135 preset custom:" in open(summary["log_path"]).read()  # not the default preset's name
 
 
 def test_every_field_survives_the_round_trip_through_a_file(tmp_path):
@@ -120,3 +122,25 @@ def test_a_resume_says_what_changed_about_the_batches(tmp_path):
     assert "note: the tokenized text differs from the one the checkpoint trained on" in log
     assert "note: the checkpoint's batches were drawn with --seed 1337, this run's with 7" in log
     assert "note: the checkpoint trained on sequences of 16 tokens, this run on 8" in log
+
+
+def test_only_the_checkpoint_module_spells_checkpoint_keys_and_output_folders():
+    """Docstrings may describe them; code asks smolm135.checkpoint (Checkpoint, TrainingFacts, RunLayout)."""
+    names = ("model_state_dict", "optimizer_state_dict", "grad_scaler_state_dict", "rng_state", "data_position",
+             "nonfinite_in_a_row", "training_info.json", "latest.pt", "checkpoints/", "models/", "continued_models",
+             "logs/", "cache/")
+    owner = REPO_ROOT / "smolm135" / "checkpoint.py"
+    found = []
+    for path in sorted(REPO_ROOT.rglob("*.py")):
+        relative = path.relative_to(REPO_ROOT)
+        if path == owner or relative.parts[0] in ("tests", ".venv", "build") or relative.parts[0].startswith("."):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        found += [f"{relative}:{node.lineno} {name}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  for name in names if name in node.value]
+    assert not found, found
