@@ -42,6 +42,8 @@ STANDARD_NAMES = {
     "norm_eps": "rms_norm_eps",
     "init_std": "initializer_range",
     "tie_word_embeddings": "tie_word_embeddings",
+    "position_embedding": "position_embedding_type",  # "learned" or "rotary"
+    "rope_theta": "rope_theta",
 }
 END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|>: the tokenizer's bos, eos and pad token
 _DEFAULTS = ModelConfig()  # the full smolm135 preset
@@ -62,6 +64,8 @@ class SmoLM135Config(PretrainedConfig):
         rms_norm_eps: float = _DEFAULTS.norm_eps,
         initializer_range: float = _DEFAULTS.init_std,
         tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings,
+        position_embedding_type: str = _DEFAULTS.position_embedding,  # folders exported before it: learned
+        rope_theta: float = _DEFAULTS.rope_theta,
         use_cache: bool = True,  # transformers 5 no longer supplies it, and generate() reads it
         bos_token_id: int = END_OF_TEXT_ID,
         eos_token_id: int = END_OF_TEXT_ID,
@@ -78,6 +82,8 @@ class SmoLM135Config(PretrainedConfig):
         self.intermediate_size = intermediate_size
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
