@@ -91,14 +91,13 @@ def test_rotary_chunked_loss_and_gradient_checkpointing_match_the_plain_loss():
             torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_rotary_bf16_attention_by_matmuls_matches_sdpa(rotary_model, monkeypatch):
-    import smollm135_model
-
+def test_rotary_bf16_attention_by_matmuls_matches_sdpa(rotary_model):
     model = build_model("tiny-rotary").to(torch.bfloat16).eval()
     x = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
+        model.use_cpu_kernels(training_attention_by_matmuls=True)
         by_matmuls, _ = model(x)
-        monkeypatch.setattr(smollm135_model, "MATMUL_ATTENTION_MAX_LENGTH", 0)
+        model.use_cpu_kernels(training_attention_by_matmuls=False)
         by_sdpa, _ = model(x)
     torch.testing.assert_close(by_matmuls.float(), by_sdpa.float(), rtol=5e-2, atol=5e-2)
 
