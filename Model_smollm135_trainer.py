@@ -351,7 +351,8 @@ def _train(cfg, layout, distributed, device, dtype, out_dir, checkpoint_dir, tim
 
     # Tokenize on the main process first; the others then read its cache.
     corpus = main_process_first(distributed, lambda: load_corpus(
-        cfg.data, out_dir / "cache", show_progress=cfg.progress and distributed.is_main, quiet=not distributed.is_main))
+        cfg.data, out_dir / "cache", show_progress=cfg.progress and distributed.is_main, quiet=not distributed.is_main,
+        text_field=cfg.text_field))
     train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
     check_corpus_fits(corpus, train_tokens, val_tokens, cfg, model_config.vocab_size, global_batch)
 

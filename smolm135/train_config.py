@@ -10,6 +10,7 @@ from smollm135_model import PRESETS, ModelConfig
 
 from .data import DEFAULT_DATA
 from .errors import UserError
+from .sources import DEFAULT_TEXT_FIELD
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class TrainConfig:
     and cosine decay to 10%, bf16 autocast where supported."""
 
     data: str = DEFAULT_DATA
+    text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
     preset: str = "smolm135"
     max_steps: int = 5000
     batch_size: int = 32  # sequences per micro-batch per process; global = batch_size * grad_accum * processes
@@ -107,7 +109,9 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 # ------------------------------------------------------------------ command line
 
 _HELP = {
-    "data": "text file, folder of .txt files, or glob (default input.txt; written from Shakespeare if absent)",
+    "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
+            "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
+    "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
