@@ -114,7 +114,7 @@ def _iter_documents(data: str, text_field: str) -> Iterator[str]:
         if is_text_file(source):
             yield source.read_bytes().decode("utf-8", errors="replace")
         else:
-            yield from documents(source, text_field, advance=lambda n: None)
+            yield from documents(source, text_field)
 
 
 # ------------------------------------------------------------------ scoring

@@ -177,7 +177,8 @@ def _text_pieces(files: list[Source], counter: _ReplacementCounter, bar: tqdm,
         if file_index:
             yield None
         if not sources.is_text_file(path):
-            yield from _document_pieces(sources.documents(path, text_field, bar.update, counter.name))
+            yield from _document_pieces(sources.documents(path, text_field, bar.update,
+                                                             lambda line: line.decode("utf-8", errors=counter.name)))
             continue
         decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
         pending = ""

@@ -172,20 +172,25 @@ def check_text_field(sources: list[Source], text_field: str) -> None:
             _require_column(source, _load_saved(source).column_names, text_field)
 
 
-def documents(source: Source, text_field: str, advance: Callable[[float], object],
-              decode_errors: str = "replace") -> Iterator[str]:
+def documents(source: Source, text_field: str, advance: Callable[[float], object] = lambda n: None,
+              decode: Callable[[bytes], str] | None = None) -> Iterator[str]:
     """The texts of a table-like source, in order; rows whose field is null are skipped. `advance(n)` is
-    called as about n bytes of the source are read; `decode_errors` handles invalid UTF-8 in JSON Lines."""
+    called as about n bytes of the source are read; `decode` turns JSON Lines' bytes into text, one line
+    after the other (default: UTF-8, invalid bytes replaced with U+FFFD)."""
     if isinstance(source, HubDataset):
         return _hub_documents(source, text_field)
     if isinstance(source, SavedDataset):
         return _saved_documents(source, text_field, advance)
     if corpus_suffix(source) == ".parquet":
         return _parquet_documents(source, text_field, advance)
-    return _jsonl_documents(source, text_field, advance, decode_errors)
+    return _jsonl_documents(source, text_field, advance, decode or _decode_replacing)
 
 
-def _jsonl_documents(path: Path, text_field: str, advance, decode_errors: str) -> Iterator[str]:
+def _decode_replacing(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace")
+
+
+def _jsonl_documents(path: Path, text_field: str, advance, decode: Callable[[bytes], str]) -> Iterator[str]:
     compressed = corpus_suffix(path) == ".jsonl.gz"
     reported = 0
     try:
@@ -198,7 +203,7 @@ def _jsonl_documents(path: Path, text_field: str, advance, decode_errors: str) -
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line.decode("utf-8", errors=decode_errors))
+                    record = json.loads(decode(line))
                 except json.JSONDecodeError as error:
                     raise UserError(f"{path} line {line_number} is not valid JSON ({error.msg}): fix or remove "
                                     f"that line") from None

@@ -172,3 +172,12 @@ def test_trainer_trains_on_a_parquet_column_named_by_the_flag(tmp_path):
     assert config_from_args(build_parser().parse_args(["--text-field", "content"])).text_field == "content"
     _, summary = train(tiny_train_config(path, tmp_path, text_field="content", max_steps=2, eval_every=2))
     assert summary["steps"] == 2 and summary["final_val_loss"] < summary["initial_val_loss"]
+
+
+def test_invalid_utf8_in_json_lines_is_replaced_and_counted(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "good \xff\xfe text"}\n{"text": "more"}\n')
+    corpus = load_corpus(str(path), tmp_path / "cache", show_progress=False)
+    assert corpus.replaced_bytes == 2
+    encoder = get_tokenizer()
+    assert list(corpus.tokens) == encoder.encode_ordinary("good \ufffd\ufffd text") + [END_OF_TEXT_ID] + encoder.encode_ordinary("more")
