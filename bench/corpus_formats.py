@@ -2,6 +2,7 @@
 
     python -m bench.corpus_formats          # Shakespeare's plays cut into paragraph documents, about 5 MB
     python -m bench.corpus_formats --quick  # the first tenth of them
+    python -m bench.corpus_formats --memory # also peak memory on 1x and 8x the Parquet corpus
 
 Both sides are `data.load_corpus` on a fresh cache folder. The documents are Shakespeare's paragraphs
 (a few hundred bytes each, shorter than a typical web document, so the per-document cost shows); the
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.big_corpus import load_corpus_in_fresh_process
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
 from smolm135.data import available_cpus, load_corpus, shakespeare_text
 from smolm135.errors import run_cli
@@ -48,8 +50,22 @@ def write_formats(documents: list[str], folder: Path) -> dict[str, Path]:
     return paths
 
 
+def peak_memory(documents: list[str], folder: Path, copies: int) -> dict:
+    """load_corpus's peak resident memory on `copies` copies of the documents as one Parquet file."""
+    path = folder / f"corpus_x{copies}.parquet"
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())])) as writer:
+        for _ in range(copies):
+            writer.write_table(pa.table({"text": documents}), row_group_size=1000)
+    return {"parquet_mb": path.stat().st_size / 1e6,
+            **load_corpus_in_fresh_process(path, folder / f"memory_cache{copies}", available_cpus())}
+
+
+def add_arguments(parser):
+    parser.add_argument("--memory", action="store_true", help="also peak memory on 1x and 8x the Parquet corpus")
+
+
 def main(argv=None) -> dict[str, float]:
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, add_arguments)
     documents = paragraphs(shakespeare_text())
     if args.quick:
         documents = documents[: len(documents) // 10]
@@ -66,11 +82,15 @@ def main(argv=None) -> dict[str, float]:
 
         seconds = time_interleaved({kind: tokenize(kind) for kind in paths}, args.repeats, args.device)
         sizes = {kind: path.stat().st_size for kind, path in paths.items()}
+        memory = {copies: peak_memory(documents, Path(folder), copies) for copies in (1, 8)} if args.memory else {}
     print(host_line() + " (a shared machine: rounds vary)")
     print(f"{len(documents):,} documents, {sizes['text'] / 1e6:.1f} MB of text; files: "
           + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
     for kind, values in seconds.items():
         print_row(f"{kind} ({counts[kind]:,} tokens)", [counts[kind] / s / 1e6 for s in values], "M tokens/s")
+    for copies, figures in memory.items():
+        print(f"  load_corpus on {copies}x the Parquet corpus ({figures['parquet_mb']:.0f} MB, {figures['n_tokens']:,} "
+              f"tokens), fresh process: peak resident memory {figures['peak_rss_mb']:,.0f} MB")
     rate = {kind: counts[kind] / median(values) for kind, values in seconds.items()}
     ratios = {"parquet": rate["parquet"] / rate["text"], "jsonl": rate["jsonl"] / rate["text"]}
     print_ratios("tokens/s against the same text as one .txt file", ratios, "1: as fast as plain text")
