@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+from smolm135.checkpoint import load_checkpoint
 from smolm135.data import resolve_sources
 from smolm135.errors import UserError, run_cli
 from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
@@ -50,8 +50,7 @@ def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> Scori
     if not path.exists():
         raise UserError(f"model {spec} does not exist: give a training checkpoint (.pt) or a Hugging Face model folder")
     if path.is_file():
-        model = model_from_checkpoint(load_checkpoint(path), path)
-        return native_scoring_model(spec, model, device, dtype)
+        return native_scoring_model(spec, load_checkpoint(path).build_model(), device, dtype)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UserError(f"cannot load {spec}: the folder has no config.json, so it is not a Hugging Face model "

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
-from smolm135.checkpoint import save_atomic
+from smolm135.checkpoint import Checkpoint, save_atomic
 from smolm135.errors import UserError
 from smolm135.scoring import bits_per_byte, score_documents, score_tokens, token_stream, window_spans
 from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
@@ -89,8 +89,7 @@ def checkpoints(trained_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(1)
     fresh = SmoLM135_Model(model.config)
-    untrained = save_atomic({"model_state_dict": fresh.state_dict(), "model_config": fresh.config.to_dict()},
-                            folder / "untrained.pt")
+    untrained = save_atomic(Checkpoint(fresh.state_dict(), fresh.config.to_dict()), folder / "untrained.pt")
     held_out = folder / "held_out.txt"  # the training corpus's grammar; short, so that scoring is quick
     held_out.write_text(make_corpus_text(60, seed=7), encoding="utf-8")
     return summary["final_model_path"], str(untrained), str(held_out)
@@ -109,11 +108,11 @@ def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
 
 def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
     from convert_to_hf import write_hf_folder
-    from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+    from smolm135.checkpoint import load_checkpoint
 
     trained, _, data = checkpoints
-    state = load_checkpoint(trained)
-    folder = write_hf_folder(model_from_checkpoint(state), state, tmp_path / "hf")
+    checkpoint = load_checkpoint(trained)
+    folder = write_hf_folder(checkpoint.build_model(), checkpoint.facts, tmp_path / "hf")
     native, exported = evaluate.evaluate([trained, str(folder)], data, context=32, stride=32, device="cpu",
                                          dtype="float32", show_progress=False)
     assert exported.score.tokens == native.score.tokens
