@@ -42,7 +42,8 @@ def continued_config(source: Checkpoint, steps: int, out_dir: str, data: str | N
     """The original run's recipe, for the checkpoint's own model, extended by `steps`. The cosine keeps its
     original horizon, so the learning rate continues from where the schedule was (the floor, after a full
     run). `lr` instead sets a constant learning rate for the added steps."""
-    original = TrainConfig.from_dict(source.train_config, model=ModelConfig.from_dict(source.model_config))
+    recipe = {"preset": "custom"} | source.train_config  # a checkpoint without a recipe names no preset
+    original = TrainConfig.from_dict(recipe, model=ModelConfig.from_dict(source.model_config))
     cfg = replace(original, max_steps=source.progress.step + steps, lr_decay_steps=original.decay_steps,
                   init_from=source.source, resume="never", out_dir=out_dir, data=data or original.data, **overrides)
     if lr is not None:

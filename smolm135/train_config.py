@@ -16,7 +16,11 @@ from .sources import DEFAULT_TEXT_FIELD
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults are the seed recipe: 5,000 steps of 32 x 128 tokens, AdamW, lr 6e-4 with 2,000 warm-up steps
-    and cosine decay to 10%, bf16 autocast where supported."""
+    and cosine decay to 10%, bf16 autocast where supported.
+
+    The config carries the model it trains (`model`); `preset` fills it when no model is given, and then only
+    names it in logs. To train another shape, pass `model=ModelConfig(...)` (replacing `preset` alone on an
+    existing config keeps its model). A checkpoint stores `to_dict()` (the recipe) beside the model config."""
 
     data: str = DEFAULT_DATA
     text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
