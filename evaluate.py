@@ -3,8 +3,8 @@
     python evaluate.py models/final_model_<ts>.pt --data input.txt
     python evaluate.py --compare models/final_model_a.pt smolm135-tiny-hf --data valid.parquet --text-field text
 
-MODEL is a training checkpoint (.pt) or a Hugging Face model folder (ours from convert_to_hf.py, or any
-causal LM saved with transformers). --data is a text file, .jsonl/.jsonl.gz/.parquet, a folder or glob of
+MODEL is a training checkpoint (.pt), a Hugging Face model folder (ours from convert_to_hf.py, or any
+causal LM saved with transformers), a .gguf file, or the built-in smollm2-135m-instruct. --data is a text file, .jsonl/.jsonl.gz/.parquet, a folder or glob of
 them, or a saved dataset, as for the trainer. Bits per byte (the text's total loss in bits over its
 UTF-8 bytes) compares models with different tokenizers; loss per token and perplexity only compare models
 that share one. From a notebook: `evaluate(["model.pt"], "valid.txt")` returns the scores.
@@ -22,6 +22,7 @@ import torch
 from smolm135.checkpoint import load_checkpoint
 from smolm135.data import resolve_sources
 from smolm135.errors import UserError, run_cli
+from smolm135.pretrained import BUILTIN_MODELS, load_pretrained
 from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.scoring import LogitsFn, Score, score_documents
 from smolm135.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
@@ -45,7 +46,13 @@ class ScoringModel:
 
 
 def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
-    """A training checkpoint (.pt) or a Hugging Face model folder, ready to score on `device`."""
+    """A training checkpoint (.pt), a Hugging Face model folder, a .gguf file or a built-in pretrained name
+    (smolm135/pretrained.py), ready to score on `device`."""
+    if spec in BUILTIN_MODELS or spec.endswith(".gguf"):
+        pretrained = load_pretrained(spec)
+        tokenizer = pretrained.tokenizer
+        return native_scoring_model(spec, pretrained.build_model(), device, dtype, tokenizer.encode,
+                                    tokenizer.document_separator_id, f"its own ({tokenizer.n_vocab:,} tokens)")
     path = Path(spec)
     if not path.exists():
         raise UserError(f"model {spec} does not exist: give a training checkpoint (.pt) or a Hugging Face model folder")
@@ -62,15 +69,18 @@ def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> Scori
     return transformers_scoring_model(spec, device, dtype)
 
 
-def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dtype,
+                         encode: Callable[[str], list[int]] | None = None, start_id: int = END_OF_TEXT_ID,
+                         tokenizer_name: str = "GPT-2") -> ScoringModel:
+    """Our model; with GPT-2's tokenizer unless another is given (a pretrained model brings its own)."""
     model = model.to(device).eval()
 
     def logits(x):  # (B, T) -> (B, T, V)
         with autocast(device, dtype):
             return model(x)[0]
 
-    return ScoringModel(name, logits, get_tokenizer().encode_ordinary, END_OF_TEXT_ID, model.config.block_size,
-                        model.num_parameters()["total"], "GPT-2")
+    return ScoringModel(name, logits, encode or get_tokenizer().encode_ordinary, start_id, model.config.block_size,
+                        model.num_parameters()["total"], tokenizer_name)
 
 
 def transformers_scoring_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
@@ -188,7 +198,7 @@ def comparison_table(results: list[Result]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt) or Hugging Face model folder")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt), Hugging Face model folder, .gguf file or smollm2-135m-instruct")
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                         help="more models to score on the same text, printed as a table")
     parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob")
