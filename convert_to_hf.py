@@ -41,7 +41,7 @@ from smolm135.checkpoint import (
 )
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import render_model_card
-from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
@@ -74,12 +74,15 @@ def default_output_dir(model_config: ModelConfig) -> Path:
 # ------------------------------------------------------------------ the Hugging Face folder
 
 
-def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
-    """GPT-2's tokenizer from the same offline BPE files as tiktoken's; ids are checked against it in tests.
+def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size, tokenizer=None):
+    """The model's tokenizer as transformers' fast tokenizer: GPT-2's from the same offline BPE files as
+    tiktoken's (ids are checked against it in tests), or a pretrained model's own tokenizer.json.
 
     transformers 5 silently builds an *empty* tokenizer from `vocab_file=`/`merges_file=`; `vocab=`/`merges=`
     with the paths is the form that loads the files.
     """
+    if isinstance(tokenizer, JsonTokenizer):
+        return build_hf_json_tokenizer(tokenizer, model_max_length)
     from transformers import GPT2TokenizerFast
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
@@ -93,6 +96,28 @@ def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
     return tokenizer
 
 
+def build_hf_json_tokenizer(tokenizer: JsonTokenizer, model_max_length: int):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer.tokenizer_json), bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token, pad_token=tokenizer.eos_token, padding_side="left",
+        model_max_length=model_max_length)
+    if tokenizer.chat_template:
+        hf_tokenizer.chat_template = tokenizer.chat_template
+    return hf_tokenizer
+
+
+def special_token_ids(tokenizer) -> dict:
+    """bos/eos/pad ids for the transformers config: GPT-2's <|endoftext|>, or the model's own tokens."""
+    if tokenizer is None or isinstance(tokenizer, GPT2TextTokenizer):
+        return {}  # SmoLM135Config's defaults are GPT-2's
+    bos = tokenizer.token_id(tokenizer.bos_token)
+    return {"bos_token_id": bos if bos is not None else tokenizer.eos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+
+
 def build_generation_config(config: SmoLM135Config):
     from transformers import GenerationConfig
 
@@ -102,8 +127,8 @@ def build_generation_config(config: SmoLM135Config):
                             pad_token_id=config.pad_token_id)
 
 
-def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
-    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config))
+def hf_model_from_native(native: SmoLM135_Model, tokenizer=None) -> SmoLM135ForCausalLM:
+    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config, **special_token_ids(tokenizer)))
     hf_model.model.load_state_dict(native.state_dict())
     return hf_model.eval()
 
@@ -123,18 +148,18 @@ def check_output_dir(output_dir: Path) -> None:
 
 
 def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0") -> Path:
+                    license: str = "apache-2.0", tokenizer=None) -> Path:
     """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    hf_model = hf_model_from_native(native)
+    hf_model = hf_model_from_native(native, tokenizer)
     hf_model.generation_config = build_generation_config(hf_model.config)
     # copies the modeling/configuration files and the smollm135_model.py they import into the folder, and
     # writes auto_map into config.json, so the folder loads with no file of this repository on the path
     SmoLM135Config.register_for_auto_class()
     SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     hf_model.save_pretrained(output_dir)
-    build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
+    build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
 
     write_training_info(output_dir, facts)
     history = facts.history or {"train": [], "val": []}
@@ -192,9 +217,9 @@ def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: floa
     return difference
 
 
-def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT) -> Verification:
+def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT, tokenizer=None) -> Verification:
     """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32)."""
-    expected_ids = get_tokenizer().encode_ordinary(text)
+    expected_ids = (tokenizer or GPT2TextTokenizer()).encode(text)
     with tempfile.TemporaryDirectory() as workdir:
         out_path = Path(workdir) / "logits.pt"
         result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(folder.resolve()), text, str(out_path)],
@@ -205,8 +230,8 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
                             f"process; its output ends with:\n{tail}")
         loaded = torch.load(out_path, weights_only=True)
     if loaded["input_ids"] != expected_ids:
-        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
-                        f"tiktoken encoding: the export is broken, do not publish it")
+        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from the "
+                        f"model's own tokenizer: the export is broken, do not publish it")
     with torch.no_grad():
         expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
     difference = check_logits_match(expected_logits[0], loaded["logits"])
@@ -221,11 +246,12 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{checkpoint.progress.step}) into {output_dir}")
-    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license)
-    check = verify_hf_folder(output_dir, native)
+    tokenizer = checkpoint.build_tokenizer()
+    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license, tokenizer)
+    check = verify_hf_folder(output_dir, native, tokenizer=tokenizer)
     say(f"verified: {output_dir} reloads through AutoModelForCausalLM in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
-        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
+        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal the model's own tokenizer's")
     return output_dir
 
 
@@ -279,7 +305,25 @@ def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, Checkpoin
                         f"by convert_to_hf.py")
     hf_model = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32)
     native = hf_model.model.eval()
-    return native, Checkpoint.from_facts(native, read_training_info(folder), converted_from=str(folder.resolve()))
+    return native, Checkpoint.from_facts(native, read_training_info(folder), converted_from=str(folder.resolve()),
+                                         tokenizer=read_folder_tokenizer(folder).to_record())
+
+
+def read_folder_tokenizer(folder: Path):
+    """The exported folder's tokenizer as the native one: GPT-2's when it is GPT-2's, else its tokenizer.json."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return GPT2TextTokenizer()
+    config_path = folder / "tokenizer_config.json"
+    special = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    text = lambda value: value.get("content") if isinstance(value, dict) else value  # noqa: E731 (older files)
+    template_path = folder / "chat_template.jinja"  # where transformers 5 writes the template
+    template = template_path.read_text(encoding="utf-8") if template_path.is_file() else special.get("chat_template")
+    tokenizer = JsonTokenizer(path.read_text(encoding="utf-8"), eos_token=text(special.get("eos_token")),
+                              bos_token=text(special.get("bos_token")), chat_template=template)
+    gpt2 = GPT2TextTokenizer()
+    same = tokenizer.n_vocab == gpt2.n_vocab and tokenizer.encode(VERIFY_TEXT) == gpt2.encode(VERIFY_TEXT)
+    return gpt2 if same else tokenizer
 
 
 def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike | None = None,
