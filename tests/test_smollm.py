@@ -467,24 +467,6 @@ def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file
     assert result.stderr.strip().count("\n") == 0 and "offline, start from" in result.stderr
 
 
-def test_a_pretrained_run_converts_to_a_verified_folder_with_its_own_tokenizer(pretrained_run, tmp_path):
-    import json
-
-    from convert_to_hf import convert, load_hf_folder
-    from smolm135.checkpoint import load_checkpoint
-
-    _, _, summary, _ = pretrained_run
-    folder = convert(summary["final_model_path"], tmp_path / "hf", say=lambda *_: None)  # verifies the logits
-    config = json.loads((folder / "config.json").read_text())
-    assert (config["position_embedding_type"], config["rope_theta"], config["vocab_size"]) == ("rotary", 500.0, 320)
-    original = load_checkpoint(summary["final_model_path"]).build_tokenizer()
-    assert config["eos_token_id"] == original.eos_token_id
-    _, back = load_hf_folder(folder)
-    text = "The sailor finds a small boat at night.\n"
-    assert back.build_tokenizer().encode(text) == original.encode(text)  # the round trip keeps the tokenizer
-    assert back.build_tokenizer().kind == "tokenizer.json"
-
-
 def test_the_demo_serves_a_pretrained_run_with_the_tokenizer_its_checkpoint_records(pretrained_run):
     import app
 
