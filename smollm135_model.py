@@ -91,6 +91,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: "ModelConfig") -> list[str]:
+        """The fields in which `other` differs, as "name self vs other" phrases (empty when identical)."""
+        return [f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
