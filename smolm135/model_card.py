@@ -10,6 +10,7 @@ from smollm135_model import ModelConfig
 from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .errors import UserError
 from .markdown import escape_markdown
+from .export_card import runtimes_section
 
 USAGE_PROMPT = "To be, or not to be"
 CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation", "custom_code")
@@ -75,17 +76,29 @@ def card_metadata(license: str) -> str:
 
 
 def render_model_card(model_config: ModelConfig, parameters: int, facts: TrainingFacts, model_id: str,
-                      name: str, license: str, has_loss_plot: bool) -> str:
-    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage. Text that
+                      name: str, license: str, has_loss_plot: bool, gguf_files: tuple[str, ...] = ()) -> str:
+    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage (for a
+    rotary model, exported as a plain Llama folder: the runtimes that load it and its `gguf_files`). Text that
     comes from a file (the data's name, the model's name) is escaped: it shows as written, never as markup."""
     cfg = model_config
-    data = escape_markdown(facts.data_name) if isinstance(facts.data_name, str) and facts.data_name else "not recorded"
+    rotary = cfg.position_embedding == "rotary"
+    positions = "rotary positions (the Llama layout)" if rotary else "learned position embeddings"
+    code = ("It is a plain `LlamaForCausalLM`: no code of its own, no `trust_remote_code`." if rotary else
+            "The modeling code is in this folder\n(`modeling_smolm135.py`, `smollm135_model.py`), hence "
+            "`trust_remote_code=True`.")
+    usage = runtimes_section(model_id, USAGE_PROMPT, gguf_files) if rotary else f"""## Usage
+
+```python
+{usage_snippet(model_id)}```
+"""
+    named = isinstance(facts.data_name, str) and facts.data_name
+    data = escape_markdown(facts.data_name) if named else "not recorded"
     plot = ("![Training and validation loss](loss.png)" if has_loss_plot
             else "The checkpoint holds no loss history, so there is no plot.")
     return card_metadata(license) + f"""
 # {escape_markdown(name)}
 
-A GPT-style language model trained from scratch with smolm135: learned position embeddings, pre-norm blocks
+A GPT-style language model trained from scratch with smolm135: {positions}, pre-norm blocks
 of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
 tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
 
@@ -101,8 +114,7 @@ tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
 | context length | {cfg.block_size} tokens |
 | vocabulary | {cfg.vocab_size:,} (GPT-2's 50,257 tokens padded to a multiple of 64) |
 
-Weights are stored in float32 (`model.safetensors`). The modeling code is in this folder
-(`modeling_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
+Weights are stored in float32 (`model.safetensors`). {code}
 
 ## Training
 
@@ -118,11 +130,7 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 
 `{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
-## Usage
-
-```python
-{usage_snippet(model_id)}```
-
+{usage}
 The generation defaults (`generation_config.json`) sample with temperature 0.7, top-k 50 and top-p 0.95;
 pass `do_sample=False` for greedy decoding. Batched prompts are padded on the left.
 """

@@ -8,8 +8,11 @@ from dataclasses import asdict, dataclass, fields
 
 from smollm135_model import PRESETS, ModelConfig
 
-from .data import DEFAULT_DATA
+from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError
+from .sources import DEFAULT_TEXT_FIELD
+
+OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class TrainConfig:
     existing config keeps its model). A checkpoint stores `to_dict()` (the recipe) beside the model config."""
 
     data: str = DEFAULT_DATA
+    text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
     max_steps: int = 5000
@@ -35,6 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # applied to matrices only (see configure_optimizer)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # adamw (the seed recipe) | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -119,6 +125,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
     elif cfg.min_lr is not None and not (_is_number(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
+    if cfg.optimizer not in OPTIMIZERS:
+        problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
         value = getattr(cfg, name)
         if not (_is_number(value) and value >= 0):
@@ -130,7 +138,7 @@ def validate(cfg: TrainConfig) -> None:
     if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if not cfg.data.strip():
-        problems.append("--data is empty: pass a text file, a folder of .txt files or a glob")
+        problems.append(EMPTY_DATA)
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.model is None:
@@ -157,7 +165,10 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 # ------------------------------------------------------------------ command line
 
 _HELP = {
-    "data": "text file, folder of .txt files, or glob (default input.txt; written from Shakespeare if absent)",
+    "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
+            "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
+    "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
+    "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
