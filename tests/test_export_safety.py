@@ -14,7 +14,7 @@ import yaml
 import convert_to_hf
 from convert_to_hf import Verification, export, public_facts
 from smollm135_model import PRESETS
-from smolm135.checkpoint import TrainingFacts, load_checkpoint
+from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts, load_checkpoint
 from smolm135.errors import run_cli
 from smolm135.model_card import HUB_LICENSES, render_model_card
 
@@ -81,11 +81,17 @@ def test_training_info_keeps_file_names_not_local_paths(trained):
     assert "/home/me" not in json.dumps(public_facts(facts).to_info())
 
 
+def write_previous_export(folder: Path) -> None:
+    """What check_output_dir recognises as an earlier export: a smolm135 config.json and training facts."""
+    (folder / "config.json").write_text(json.dumps({"model_type": "smolm135"}))
+    (folder / TRAINING_INFO_FILE).write_text("{}")
+
+
 def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "smolm135-tiny-hf"
     output.mkdir()
-    (output / "config.json").write_text(json.dumps({"model_type": "smolm135"}))
+    write_previous_export(output)
     (output / "previous.txt").write_text("the previous export")
 
     def broken(folder, native):
@@ -96,7 +102,7 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     with pytest.raises(convert_to_hf.UserError, match="broken"):
         export(native, state, output, license="mit")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
-    assert sorted(p.name for p in output.iterdir()) == ["config.json", "previous.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["config.json", "previous.txt", TRAINING_INFO_FILE]
     skip_verification(monkeypatch)
     export(native, state, output, license="mit")  # a good export replaces the previous one whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
@@ -112,7 +118,7 @@ def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch)
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     replaced.mkdir()
-    (replaced / "config.json").write_text(json.dumps({"model_type": "smolm135"}))
+    write_previous_export(replaced)
     convert_to_hf.tidy_interrupted_exports(output)
     assert not partial.exists() and not replaced.exists() and (output / "config.json").exists()
     skip_verification(monkeypatch)
