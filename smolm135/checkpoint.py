@@ -551,6 +551,9 @@ class _WriteRecorder:
     def flush(self) -> None:
         self.file.flush()
 
+    def __getattr__(self, name):  # otherwise the file it wraps (truncate, fileno, ...)
+        return getattr(self.file, name)
+
 
 def _tensor_bytes(value) -> int:
     """The bytes of every tensor in a nested checkpoint dict: about what its file needs on disk."""
