@@ -41,10 +41,20 @@ from smolm135.checkpoint import (
     write_training_info,
 )
 from smolm135.errors import UserError, run_cli
+from smolm135.export_gguf import (
+    GGUF_TYPES,
+    GREEDY_STEPS,
+    RELATIVE_TOLERANCE,
+    gguf_file_name,
+    native_greedy,
+    reload_gguf,
+    write_gguf,
+)
 from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
 from smolm135.model_card import render_model_card
 from smolm135.pretrained import load_pretrained
-from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
+from smolm135.llama_names import check_rotary
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
@@ -139,8 +149,9 @@ def check_output_dir(output_dir: Path) -> None:
 
 
 def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0") -> Path:
-    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
+                    license: str = "apache-2.0", gguf_files: tuple[str, ...] = ()) -> Path:
+    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card (which
+    names the `gguf_files` written beside them)."""
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if is_rotary(native.config):  # the Llama layout: a plain LlamaForCausalLM, no code in the folder
@@ -164,7 +175,7 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
     if has_plot:
         plot_losses(history, output_dir / "loss.png", f"{name} on {facts.data_name or 'its data'}")
     card = render_model_card(native.config, native.num_parameters()["total"], facts,
-                             model_id or str(output_dir.resolve()), name, license, has_plot)
+                             model_id or str(output_dir.resolve()), name, license, has_plot, gguf_files)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     return output_dir
 
@@ -239,21 +250,53 @@ def _reload_with_remote_code(folder: Path, text: str) -> dict:
 
 
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-            model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
-    """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
+            model_id: str | None = None, license: str = "apache-2.0", say=print,
+            gguf_types: tuple[str, ...] = ()) -> Path:
+    """Export the checkpoint to a verified Hugging Face folder, and to one verified .gguf file in it for each of
+    `gguf_types`; returns the folder."""
     checkpoint = load_checkpoint(checkpoint_path)
     native = checkpoint.build_model()
+    if gguf_types:
+        check_rotary(native.config, "GGUF export")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
+    gguf_files = tuple(gguf_file_name(output_dir.resolve().name, t) for t in dict.fromkeys(gguf_types))
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{checkpoint.progress.step}) into {output_dir}")
-    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license)
+    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license, gguf_files)
     check = verify_hf_folder(output_dir, native)
     how = ("as a plain LlamaForCausalLM (no remote code) and in pipeline('text-generation')"
            if is_rotary(native.config) else "through AutoModelForCausalLM")
     say(f"verified: {output_dir} reloads {how} in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
         f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
+    for gguf_type, file_name in zip(dict.fromkeys(gguf_types), gguf_files):
+        say(export_verified_gguf(native, output_dir / file_name, gguf_type))
     return output_dir
+
+
+def export_verified_gguf(native: SmoLM135_Model, path: Path, gguf_type: str, tokenizer=None) -> str:
+    """Write `path` (written as a temporary file, renamed once transformers' GGUF loader has read it back with
+    the native logits, and greedy tokens at f32 and q8_0); returns the sentence saying what was checked."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
+    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write_gguf(native, tokenizer, staging, gguf_type, path.stem)
+        ids = tokenizer.encode(VERIFY_TEXT)
+        loaded = reload_gguf(staging, ids, clean_subprocess_env())
+        with torch.no_grad():
+            expected, _ = native(torch.tensor([ids]))  # (1, T, V)
+        limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
+        difference = check_logits_match(expected[0], loaded["logits"], limit)
+        greedy_checked = gguf_type in ("f32", "q8_0")
+        if greedy_checked and loaded["greedy"] != native_greedy(native, ids):
+            raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
+                            f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
+    return (f"verified: {path} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF loader; "
+            f"max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
 
 
 # ------------------------------------------------------------------ the Hub
@@ -342,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN or the saved "
                                         "`hf auth login`)")
     parser.add_argument("--commit-message", default="Upload smolm135 model", help="commit message of the upload")
+    parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
+                        help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
+                             f"TYPE: {', '.join(GGUF_TYPES)})")
     parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
                                                             "native checkpoint")
     parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
@@ -360,7 +406,7 @@ def main(argv: list[str] | None = None) -> Path:
               f"--checkpoint {path}")
         return path
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
-    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license)
+    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license, gguf_types=tuple(args.gguf))
     if args.push_to_hub:
         url = push_to_hub(folder, args.push_to_hub, args.token, args.private, args.commit_message)
         print(f"pushed {folder} to {url}")
