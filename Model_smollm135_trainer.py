@@ -47,6 +47,7 @@ from smolm135.data import (
     split_train_val,
 )
 from smolm135.errors import UserError, run_cli
+from smolm135.generation import continue_text
 from smolm135.runtime import (
     Distributed,
     autocast,
@@ -268,12 +269,7 @@ def evaluate(model, val_tokens, cfg: TrainConfig, device, dtype, distributed: Di
 
 
 def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
-    encoder = get_tokenizer()
-    prompt = torch.tensor([encoder.encode_ordinary(cfg.sample_prompt) or [0]], device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the global RNG alone
-    max_new = min(cfg.sample_tokens, model.config.block_size - prompt.shape[1])
-    out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator)
-    return encoder.decode(out[0].tolist())
+    return continue_text(model, get_tokenizer(), cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed + step)
 
 
 def forward_backward(step_model, model, optimizer, scaler, train_tokens, step: int, cfg: TrainConfig,

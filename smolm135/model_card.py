@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from smollm135_model import ModelConfig
+from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
+
+from .generation import SAMPLING
+from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 USAGE_PROMPT = "To be, or not to be"
 
@@ -34,12 +37,22 @@ tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True)
 
 inputs = tokenizer({json.dumps(USAGE_PROMPT)}, return_tensors="pt")
-output = model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature=0.7, top_k=50, top_p=0.95)
+output = model.generate(**inputs, max_new_tokens=40, do_sample=True, {sampling_arguments()})
 print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
 print(generator({json.dumps(USAGE_PROMPT)}, max_new_tokens=40)[0]["generated_text"])
 '''
+
+
+def sampling_arguments() -> str:
+    """The sampling policy as `generate` keyword arguments: temperature=0.7, top_k=50, top_p=0.95."""
+    return f"temperature={SAMPLING.temperature}, top_k={SAMPLING.top_k}, top_p={SAMPLING.top_p}"
+
+
+def sampling_sentence() -> str:
+    """The sampling policy in words: temperature 0.7, top-k 50 and top-p 0.95."""
+    return f"temperature {SAMPLING.temperature}, top-k {SAMPLING.top_k} and top-p {SAMPLING.top_p}"
 
 
 def _number(value, fmt: str) -> str:
@@ -69,7 +82,7 @@ tags:
 
 A GPT-style language model trained from scratch with smolm135: learned position embeddings, pre-norm blocks
 of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
-tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
+tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
 
 ## Architecture
 
@@ -81,7 +94,7 @@ tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
 | attention heads (key/value heads) | {cfg.n_head} ({cfg.n_kv_head}), head size {cfg.head_dim} |
 | MLP (SwiGLU) width | {cfg.intermediate_size} |
 | context length | {cfg.block_size} tokens |
-| vocabulary | {cfg.vocab_size:,} (GPT-2's 50,257 tokens padded to a multiple of 64) |
+| vocabulary | {cfg.vocab_size:,} (GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}) |
 
 Weights are stored in float32 (`model.safetensors`). The modeling code is in this folder
 (`modeling_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
@@ -105,6 +118,6 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 ```python
 {usage_snippet(model_id)}```
 
-The generation defaults (`generation_config.json`) sample with temperature 0.7, top-k 50 and top-p 0.95;
+The generation defaults (`generation_config.json`) sample with {sampling_sentence()};
 pass `do_sample=False` for greedy decoding. Batched prompts are padded on the left.
 """

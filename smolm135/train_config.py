@@ -6,7 +6,7 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA
 from .errors import UserError
@@ -141,7 +141,4 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in known}
-    values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig(**{**known_fields(TrainConfig, vars(args)), **overrides})
