@@ -46,12 +46,12 @@ print(generator({json.dumps(USAGE_PROMPT)}, max_new_tokens=40)[0]["generated_tex
 
 
 def sampling_arguments() -> str:
-    """The sampling policy as `generate` keyword arguments: temperature=0.7, top_k=50, top_p=0.95."""
+    """The sampling policy as `generate` keyword arguments (temperature=..., top_k=..., top_p=...)."""
     return f"temperature={SAMPLING.temperature}, top_k={SAMPLING.top_k}, top_p={SAMPLING.top_p}"
 
 
 def sampling_sentence() -> str:
-    """The sampling policy in words: temperature 0.7, top-k 50 and top-p 0.95."""
+    """The sampling policy in words (temperature ..., top-k ... and top-p ...)."""
     return f"temperature {SAMPLING.temperature}, top-k {SAMPLING.top_k} and top-p {SAMPLING.top_p}"
 
 
