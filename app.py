@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import math
 import os
 import threading
@@ -33,9 +32,10 @@ from smollm135_model import ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING_INFO_FILE,
+    TrainingFacts,
     load_checkpoint,
-    model_from_checkpoint,
     newest_trained_model,
+    read_training_info,
 )
 from smolm135.errors import UserError, run_cli
 from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
@@ -138,10 +138,7 @@ class ModelInfo:
     kind: str  # "native checkpoint" or "Hugging Face model"
     parameters: int
     context_length: int
-    step: int | None = None
-    tokens_seen: int | None = None
-    val_loss: float | None = None
-    data_name: str | None = None
+    training: TrainingFacts = TrainingFacts()  # what the checkpoint or training_info.json says
 
 
 class NativeTextModel:
@@ -255,13 +252,12 @@ def default_search_dirs() -> list[Path]:
 
 
 def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") -> NativeTextModel:
-    state = load_checkpoint(checkpoint_path)
-    model = model_from_checkpoint(state, checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = checkpoint.build_model()
     model.to(pick_device(device)).eval()
     info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
                      parameters=model.num_parameters()["total"], context_length=model.config.block_size,
-                     step=state.get("step"), tokens_seen=state.get("tokens_seen"), val_loss=state.get("val_loss"),
-                     data_name=state.get("data_name"))
+                     training=checkpoint.facts)
     return NativeTextModel(model, info)
 
 
@@ -276,28 +272,24 @@ def load_transformers_model(name_or_path: str, device: str = "auto") -> Transfor
         raise UserError(f"could not load the Hugging Face model {name_or_path!r}: {str(error).splitlines()[0]} "
                         f"(give a folder written by convert_to_hf.py or a Hub id)") from None
     model.to(pick_device(device)).eval()
-    facts = read_training_info(name_or_path)
     info = ModelInfo(source=name_or_path, kind="Hugging Face model", parameters=model.num_parameters(),
-                     context_length=generation_context_length(model.config), step=facts.get("step"),
-                     tokens_seen=facts.get("tokens_seen"), val_loss=facts.get("val_loss"),
-                     data_name=facts.get("data_name"))
+                     context_length=generation_context_length(model.config),
+                     training=training_facts(name_or_path))
     return TransformersTextModel(model, tokenizer, info)
 
 
-def read_training_info(name_or_path: str) -> dict:
-    """Steps, tokens and losses that convert_to_hf.py stores beside the weights ({} when absent)."""
-    local = Path(name_or_path) / TRAINING_INFO_FILE
-    if local.is_file():
-        return json.loads(local.read_text(encoding="utf-8"))
+def training_facts(name_or_path: str) -> TrainingFacts:
+    """Steps, tokens and losses that convert_to_hf.py stores beside the weights, in a folder or a Hub
+    repository (all None when there are none)."""
     if Path(name_or_path).exists():
-        return {}
+        return read_training_info(Path(name_or_path))
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return json.loads(Path(hf_hub_download(name_or_path, TRAINING_INFO_FILE)).read_text(encoding="utf-8"))
+        return read_training_info(Path(hf_hub_download(name_or_path, TRAINING_INFO_FILE)).parent)
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
-        return {}
+        return TrainingFacts()
 
 
 def load_model(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
@@ -378,12 +370,13 @@ def no_model_message(search_dirs: list[Path] | None = None) -> str:
 def model_summary(info: ModelInfo) -> str:
     parts = [f"**Model:** `{info.source}` ({info.kind})",
              f"**Parameters:** {info.parameters:,} · **context:** {info.context_length:,} tokens"]
-    if info.step is not None:
-        tokens = f" ({info.tokens_seen:,} tokens)" if info.tokens_seen else ""
-        data = f" on {info.data_name}" if info.data_name else ""
-        parts.append(f"**Trained:** {info.step:,} steps{tokens}{data}")
-    if info.val_loss is not None:
-        parts.append(f"**Validation loss:** {info.val_loss:.3f}")
+    facts = info.training
+    if facts.step is not None:
+        tokens = f" ({facts.tokens_seen:,} tokens)" if facts.tokens_seen else ""
+        data = f" on {facts.data_name}" if facts.data_name else ""
+        parts.append(f"**Trained:** {facts.step:,} steps{tokens}{data}")
+    if facts.val_loss is not None:
+        parts.append(f"**Validation loss:** {facts.val_loss:.3f}")
     return "  \n".join(parts)
 
 
@@ -433,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None, help="a native checkpoint (.pt) to serve "
-                        "(default: the newest models/final_model_*.pt or continued_models/continued_model_*.pt)")
+                        f"(default: the newest {' or '.join(TRAINED_MODEL_GLOBS)})")
     source.add_argument("--model", default=os.environ.get(MODEL_ENV_VAR) or None,
                         help=f"a Hugging Face folder or Hub id to serve (default: ${MODEL_ENV_VAR} if set)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

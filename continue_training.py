@@ -9,16 +9,22 @@ the trainer's own (`Model_smollm135_trainer.train`); this file only decides wher
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
-from Model_smollm135_trainer import RunLayout, train
-from smolm135.checkpoint import FINAL_MODEL_GLOB, LATEST, CheckpointError, load_checkpoint, newest_trained_model
+from Model_smollm135_trainer import train
+from smollm135_model import ModelConfig
+from smolm135.checkpoint import (
+    CONTINUED,
+    FINAL_MODEL_GLOB,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    newest_trained_model,
+)
 from smolm135.errors import UserError, run_cli
 from smolm135.train_config import TrainConfig, add_train_arguments
 
-CONTINUED = RunLayout(checkpoint_dir="checkpoints/continued", final_dir="continued_models",
-                      final_prefix="continued_model", log_prefix="continued_training")
 DEFAULT_EXTRA_STEPS = 50
 
 
@@ -31,15 +37,15 @@ def newest_final_model(out_dir: str | Path) -> Path:
     return newest
 
 
-def continued_config(source: Path, state: dict, steps: int, out_dir: str, data: str | None = None,
+def continued_config(source: Checkpoint, steps: int, out_dir: str, data: str | None = None,
                      lr: float | None = None, **overrides) -> TrainConfig:
-    """The original run's recipe, extended by `steps`. The cosine keeps its original horizon, so the
-    learning rate continues from where the schedule was (the floor, after a full run). `lr` instead sets
-    a constant learning rate for the added steps."""
-    known = {f.name for f in fields(TrainConfig)}
-    original = TrainConfig(**{k: v for k, v in state.get("train_config", {}).items() if k in known})
-    cfg = replace(original, max_steps=int(state["step"]) + steps, lr_decay_steps=original.decay_steps,
-                  init_from=str(source), resume="never", out_dir=out_dir, data=data or original.data, **overrides)
+    """The original run's recipe, for the checkpoint's own model, extended by `steps`. The cosine keeps its
+    original horizon, so the learning rate continues from where the schedule was (the floor, after a full
+    run). `lr` instead sets a constant learning rate for the added steps."""
+    recipe = {"preset": "custom"} | source.train_config  # a checkpoint without a recipe names no preset
+    original = TrainConfig.from_dict(recipe, model=ModelConfig.from_dict(source.model_config))
+    cfg = replace(original, max_steps=source.progress.step + steps, lr_decay_steps=original.decay_steps,
+                  init_from=source.source, resume="never", out_dir=out_dir, data=data or original.data, **overrides)
     if lr is not None:
         cfg = replace(cfg, lr=lr, min_lr=lr, warmup_steps=0)
     return cfg
@@ -48,13 +54,13 @@ def continued_config(source: Path, state: dict, steps: int, out_dir: str, data: 
 def interrupted_continuation(cfg: TrainConfig) -> Path | None:
     """The checkpoint of an unfinished continuation of the same model, to resume rather than restart.
     A finished one is not resumed: every call adds `steps` to the source model."""
-    latest = Path(cfg.out_dir) / CONTINUED.checkpoint_dir / LATEST
+    latest = CONTINUED.under(cfg.out_dir).latest_checkpoint
     try:
-        state = load_checkpoint(latest)
+        checkpoint = load_checkpoint(latest)
     except CheckpointError:
         return None
-    same_start = state.get("train_config", {}).get("init_from") == cfg.init_from
-    return latest if same_start and state["step"] < cfg.max_steps else None
+    unfinished = checkpoint.progress.step < cfg.max_steps
+    return latest if checkpoint.started_from == cfg.init_from and unfinished else None
 
 
 def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
@@ -62,20 +68,20 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
     """Continue a finished model for `steps` more steps; returns (model, summary) like `train`."""
     if steps <= 0:
         raise UserError(f"--steps must be positive (got {steps})")
-    source = Path(checkpoint) if checkpoint else newest_final_model(out_dir)
-    state = load_checkpoint(source)
-    cfg = continued_config(source, state, steps, out_dir, data, lr, **overrides)
-    print(f"continuing {source} from step {state['step']} (train loss {state.get('train_loss')}, "
-          f"validation loss {state.get('val_loss')}) for {steps} more steps")
+    source = load_checkpoint(Path(checkpoint) if checkpoint else newest_final_model(out_dir))
+    cfg = continued_config(source, steps, out_dir, data, lr, **overrides)
+    facts = source.facts
+    print(f"continuing {source.source} from step {facts.step} (train loss {facts.train_loss}, "
+          f"validation loss {facts.val_loss}) for {steps} more steps")
     unfinished = interrupted_continuation(cfg)
     model, summary = train(replace(cfg, resume=str(unfinished)) if unfinished else cfg, CONTINUED)
-    summary["continued_from"] = str(source)
+    summary["continued_from"] = source.source
     return model, summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="model to continue (default: newest models/final_model_*.pt)")
+    parser.add_argument("--checkpoint", default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
     parser.add_argument("--data", default=None, help="text to train on (default: the original run's)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "

@@ -20,32 +20,33 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from modeling_smolm135 import SmoLM135Config, SmoLM135ForCausalLM
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model, clean_state_dict
+from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import (
-    CHECKPOINT_FORMAT,
     TRAINED_MODEL_GLOBS,
-    TRAINING_INFO_FILE,
+    TRAINING,
+    Checkpoint,
+    TrainingFacts,
     load_checkpoint,
-    model_from_checkpoint,
     newest_trained_model,
+    read_training_info,
+    run_timestamp,
     save_atomic,
+    write_training_info,
 )
 from smolm135.errors import UserError, run_cli
 from smolm135.generation import SAMPLING
-from smolm135.model_card import TrainingFacts, render_model_card
+from smolm135.model_card import render_model_card
 from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
-TRAINING_INFO_KEYS = ("data_name", "step", "tokens_seen", "train_loss", "val_loss", "history", "train_config")
 
 
 # ------------------------------------------------------------------ native side
@@ -127,7 +128,7 @@ def check_output_dir(output_dir: Path) -> None:
                             f"or empty folder so nothing in it is overwritten")
 
 
-def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model_id: str | None = None,
+def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
                     license: str = "apache-2.0") -> Path:
     """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
     check_output_dir(output_dir)
@@ -141,15 +142,14 @@ def write_hf_folder(native: SmoLM135_Model, state: dict, output_dir: Path, model
     hf_model.save_pretrained(output_dir)
     build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
 
-    info = {key: state.get(key) for key in TRAINING_INFO_KEYS}
-    (output_dir / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    history = state.get("history") or {"train": [], "val": []}
+    write_training_info(output_dir, facts)
+    history = facts.history or {"train": [], "val": []}
     has_plot = bool(history.get("train") or history.get("val"))
     name = model_id.split("/")[-1] if model_id else output_dir.resolve().name
     (output_dir / "loss.png").unlink(missing_ok=True)  # a previous export's plot would describe another run
     if has_plot:
-        plot_losses(history, output_dir / "loss.png", f"{name} on {state.get('data_name') or 'its data'}")
-    card = render_model_card(native.config, native.num_parameters()["total"], TrainingFacts.from_state(state),
+        plot_losses(history, output_dir / "loss.png", f"{name} on {facts.data_name or 'its data'}")
+    card = render_model_card(native.config, native.num_parameters()["total"], facts,
                              model_id or str(output_dir.resolve()), name, license, has_plot)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     return output_dir
@@ -222,12 +222,12 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
             model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
     """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
-    state = load_checkpoint(checkpoint_path)
-    native = model_from_checkpoint(state)
+    checkpoint = load_checkpoint(checkpoint_path)
+    native = checkpoint.build_model()
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
-        f"{state.get('step', '?')}) into {output_dir}")
-    write_hf_folder(native, state, output_dir, model_id, license)
+        f"{checkpoint.progress.step}) into {output_dir}")
+    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license)
     check = verify_hf_folder(output_dir, native)
     say(f"verified: {output_dir} reloads through AutoModelForCausalLM in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
@@ -277,34 +277,25 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 # ------------------------------------------------------------------ back to a native checkpoint
 
 
-def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, dict]:
-    """An exported folder -> (native model, native checkpoint dict), to continue training or sample natively."""
+def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, Checkpoint]:
+    """An exported folder -> (native model, native checkpoint), to continue training or sample natively."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json): pass a folder written "
                         f"by convert_to_hf.py")
     hf_model = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32)
     native = hf_model.model.eval()
-    info_path = folder / TRAINING_INFO_FILE
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model_state_dict": clean_state_dict(native.state_dict()),
-        "model_config": native.config.to_dict(),
-        **{key: info[key] for key in TRAINING_INFO_KEYS if info.get(key) is not None},
-        "converted_from": str(folder.resolve()),
-    }
-    return native, state
+    return native, Checkpoint.from_facts(native, read_training_info(folder), converted_from=str(folder.resolve()))
 
 
 def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike | None = None,
                             search_dir: str | os.PathLike = ".") -> Path:
     """Write the folder as a native checkpoint; by default models/final_model_<timestamp>.pt under `search_dir`,
     where continue_training.py looks first."""
-    _, state = load_hf_folder(folder)
+    _, checkpoint = load_hf_folder(folder)
     if output is None:
-        output = Path(search_dir) / "models" / f"final_model_{time.strftime('%Y%m%d_%H%M%S')}.pt"
-    return save_atomic(state, output)
+        output = TRAINING.under(search_dir).final_path(run_timestamp())
+    return save_atomic(checkpoint, output)
 
 
 # ------------------------------------------------------------------ command line
@@ -314,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="native checkpoint to convert (default: the newest final or "
                                              "continued model under --search-dir)")
-    parser.add_argument("--search-dir", default=".", help="folder holding models/ and continued_models/")
+    parser.add_argument("--search-dir", default=".", help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
     parser.add_argument("--output-dir", help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for "
                                              "the full preset)")
     parser.add_argument("--license", default="apache-2.0", help="license in the model card's metadata")
@@ -327,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
                                                             "native checkpoint")
     parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
-                                         "<search-dir>/models/final_model_<timestamp>.pt)")
+                                         f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
     return parser
 
 

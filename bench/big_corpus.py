@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from smolm135 import data
+from smolm135.checkpoint import TRAINING
 from smolm135.errors import run_cli
 from smolm135.tokenizer import get_tokenizer
 
@@ -171,10 +172,11 @@ def run_benchmark(size_mb: int, steps: int, threads: int) -> float:
         print(f"tiktoken encode_ordinary_batch, {threads} threads ...", flush=True)
         tiktoken_s, tiktoken_tokens = tiktoken_seconds(corpus_path, threads)
         print(f"data.load_corpus, {threads} threads, in a fresh process ...", flush=True)
-        ours = load_corpus_in_fresh_process(corpus_path, tmp / "out" / "cache", threads)
+        cache_dir = TRAINING.under(tmp / "out").cache_dir  # where the trainer below looks for the token file
+        ours = load_corpus_in_fresh_process(corpus_path, cache_dir, threads)
         token_file_mb = ours["n_tokens"] * 2 / MB
         print(f"training the tiny preset for {steps} steps on the token file, sampling its memory ...", flush=True)
-        evict_from_page_cache(tmp / "out" / "cache")
+        evict_from_page_cache(cache_dir)
         memory = train_and_sample_memory(corpus_path, tmp / "out", steps)
 
     tiktoken_rate = corpus_bytes / MB / tiktoken_s

@@ -105,7 +105,7 @@ def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype
     """One step as the trainer takes it: forward with the loss under autocast, backward, gradient
     clipping, AdamW, zero_grad. tokens (B, T + 1). Ours takes next-token targets, transformers' Llama
     takes labels and shifts them itself."""
-    from Model_smollm135_trainer import configure_optimizer
+    from smolm135.optim import configure_optimizer
     from smolm135.runtime import autocast
     from smolm135.train_config import TrainConfig
 

@@ -1,36 +1,359 @@
-"""Checkpoint files: written atomically, loaded without running code, checked before use.
+"""The checkpoint: what a training checkpoint holds, where a run writes it, and how it is read back.
 
-A checkpoint is a dict of plain data and tensors (see `Model_smollm135_trainer.training_state`), so
-`torch.load(path, weights_only=True)` reads it and a checkpoint from a stranger cannot run code.
+This module is the only one that spells a checkpoint key or an output folder name; everything else goes
+through `Checkpoint` (the record of one checkpoint), `TrainingFacts` (what a model card or the demo says
+about a training run) and `RunLayout` (where a run writes).
 
-Writing goes to a temporary file in the same folder, is flushed and fsynced, then renamed over the target:
-a kill at any instant leaves either the previous file or the new one, never a torn one.
+A checkpoint file is a dict of plain data and tensors (`Checkpoint.to_state`), so
+`torch.load(path, weights_only=True)` reads it and a checkpoint from a stranger cannot run code. Writing
+goes to a temporary file in the same folder, is flushed and fsynced, then renamed over the target: a kill
+at any instant leaves either the previous file or the new one, never a torn one.
+
+Format versions (`format_version` in the file):
+  1  written before the version was recorded: no `format_version`, no `nonfinite_in_a_row`, and a
+     `data_position.next_step` equal to `step`. Still read.
+  2  adds `format_version` and `nonfinite_in_a_row`; `data_position` holds seed, global batch size,
+     sequence length and corpus key, which a resume compares with its own.
 """
 from __future__ import annotations
 
+import json
 import os
+import random
 import re
 import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .errors import UserError
 
-CHECKPOINT_FORMAT = "smolm135-checkpoint"
+FORMAT_NAME = "smolm135-checkpoint"
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model_state_dict", "model_config")
-LATEST = "latest.pt"
-_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
-FINAL_MODEL_GLOB = "models/final_model_*.pt"
-TRAINED_MODEL_GLOBS = (FINAL_MODEL_GLOB, "continued_models/continued_model_*.pt")
-_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})(?:_\d+)?\.pt$")
+# Everything else is optional: a checkpoint converted back from a Hugging Face folder has no optimizer,
+# no RNG state and (without training_info.json) no step; a missing key reads as its default below.
+OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_dict", "grad_scaler_state_dict",
+                 "step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history", "data_position",
+                 "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be read (missing, truncated, corrupt, or not ours)."""
+
+
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written by a newer smolm135, in a format this one does not know: intact, not corrupt."""
+
+
+# ------------------------------------------------------------------ where a run writes
+
+
+LOGS_DIR = "logs"
+CACHE_DIR = "cache"
+LATEST = "latest.pt"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_TIMESTAMP = re.compile(r"_(\d{8}_\d{6})(?:_\d+)?\.pt$")
+
+
+def run_timestamp() -> str:
+    """The <timestamp> in a run's file names: 20260131_235959."""
+    return time.strftime("%Y%m%d_%H%M%S")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a kind of run writes, under `out_dir` (the trainer's --out-dir)."""
+
+    checkpoint_subdir: str = "checkpoints"
+    final_subdir: str = "models"
+    final_prefix: str = "final_model"
+    log_prefix: str = "training"
+    out_dir: Path = Path(".")
+
+    def under(self, out_dir: str | os.PathLike) -> "RunLayout":
+        return replace(self, out_dir=Path(out_dir))
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / self.checkpoint_subdir
+
+    @property
+    def final_dir(self) -> Path:
+        return self.out_dir / self.final_subdir
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out_dir / LOGS_DIR
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out_dir / CACHE_DIR  # the tokenized corpora, shared by every kind of run
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.checkpoint_dir / LATEST
+
+    @property
+    def final_glob(self) -> str:
+        """The finished models of this kind of run, relative to out_dir."""
+        return f"{self.final_subdir}/{self.final_prefix}_*.pt"
+
+    def final_path(self, timestamp: str) -> Path:
+        """models/final_model_<timestamp>.pt, or with _2, _3, ... when two runs finish in the same second."""
+        return unused_path(self.final_dir / f"{self.final_prefix}_{timestamp}.pt")
+
+    def log_path(self, timestamp: str) -> Path:
+        return self.logs_dir / f"{self.log_prefix}_{timestamp}.log"
+
+    def plot_path(self, timestamp: str) -> Path:
+        return self.logs_dir / f"{self.log_prefix}_{timestamp}.png"
+
+    def make_dirs(self) -> None:
+        try:
+            for folder in (self.checkpoint_dir, self.final_dir, self.logs_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot write to --out-dir {self.out_dir}: {error.strerror}; "
+                            f"choose a writable folder") from None
+
+
+TRAINING = RunLayout()
+CONTINUED = RunLayout(checkpoint_subdir="checkpoints/continued", final_subdir="continued_models",
+                      final_prefix="continued_model", log_prefix="continued_training")
+FINAL_MODEL_GLOB = TRAINING.final_glob
+TRAINED_MODEL_GLOBS = (TRAINING.final_glob, CONTINUED.final_glob)
+
+
+def unused_path(path: Path) -> Path:
+    """`path`, or `path` with _2, _3, ... before the suffix when it exists already."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+# ------------------------------------------------------------------ what a checkpoint holds
+
+
+@dataclass
+class Progress:
+    """Where a run stands: everything a checkpoint carries besides weights, optimizer and RNG."""
+
+    step: int = 0  # optimizer steps completed; also the data position (batches are a function of it)
+    tokens_seen: int = 0
+    elapsed_seconds: float = 0.0
+    history: dict = field(default_factory=lambda: {"train": [], "val": []})  # [[step, loss], ...]
+    nonfinite_in_a_row: int = 0  # updates skipped in a row for a loss or gradient that was not finite
+
+    @property
+    def last_train_loss(self) -> float | None:
+        return self.history["train"][-1][1] if self.history["train"] else None
+
+    @property
+    def last_val_loss(self) -> float | None:
+        return self.history["val"][-1][1] if self.history["val"] else None
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """What, besides the step, decides the batches a run trains on (a batch is a pure function of these)."""
+
+    seed: int
+    global_batch_size: int
+    seq_len: int
+    corpus_key: str | None  # the hash of the tokenized text
+
+    def differences(self, now: "DataPosition") -> list[str]:
+        """Sentences on what a resumed run (`now`) changes about the batches of the saved one (`self`)."""
+        notes = []
+        if self.global_batch_size != now.global_batch_size:  # e.g. resumed with another number of processes
+            notes.append(f"the checkpoint trained with a global batch of {self.global_batch_size} sequences, this "
+                         f"run uses {now.global_batch_size} (batch size x grad accum x processes); set "
+                         f"--batch-size or --grad-accum to keep {self.global_batch_size}")
+        if self.seq_len != now.seq_len:
+            notes.append(f"the checkpoint trained on sequences of {self.seq_len} tokens, this run on {now.seq_len}")
+        if self.seed != now.seed:
+            notes.append(f"the checkpoint's batches were drawn with --seed {self.seed}, this run's with {now.seed}")
+        if self.corpus_key is not None and self.corpus_key != now.corpus_key:
+            notes.append("the tokenized text differs from the one the checkpoint trained on (another text, or "
+                         "another version of the token cache): training goes on with this run's text")
+        return notes
+
+
+@dataclass(frozen=True)
+class TrainingFacts:
+    """What a checkpoint says about its training run, as a model card, training_info.json or the demo shows
+    it (None where a checkpoint does not say)."""
+
+    data_name: str | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    history: dict | None = None  # {"train": [[step, loss], ...], "val": [...]}
+    train_config: dict | None = None
+
+    def to_info(self) -> dict:
+        """The contents of training_info.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_info(cls, info: dict) -> "TrainingFacts":
+        """From training_info.json (an older or hand-written one may hold only some of the fields)."""
+        return cls(**{name: info.get(name) for name in cls.__dataclass_fields__})
+
+
+def write_training_info(folder: Path, facts: TrainingFacts) -> Path:
+    path = Path(folder) / TRAINING_INFO_FILE
+    path.write_text(json.dumps(facts.to_info(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_training_info(folder: Path) -> TrainingFacts:
+    """The facts in a folder's training_info.json; all None when the folder has none."""
+    path = Path(folder) / TRAINING_INFO_FILE
+    return TrainingFacts.from_info(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else TrainingFacts()
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint, as a record: `to_state()` is the dict written to disk, `from_state()` reads one back."""
+
+    model_state_dict: dict
+    model_config: dict  # ModelConfig.to_dict(): rebuilds the model
+    train_config: dict = field(default_factory=dict)  # TrainConfig.to_dict(): the recipe, without the model
+    progress: Progress = field(default_factory=Progress)
+    optimizer_state_dict: dict | None = None
+    grad_scaler_state_dict: dict = field(default_factory=dict)  # float16 training's loss scale; {} otherwise
+    data_position: DataPosition | None = None
+    rng_state: dict | None = None  # capture_rng_state()
+    data_name: str | None = None
+    torch_version: str | None = None
+    converted_from: str | None = None  # the Hugging Face folder this checkpoint was made from
+    source: str = "checkpoint"  # where it was read from, for messages; not saved
+
+    # ---- reading and writing
+
+    def to_state(self) -> dict:
+        state = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                 "model_state_dict": clean_state_dict(self.model_state_dict), "model_config": self.model_config,
+                 "train_config": self.train_config, "grad_scaler_state_dict": self.grad_scaler_state_dict,
+                 **{name: getattr(self.progress, name) for name in
+                    ("step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history")},
+                 "train_loss": self.progress.last_train_loss, "val_loss": self.progress.last_val_loss,
+                 "data_name": self.data_name, "torch_version": self.torch_version}
+        optional = {"optimizer_state_dict": self.optimizer_state_dict, "rng_state": self.rng_state,
+                    "data_position": asdict(self.data_position) if self.data_position else None,
+                    "converted_from": self.converted_from}
+        return state | {key: value for key, value in optional.items() if value is not None}
+
+    @classmethod
+    def from_state(cls, state, source: str | os.PathLike = "checkpoint") -> "Checkpoint":
+        """The record of a loaded dict; CheckpointError if it is not ours or comes from a newer version."""
+        check_format(state, source)
+        position = state.get("data_position")
+        return cls(
+            model_state_dict=state["model_state_dict"], model_config=state["model_config"],
+            train_config=state.get("train_config") or {},
+            progress=Progress(int(state.get("step", 0)), int(state.get("tokens_seen", 0)),
+                              float(state.get("elapsed_seconds", 0.0)),
+                              state.get("history") or {"train": [], "val": []},
+                              int(state.get("nonfinite_in_a_row", 0))),
+            optimizer_state_dict=state.get("optimizer_state_dict"),
+            grad_scaler_state_dict=state.get("grad_scaler_state_dict") or {},
+            data_position=DataPosition(position["seed"], position["global_batch_size"], position["seq_len"],
+                                       position.get("corpus_key")) if position else None,
+            rng_state=state.get("rng_state"), data_name=state.get("data_name"),
+            torch_version=state.get("torch_version"), converted_from=state.get("converted_from"), source=str(source))
+
+    @classmethod
+    def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str) -> "Checkpoint":
+        """A checkpoint of a model that comes with only the facts of its training (a Hugging Face folder)."""
+        history = facts.history or {"train": [], "val": []}
+        return cls(clean_state_dict(model.state_dict()), model.config.to_dict(), facts.train_config or {},
+                   Progress(facts.step or 0, facts.tokens_seen or 0, history=history),
+                   data_name=facts.data_name, converted_from=converted_from)
+
+    # ---- what readers ask of it
+
+    @property
+    def facts(self) -> TrainingFacts:
+        return TrainingFacts(self.data_name, self.progress.step, self.progress.tokens_seen,
+                             self.progress.last_train_loss, self.progress.last_val_loss, self.progress.history,
+                             self.train_config)
+
+    @property
+    def started_from(self) -> str | None:
+        """The checkpoint the run that wrote this one started from (--init-from), if any."""
+        return self.train_config.get("init_from")
+
+    def model_mismatch(self, model_config: ModelConfig) -> list[str]:
+        """The fields where `model_config` differs from this checkpoint's model, as sentences."""
+        wanted = model_config.to_dict()
+        return [f"{key}: checkpoint has {self.model_config.get(key)}, this run has {wanted[key]}"
+                for key in wanted if self.model_config.get(key) != wanted[key]]
+
+    def build_model(self) -> SmoLM135_Model:
+        """The native model this checkpoint describes, with its weights loaded, in eval mode."""
+        model = SmoLM135_Model(ModelConfig.from_dict(self.model_config))
+        self.load_weights_into(model)
+        return model.eval()
+
+    def load_weights_into(self, model: torch.nn.Module) -> None:
+        try:
+            model.load_state_dict(clean_state_dict(self.model_state_dict))
+        except RuntimeError as error:
+            raise CheckpointError(f"{self.source}: the weights do not fit the model config stored with them "
+                                  f"({str(error).splitlines()[0]})") from None
+
+
+def check_format(state, source) -> None:
+    """Refuse what is not a smolm135 checkpoint, or comes from a newer smolm135 than this one."""
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{source} is not a smolm135 checkpoint (no {'/'.join(REQUIRED_KEYS)})")
+    if state.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise CheckpointError(f"{source} is a {state['format']!r} file, not a smolm135 checkpoint")
+    version = state.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise NewerCheckpointError(f"{source} has checkpoint format version {version}, and this smolm135 reads "
+                              f"versions 1 to {FORMAT_VERSION}: update smolm135 to read it")
+
+
+# ------------------------------------------------------------------ RNG state
+
+
+def capture_rng_state() -> dict:
+    """Python's, numpy's, torch's and CUDA's generators, as plain data."""
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version_gauss": [random.getstate()[0], random.getstate()[2]],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    version, gauss = state["python_version_gauss"]
+    random.setstate((version, tuple(state["python"]), gauss))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------ files
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -44,14 +367,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save `state` to `path` so that `path` is never seen half-written."""
+def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """torch.save the checkpoint to `path` so that `path` is never seen half-written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            torch.save(checkpoint.to_state(), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,8 +386,8 @@ def save_atomic(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint with weights_only=True; CheckpointError if it is missing, torn or not ours."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """Read a checkpoint with weights_only=True; CheckpointError if it is missing, torn, not ours or newer."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -73,15 +396,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except Exception as error:  # torch raises many types for a torn or foreign file
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt: "
                               f"{type(error).__name__})") from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a smolm135 checkpoint (no model_state_dict/model_config)")
-    return state
+    return Checkpoint.from_state(state, path)
 
 
-def save_training_checkpoint(state: dict, checkpoint_dir: Path, step: int, keep: int) -> Path:
+def save_training_checkpoint(checkpoint: Checkpoint, checkpoint_dir: Path, keep: int) -> Path:
     """Write checkpoints/step_<N>.pt, then point checkpoints/latest.pt at it, then drop all but the newest
     `keep` step files. latest.pt is replaced in one rename, after the new file is safely on disk."""
-    step_path = save_atomic(state, checkpoint_dir / f"step_{step:07d}.pt")
+    step_path = save_atomic(checkpoint, checkpoint_dir / f"step_{checkpoint.progress.step:07d}.pt")
     latest = checkpoint_dir / LATEST
     tmp_link = checkpoint_dir / f".{LATEST}.tmp{os.getpid()}"
     tmp_link.unlink(missing_ok=True)
@@ -104,14 +425,16 @@ def step_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def newest_intact_checkpoint(checkpoint_dir: Path, warn=print) -> tuple[Path, dict] | None:
+def newest_intact_checkpoint(checkpoint_dir: Path, warn=print) -> Checkpoint | None:
     """latest.pt if it loads, else the newest step file that does; None when there is no checkpoint.
     A corrupt file is renamed to `<name>.corrupt` (kept as evidence, out of the way of the next save);
     when every checkpoint is corrupt, CheckpointError: never silently start over."""
     candidates = [p for p in [checkpoint_dir / LATEST] + step_checkpoints(checkpoint_dir) if p.exists()]
     for path in candidates:
         try:
-            return path, load_checkpoint(path)
+            return load_checkpoint(path)
+        except NewerCheckpointError:
+            raise  # a file this version cannot read is not corrupt: leave it where it is
         except CheckpointError as error:
             evidence = path.with_name(path.name + ".corrupt")
             os.replace(path, evidence)
@@ -133,13 +456,3 @@ def newest_trained_model(search_dirs: list[Path], patterns=TRAINED_MODEL_GLOBS) 
 
     return max(candidates, key=newness, default=None)
 
-
-def model_from_checkpoint(state: dict, source: str | os.PathLike = "checkpoint") -> SmoLM135_Model:
-    """The native model a checkpoint describes, with its weights loaded, in eval mode."""
-    model = SmoLM135_Model(ModelConfig.from_dict(state["model_config"]))
-    try:
-        model.load_state_dict(clean_state_dict(state["model_state_dict"]))
-    except RuntimeError as error:
-        raise CheckpointError(f"{source}: the weights do not fit the model config stored with them "
-                              f"({str(error).splitlines()[0]})") from None
-    return model.eval()

@@ -3,29 +3,14 @@ trained, and code that loads it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
 
+from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .generation import SAMPLING
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 USAGE_PROMPT = "To be, or not to be"
-
-
-@dataclass(frozen=True)
-class TrainingFacts:
-    """What a checkpoint says about its training run (None where an older checkpoint does not say)."""
-
-    data_name: str | None = None
-    step: int | None = None
-    tokens_seen: int | None = None
-    train_loss: float | None = None
-    val_loss: float | None = None
-
-    @classmethod
-    def from_state(cls, state: dict) -> "TrainingFacts":
-        return cls(**{name: state.get(name) for name in cls.__dataclass_fields__})
 
 
 def usage_snippet(model_id: str) -> str:
@@ -111,7 +96,7 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 
 {plot}
 
-`training_info.json` holds the full loss history and the training recipe.
+`{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
 ## Usage
 

@@ -1,5 +1,5 @@
-"""The training recipe as one frozen dataclass, its validation, the learning-rate schedule, and the
-command-line flags that fill it (shared by the trainer and continue_training.py)."""
+"""The training recipe as one frozen dataclass carrying its model config, its validation, the learning-rate
+schedule, and the command-line flags that fill it (shared by the trainer and continue_training.py)."""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +15,15 @@ from .errors import UserError
 @dataclass(frozen=True)
 class TrainConfig:
     """Defaults are the seed recipe: 5,000 steps of 32 x 128 tokens, AdamW, lr 6e-4 with 2,000 warm-up steps
-    and cosine decay to 10%, bf16 autocast where supported."""
+    and cosine decay to 10%, bf16 autocast where supported.
+
+    The config carries the model it trains (`model`); `preset` fills it when no model is given, and then only
+    names it in logs. To train another shape, pass `model=ModelConfig(...)` (replacing `preset` alone on an
+    existing config keeps its model). A checkpoint stores `to_dict()` (the recipe) beside the model config."""
 
     data: str = DEFAULT_DATA
-    preset: str = "smolm135"
+    preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
+    model: ModelConfig | None = None  # the model to train; None: the preset's
     max_steps: int = 5000
     batch_size: int = 32  # sequences per micro-batch per process; global = batch_size * grad_accum * processes
     seq_len: int = 128
@@ -50,6 +55,10 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
     progress: bool = True  # console progress bar
 
+    def __post_init__(self):
+        if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
+            object.__setattr__(self, "model", PRESETS[self.preset])
+
     @property
     def final_lr(self) -> float:
         return self.min_lr if self.min_lr is not None else self.lr / 10
@@ -58,11 +67,20 @@ class TrainConfig:
     def decay_steps(self) -> int:
         return self.lr_decay_steps if self.lr_decay_steps is not None else self.max_steps
 
-    def model_config(self) -> ModelConfig:
-        return PRESETS[self.preset]
+    def global_batch(self, world_size: int) -> int:
+        """Sequences per optimizer step: per micro-batch x micro-batches x processes."""
+        return self.batch_size * self.grad_accum * world_size
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as plain data, without the model config (a checkpoint stores that beside it)."""
+        recipe = asdict(self)
+        del recipe["model"]
+        return recipe
+
+    @classmethod
+    def from_dict(cls, recipe: dict, model: ModelConfig) -> "TrainConfig":
+        """The recipe `to_dict` wrote (fields a newer or older version does not know are left out), for `model`."""
+        return cls(**{**known_fields(cls, recipe), "model": model})
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -85,11 +103,13 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
-    if cfg.preset not in PRESETS:
+    if cfg.model is None:
         problems.append(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    elif cfg.seq_len > PRESETS[cfg.preset].block_size:
-        problems.append(f"--seq-len {cfg.seq_len} is longer than the {cfg.preset} context length "
-                        f"({PRESETS[cfg.preset].block_size}): lower --seq-len")
+    else:
+        problems += [f"model config: {problem}" for problem in cfg.model.validate()]
+        if cfg.seq_len > cfg.model.block_size:
+            problems.append(f"--seq-len {cfg.seq_len} is longer than the {cfg.preset} context length "
+                            f"({cfg.model.block_size}): lower --seq-len")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -113,7 +133,7 @@ _HELP = {
     "grad_accum": "micro-batches per optimizer step",
     "min_lr": "learning rate at the end of the cosine (default: lr / 10)",
     "lr_decay_steps": "step at which the cosine reaches min-lr (default: max-steps)",
-    "out_dir": "root of checkpoints/, models/ and logs/",
+    "out_dir": "the folder a run writes its checkpoints, models, logs and token cache under",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "dtype": "autocast precision: auto (bf16 where supported; float16 with loss scaling on older GPUs), "
              "float32, bfloat16, float16",
@@ -128,7 +148,7 @@ _HELP = {
 def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
     """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass."""
     for field in fields(TrainConfig):
-        if only is not None and field.name not in only:
+        if field.name == "model" or (only is not None and field.name not in only):  # --preset fills it
             continue
         flag = "--" + field.name.replace("_", "-")
         default = field.default
@@ -141,4 +161,6 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    return TrainConfig(**{**known_fields(TrainConfig, vars(args)), **overrides})
+    values = known_fields(TrainConfig, vars(args))
+    values.pop("model", None)  # the model comes from --preset or an override, never from a flag
+    return TrainConfig(**{**values, **overrides})

@@ -8,12 +8,13 @@ from tqdm import tqdm
 
 
 class RunLog:
-    """Appends timestamped lines to logs/<name>.log; `say` also prints them above the progress bar."""
+    """Appends timestamped lines to logs/<name>.log; `say` also prints them above the progress bar.
+    With `writes` False (the other processes of a torchrun run) it neither writes nor prints."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: Path, writes: bool = True):
+        self.path, self.writes = path, writes
         self._file = None
-        if path is not None:
+        if writes:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8", buffering=1)
 
@@ -25,7 +26,7 @@ class RunLog:
 
     def say(self, message: str) -> None:
         self.write(message)
-        if self.path is not None:
+        if self.writes:
             tqdm.write(message)
 
     def close(self) -> None:

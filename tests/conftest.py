@@ -24,6 +24,18 @@ def make_corpus_text(n_sentences: int = 4000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:
+    """Lines of GPT-2 tokens with ids below 512 that no merge joins, so a model with a 512-row embedding
+    (small enough for a checkpoint kept in the repository) can train on it."""
+    from smolm135.tokenizer import get_tokenizer
+
+    encoder = get_tokenizer()
+    words = [encoder.decode([i]) for i in range(256, 512)]
+    words = [w for w in words if w.startswith(" ") and w[1:].isalpha() and w.isascii()]  # " the", " and", ...
+    rng = random.Random(seed)
+    return "\n".join("".join(rng.choice(words) for _ in range(10)) + "." for _ in range(n_lines)) + "\n"
+
+
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"

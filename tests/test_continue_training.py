@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from continue_training import CONTINUED, continue_training, continued_config
+from continue_training import continue_training, continued_config
 from Model_smollm135_trainer import train
+from smolm135.checkpoint import CONTINUED, load_checkpoint
 
 from conftest import REPO_ROOT
 
@@ -78,7 +79,7 @@ def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
 def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir):
     (source,) = run_dir.glob("models/final_model_*.pt")
     start = torch.load(source, weights_only=True)["step"]
-    cfg = continued_config(source, torch.load(source, weights_only=True), 6, str(run_dir))
+    cfg = continued_config(load_checkpoint(source), 6, str(run_dir))
     train(replace(cfg, max_steps=start + 3, checkpoint_every=1), CONTINUED)  # stands for a run killed at +3
     _, summary = continue_training(checkpoint=str(source), steps=6, out_dir=str(run_dir))
     assert summary["start_step"] == start + 3 and summary["steps"] == start + 6

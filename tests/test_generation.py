@@ -19,8 +19,9 @@ from convert_to_hf import build_generation_config, build_hf_tokenizer, hf_model_
 from Model_smollm135_trainer import sample_text
 from modeling_smolm135 import SmoLM135Config, attention_mask_for_sdpa
 from smollm135_model import PRESETS, SmoLM135_Model, build_model, causal_mask, fit_to_context
+from smolm135.checkpoint import TrainingFacts
 from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
-from smolm135.model_card import TrainingFacts, render_model_card
+from smolm135.model_card import render_model_card
 from smolm135.tokenizer import END_OF_TEXT, get_tokenizer
 from smolm135.train_config import TrainConfig
 

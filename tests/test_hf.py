@@ -35,7 +35,7 @@ from convert_to_hf import (
 )
 from modeling_smolm135 import CACHE_OUTPUT_FIELD
 from smollm135_model import PRESETS, ModelConfig
-from smolm135.checkpoint import load_checkpoint, model_from_checkpoint
+from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import USAGE_PROMPT
 from smolm135.tokenizer import get_tokenizer
@@ -56,7 +56,7 @@ def greedy(model, input_ids, attention_mask=None, max_new_tokens=12, **kwargs):
 @pytest.fixture(scope="module")
 def native(trained_run):
     _, _, summary, _ = trained_run
-    return model_from_checkpoint(load_checkpoint(summary["final_model_path"]))
+    return load_checkpoint(summary["final_model_path"]).build_model()
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["license"] == "apache-2.0" and metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "text-generation" and "smolm135" in metadata["tags"]
-    state = load_checkpoint(export.checkpoint)
+    state = load_checkpoint(export.checkpoint).to_state()
     for fact in ("7,357,568", "`corpus.txt`", "| steps | 30 |", f"| tokens seen | {30 * 8 * 32:,} |",
                  f"{state['train_loss']:.4f}", f"{state['val_loss']:.4f}", "![Training and validation loss](loss.png)",
                  f'model_id = "{REPO_ID}"', "trust_remote_code=True"):
@@ -423,13 +423,13 @@ def test_a_refused_token_is_one_clear_line(export, capsys):
 def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(export, native, tmp_path, capsys):
     path = main(["--from-hf", str(export.folder), "--output", str(tmp_path / "back.pt")])
     assert "continue_training.py --checkpoint" in capsys.readouterr().out
-    state = load_checkpoint(path)  # weights_only=True
-    original = load_checkpoint(export.checkpoint)
+    state = load_checkpoint(path).to_state()  # weights_only=True
+    original = load_checkpoint(export.checkpoint).to_state()
     for key in ("step", "tokens_seen", "data_name", "history", "train_loss", "val_loss", "train_config"):
         assert state[key] == original[key], key
     assert state["model_config"] == original["model_config"]
     assert set(state["model_state_dict"]) == set(original["model_state_dict"])
-    back = model_from_checkpoint(state)
+    back = load_checkpoint(path).build_model()
     input_ids = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         assert torch.equal(back(input_ids)[0], native(input_ids)[0])

@@ -92,11 +92,11 @@ def test_auto_resume_logs_the_step_and_never_starts_over(corpus_file, tmp_path):
     assert fresh["start_step"] == 0
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(corpus_file, tmp_path, monkeypatch):
+def test_resume_refuses_a_checkpoint_of_another_model(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=4, checkpoint_every=4))
-    monkeypatch.setitem(smollm135_model.PRESETS, "tiny-shallow", replace(smollm135_model.PRESETS["tiny"], n_layer=2))
+    shallow = replace(smollm135_model.PRESETS["tiny"], n_layer=2)
     with pytest.raises(UserError, match="n_layer: checkpoint has 4, this run has 2"):
-        train(tiny_train_config(corpus_file, tmp_path, preset="tiny-shallow", max_steps=8))
+        train(tiny_train_config(corpus_file, tmp_path, preset="tiny-shallow", model=shallow, max_steps=8))
 
 
 def test_torn_latest_checkpoint_falls_back_to_the_newest_intact_one(corpus_file, tmp_path):

@@ -75,11 +75,10 @@ def test_checkpoints_keep_only_the_newest(trained_run):
     assert sorted(p.name for p in (out_dir / "checkpoints").glob("step_*.pt")) == ["step_0000020.pt", "step_0000030.pt"]
 
 
-def test_token_ids_outside_the_vocabulary_are_refused(corpus_file, tmp_path, monkeypatch):
+def test_token_ids_outside_the_vocabulary_are_refused(corpus_file, tmp_path):
     small = replace(smollm135_model.PRESETS["tiny"], vocab_size=256)
-    monkeypatch.setitem(smollm135_model.PRESETS, "small-vocab", small)
     with pytest.raises(UserError, match="outside the model's vocabulary of 256"):
-        train(tiny_train_config(corpus_file, tmp_path, preset="small-vocab"))
+        train(tiny_train_config(corpus_file, tmp_path, preset="small-vocab", model=small))
 
 
 def run_trainer(*args, cwd):

@@ -1,0 +1,179 @@
+"""One training run's state as one object (`Run`), how it is set up, and how it becomes a checkpoint and
+comes back from one. The loop that drives it is `Model_smollm135_trainer.train`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from smollm135_model import SmoLM135_Model
+
+from .checkpoint import (
+    Checkpoint,
+    DataPosition,
+    Progress,
+    RunLayout,
+    capture_rng_state,
+    load_checkpoint,
+    newest_intact_checkpoint,
+    restore_rng_state,
+    save_atomic,
+    save_training_checkpoint,
+)
+from .data import Corpus, load_corpus, split_train_val
+from .errors import UserError
+from .runtime import Distributed, main_process_first, run_on_main
+from .train_config import TrainConfig
+from .training_log import RunLog
+
+
+@dataclass
+class Run:
+    """Everything one process of a training run holds while it trains."""
+
+    cfg: TrainConfig
+    layout: RunLayout  # bound to the run's --out-dir
+    timestamp: str  # in the names of the final model, log and plot
+    distributed: Distributed
+    device: torch.device
+    dtype: torch.dtype  # the autocast precision
+    log: RunLog
+    corpus: Corpus
+    train_tokens: np.ndarray  # (N_train,) token ids
+    val_tokens: np.ndarray  # (N_val,)
+    model: SmoLM135_Model  # the weights, without wrappers: what checkpoints and samples use
+    step_model: torch.nn.Module  # the model as a step runs it: compiled and/or DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # float16's loss scale; disabled otherwise
+    progress: Progress
+
+    @property
+    def is_main(self) -> bool:
+        return self.distributed.is_main
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step, over every process and micro-step."""
+        return self.cfg.global_batch(self.distributed.world_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.cfg.seq_len
+
+    @property
+    def data_position(self) -> DataPosition:
+        return DataPosition(self.cfg.seed, self.global_batch, self.cfg.seq_len, self.corpus.key)
+
+    # ---- checkpoints
+
+    def to_checkpoint(self) -> Checkpoint:
+        """The run as it stands, as a checkpoint record."""
+        return Checkpoint(self.model.state_dict(), self.model.config.to_dict(), self.cfg.to_dict(), self.progress,
+                          self.optimizer.state_dict(), self.scaler.state_dict(), self.data_position,
+                          capture_rng_state(), self.corpus.name, str(torch.__version__))
+
+    def save_checkpoint(self) -> Path:
+        """The step's checkpoint and latest.pt (rank 0 alone; the others wait and learn of a failure)."""
+        return run_on_main(self.distributed, lambda: save_training_checkpoint(
+            self.to_checkpoint(), self.layout.checkpoint_dir, self.cfg.keep_checkpoints))
+
+    def save_final(self) -> Path | None:
+        """The finished model, at the layout's final path (rank 0 alone; None on the others)."""
+        return run_on_main(self.distributed, lambda: save_atomic(self.to_checkpoint(),
+                                                                 self.layout.final_path(self.timestamp)))
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Take weights, optimizer, loss scale, progress and RNG state from a checkpoint of the same model."""
+        checkpoint.load_weights_into(self.model)
+        if checkpoint.optimizer_state_dict is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+        if checkpoint.grad_scaler_state_dict and self.scaler.is_enabled():
+            self.scaler.load_state_dict(checkpoint.grad_scaler_state_dict)
+        self.progress = checkpoint.progress
+        if checkpoint.rng_state is not None:
+            restore_rng_state(checkpoint.rng_state)
+
+
+# ------------------------------------------------------------------ setting a run up
+
+
+def load_training_data(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):
+    """The corpus, tokenized by the main process first (the others then read its cache), and its split."""
+    corpus = main_process_first(distributed, lambda: load_corpus(
+        cfg.data, layout.cache_dir, show_progress=cfg.progress and distributed.is_main,
+        quiet=not distributed.is_main))
+    train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
+    return corpus, train_tokens, val_tokens
+
+
+def check_corpus_fits(corpus: Corpus, train_tokens, val_tokens, cfg: TrainConfig, global_batch: int) -> None:
+    if corpus.max_token_id >= cfg.model.vocab_size:
+        raise UserError(f"the corpus holds token id {corpus.max_token_id}, outside the model's vocabulary of "
+                        f"{cfg.model.vocab_size}: use a preset whose vocab_size covers the tokenizer")
+    needed_train = global_batch * cfg.seq_len + 1
+    if len(train_tokens) < needed_train or len(val_tokens) < cfg.seq_len + 1:
+        needed_total = math.ceil(max(needed_train / (1 - cfg.val_fraction), (cfg.seq_len + 1) / cfg.val_fraction))
+        raise UserError(f"{corpus.name} has {len(corpus.tokens):,} tokens, but one batch of {global_batch} x "
+                        f"{cfg.seq_len} needs at least {needed_total:,} (with {cfg.val_fraction:.0%} held out "
+                        f"for validation): add text, or lower --batch-size / --seq-len")
+
+
+def new_model(cfg: TrainConfig, device: torch.device) -> SmoLM135_Model:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every process and every fresh run
+    model = SmoLM135_Model(cfg.model).to(device)
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    return model
+
+
+def wrap_for_steps(model: SmoLM135_Model, cfg: TrainConfig, distributed: Distributed,
+                   device: torch.device) -> torch.nn.Module:
+    """The model as the steps call it: compiled with --compile, under DistributedDataParallel with torchrun."""
+    step_model = torch.compile(model) if cfg.compile else model
+    if distributed.enabled:
+        # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets, not in a second copy
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             gradient_as_bucket_view=True)
+    return step_model
+
+
+# ------------------------------------------------------------------ resuming
+
+
+def find_resume_checkpoint(cfg: TrainConfig, layout: RunLayout, log: RunLog) -> Checkpoint | None:
+    """The checkpoint to continue from: this run's own (per --resume), else --init-from, else none."""
+    found = None
+    if cfg.resume == "auto":
+        found = newest_intact_checkpoint(layout.checkpoint_dir, warn=log.say)
+        if found is not None and found.started_from != cfg.init_from:
+            log.say(f"ignoring {found.source}: it started from {found.started_from}, this run from {cfg.init_from}")
+            found = None
+    elif cfg.resume != "never":
+        found = load_checkpoint(cfg.resume)
+    if found is None and cfg.init_from:
+        found = load_checkpoint(cfg.init_from)
+    return found
+
+
+def resume(run: Run, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint into the run after checking that it describes the same model; say where the run
+    stands, and what (if anything) differs in the batches it will see."""
+    differences = checkpoint.model_mismatch(run.model.config)
+    if differences:
+        raise UserError(f"checkpoint {checkpoint.source} was trained with a different model "
+                        f"({'; '.join(differences)}): use the same --preset, or --resume never to start fresh")
+    run.restore(checkpoint)
+    progress = run.progress
+    run.log.say(f"continuing from {checkpoint.source} at step {progress.step} ({progress.tokens_seen:,} tokens "
+                f"seen, last train loss {_fmt(progress.last_train_loss)}, validation loss "
+                f"{_fmt(progress.last_val_loss)})")
+    if checkpoint.data_position is not None:
+        for note in checkpoint.data_position.differences(run.data_position):
+            run.log.say(f"note: {note}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
