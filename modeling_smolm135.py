@@ -8,7 +8,11 @@ transformers' conventions and the native forward:
 - positions: learned positions come from `position_ids`, which `generate()` builds from the attention mask,
   so a left-padded prompt gets the same positions as the prompt alone;
 - masks: a (batch, length) padding mask becomes one boolean SDPA mask, causal and bottom-right aligned;
-- labels: transformers passes unshifted labels; the native loss takes next-token targets.
+- the loss: transformers' own causal LM loss on the native logits, so `labels`, `shift_labels` and
+  `num_items_in_batch` mean what they mean for every transformers model (and Trainer's gradient accumulation
+  makes the update it makes without);
+- outputs: hidden states collected by the native forward, `return_dict`, and the attention path
+  (`attn_implementation` "sdpa" or "eager") chosen per call from the config.
 
 The configuration class (`SmoLM135Config`, the native `ModelConfig` under transformers' standard names) lives
 here too. An exported folder carries this file and `smollm135_model.py`; transformers copies relatively
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -39,6 +42,8 @@ STANDARD_NAMES = {
     "norm_eps": "rms_norm_eps",
     "init_std": "initializer_range",
     "tie_word_embeddings": "tie_word_embeddings",
+    "position_embedding": "position_embedding_type",  # "learned" or "rotary"
+    "rope_theta": "rope_theta",
 }
 END_OF_TEXT_ID = GPT2_END_OF_TEXT_ID  # GPT-2's <|endoftext|>: the tokenizer's bos, eos and pad token
 _DEFAULTS = ModelConfig()  # the full smolm135 preset
@@ -59,6 +64,8 @@ class SmoLM135Config(PretrainedConfig):
         rms_norm_eps: float = _DEFAULTS.norm_eps,
         initializer_range: float = _DEFAULTS.init_std,
         tie_word_embeddings: bool = _DEFAULTS.tie_word_embeddings,
+        position_embedding_type: str = _DEFAULTS.position_embedding,  # folders exported before it: learned
+        rope_theta: float = _DEFAULTS.rope_theta,
         use_cache: bool = True,  # transformers 5 no longer supplies it, and generate() reads it
         bos_token_id: int = END_OF_TEXT_ID,
         eos_token_id: int = END_OF_TEXT_ID,
@@ -75,6 +82,8 @@ class SmoLM135Config(PretrainedConfig):
         self.intermediate_size = intermediate_size
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
+        self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
         self.use_cache = use_cache
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -107,6 +116,12 @@ class TransformersCacheAsKVCache:
         return self.cache.update(k, v, layer_idx)  # (B, nkv, past + T, hs) each
 
 
+def is_tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing: reading a tensor's values then breaks the graph or
+    fails, so the mask is built even when nothing is padded (same result, without SDPA's is_causal shortcut)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def attention_mask_for_sdpa(attention_mask: torch.Tensor | None, query_length: int) -> torch.Tensor | None:
     """(B, S) padding mask of 1s and 0s -> (B, 1, T, S) boolean SDPA mask; None when nothing is padded.
 
@@ -114,7 +129,7 @@ def attention_mask_for_sdpa(attention_mask: torch.Tensor | None, query_length: i
     query may also see itself: a query whose keys are all padding (a fully padded row) would otherwise take
     a softmax over nothing and return NaN. Real tokens never see padding either way.
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or (not is_tracing() and bool(attention_mask.all())):
         return None  # the native layers then use SDPA's is_causal (flash attention where available)
     key_length = attention_mask.shape[-1]
     query_positions = torch.arange(key_length - query_length, key_length, device=attention_mask.device)  # (T,)
@@ -137,7 +152,11 @@ class SmoLM135PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
     supports_gradient_checkpointing = True
-    _supports_sdpa = True  # the native attention runs through scaled_dot_product_attention
+    # "sdpa" (the default) runs the native attention through scaled_dot_product_attention; "eager" takes its
+    # two-matmul path everywhere. transformers refuses the kernels it would need flash or flex attention for.
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
 
     def _init_weights(self, module):
         """The native initialisation (GPT-2's scaled residual projections); norm gains start at one."""
@@ -146,10 +165,35 @@ class SmoLM135PreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             self.model._init_weights(module)
 
+    def mark_tied_weights_as_initialized(self, *args, **kwargs):
+        """Keep a tied weight's source key missing when the checkpoint lacks it.
+
+        For custom code, transformers drops from the missing keys any parameter it has just marked as loaded
+        through a tied key (assuming a module shared between two places). Here the only shared parameter is the
+        token embedding, read back by the output head: a checkpoint without it would leave it on the meta
+        device, unreported. Kept missing, it is reported, initialised and tied like any missing weight.
+        """
+        loading_info = args[0] if args else kwargs.get("loading_info")
+        if loading_info is None:  # transformers 5.0 passes nothing, and keeps the missing keys as they are
+            return super().mark_tied_weights_as_initialized(*args, **kwargs)
+        tied_sources = set(getattr(self, "all_tied_weights_keys", self._tied_weights_keys or {}).values())
+        missing_sources = tied_sources & set(loading_info.missing_keys)
+        super().mark_tied_weights_as_initialized(*args, **kwargs)
+        for key in missing_sources:
+            loading_info.missing_keys.add(key)
+            self.get_parameter(key)._is_hf_initialized = False
+
+
+# transformers 5.0's generate passes `cache_position`; the positions come from the cache length here instead
+IGNORED_FORWARD_ARGUMENTS = {"cache_position"}
+ATTENTION_IMPLEMENTATIONS = {"sdpa", "eager"}
+
 
 class SmoLM135ForCausalLM(SmoLM135PreTrainedModel, GenerationMixin):
     # target -> source, as transformers 5 expects: the output head is the token embedding
     _tied_weights_keys = {"model.lm_head.weight": "model.transformer.wte.weight"}
+    # forward normalises the loss by `num_items_in_batch` when given, so Trainer must not divide it again
+    accepts_loss_kwargs = True
 
     def __init__(self, config: SmoLM135Config):
         super().__init__(config)
@@ -176,20 +220,33 @@ class SmoLM135ForCausalLM(SmoLM135PreTrainedModel, GenerationMixin):
         cache=None,
         past_key_values=None,
         labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
-        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """
         input_ids (B, T): token ids. attention_mask (B, past + T): 1 for tokens, 0 for padding.
         position_ids (B, T): positions of the learned embedding; by default counted from the attention mask.
         cache / past_key_values: a transformers `Cache` (5.0's generate passes the second name, later 5.x
         the first; both are accepted). labels (B, T): the input ids themselves, -100 where no loss is wanted;
-        the shift to next-token targets happens here. logits_to_keep: compute logits for the last k only.
+        the shift to next-token targets happens here, unless shift_labels (B, T) gives the targets already
+        shifted. num_items_in_batch: the loss is the sum over targets divided by this (the count over every
+        micro-batch of a gradient-accumulation step, as Trainer passes it) instead of their mean.
+        logits_to_keep: compute logits for the last k only. output_hidden_states: also return the
+        n_layer + 1 hidden states (B, T, C). output_attentions is refused: no attention weights are kept.
+        return_dict=False returns a tuple of the non-None fields.
         """
-        if inputs_embeds is not None:
-            raise ValueError("smolm135 takes input_ids, not inputs_embeds")
+        unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in IGNORED_FORWARD_ARGUMENTS)
+        if unexpected:
+            raise TypeError(f"smolm135's forward does not take {', '.join(unexpected)}")
+        if output_attentions if output_attentions is not None else self.config.output_attentions:
+            raise ValueError("smolm135 does not return attention weights; call it with output_attentions=False")
+        self._select_attention(self.config._attn_implementation)
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.model.gradient_checkpointing and self.training:
@@ -207,16 +264,37 @@ class SmoLM135ForCausalLM(SmoLM135PreTrainedModel, GenerationMixin):
                                  f"cached and new token, got {tuple(attention_mask.shape)}")
             if position_ids is None:
                 position_ids = position_ids_from_attention_mask(attention_mask, query_length)
-        targets = F.pad(labels[:, 1:], (0, 1), value=-100) if labels is not None else None  # (B, T) next tokens
-        logits, loss = self.model(
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        hidden_states = [] if output_hidden_states else None
+        logits, _ = self.model(
             input_ids,
-            targets=targets,
             kv_cache=TransformersCacheAsKVCache(cache) if cache is not None else None,
             position_ids=position_ids,
             attn_mask=attention_mask_for_sdpa(attention_mask, query_length),
             logits_to_keep=logits_to_keep,
+            hidden_states=hidden_states,
         )  # logits (B, T or k, V)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_OUTPUT_FIELD: cache if use_cache else None})
+        loss = None
+        if labels is not None or shift_labels is not None:
+            # transformers' causal LM loss: the mean over targets, or their sum / num_items_in_batch
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **{CACHE_OUTPUT_FIELD: cache if use_cache else None},
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def _select_attention(self, implementation: str):
+        """Point every native attention layer at the path `config._attn_implementation` names."""
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"smolm135 attends through {' or '.join(sorted(ATTENTION_IMPLEMENTATIONS))}, "
+                             f"not {implementation!r}")
+        by_matmuls = implementation == "eager"
+        for block in self.model.transformer.h:
+            if block.attn.always_attend_by_matmuls != by_matmuls:
+                block.attn.always_attend_by_matmuls = by_matmuls
 
 
 __all__ = ["SmoLM135Config", "SmoLM135ForCausalLM", "SmoLM135PreTrainedModel"]

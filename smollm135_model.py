@@ -1,8 +1,11 @@
 """smolm135: the architecture, in one file.
 
-A GPT-style decoder: learned token and position embeddings, `n_layer` pre-norm blocks of causal
-self-attention (through `scaled_dot_product_attention`, i.e. flash attention where the hardware has it)
-and a SwiGLU MLP, a final RMSNorm, and an output head tied to the token embedding.
+A GPT-style decoder: a token embedding, positions either learned (an embedding added to the tokens, as the
+seed) or rotary (queries and keys rotated inside attention, as Llama and SmolLM), `n_layer` pre-norm blocks
+of causal self-attention (through `scaled_dot_product_attention`, i.e. flash attention where the hardware
+has it) and a SwiGLU MLP, a final RMSNorm, and an output head tied to the token embedding. With rotary
+positions, grouped-query attention and the 49,152-token vocabulary this is the Llama layout of SmolLM-135M
+and SmolLM2-135M, whose weights load unchanged apart from fusing q/k/v and gate/up (smolm135/pretrained.py).
 
 Notebook usage, as in the original recipe:
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -32,6 +36,11 @@ from torch.utils.checkpoint import checkpoint
 GPT2_VOCAB_SIZE = 50257
 GPT2_END_OF_TEXT_ID = 50256
 VOCAB_PADDING_MULTIPLE = 64
+
+
+# How a model knows where a token is: "learned" adds a trained (block_size, n_embd) embedding to the tokens;
+# "rotary" (RoPE, Su et al. 2021) rotates each query and key by angles proportional to its position.
+POSITION_EMBEDDINGS = ("learned", "rotary")
 
 
 def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_PADDING_MULTIPLE) -> int:
@@ -50,7 +59,7 @@ class ModelConfig:
     """Every architectural choice, as plain data (it is stored inside every checkpoint)."""
 
     vocab_size: int = padded_vocab_size(GPT2_VOCAB_SIZE)  # 50,304
-    block_size: int = 2048  # context length: rows of the learned position embedding
+    block_size: int = 2048  # context length (with learned positions: rows of the position embedding)
     n_layer: int = 30
     n_head: int = 9  # head dim = n_embd / n_head = 64
     n_kv_head: int | None = None  # grouped-query attention; None means n_head (3 gives SmolLM-135M's layout)
@@ -59,6 +68,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     tie_word_embeddings: bool = True
+    # Checkpoints written before this field existed hold no value for it: they load as "learned", which
+    # is what they are.
+    position_embedding: str = "learned"  # one of POSITION_EMBEDDINGS
+    rope_theta: float = 10_000.0  # rotary base: the slowest pair of dimensions turns once per 2*pi*theta tokens
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -78,6 +91,12 @@ class ModelConfig:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not problems and self.n_head % self.n_kv_head:
             problems.append(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            problems.append(f"position_embedding must be one of {', '.join(POSITION_EMBEDDINGS)}, "
+                            f"got {self.position_embedding!r}")
+        elif self.position_embedding == "rotary" and not problems and (self.head_dim % 2 or self.rope_theta <= 0):
+            problems.append(f"rotary positions need an even head dimension (got {self.head_dim}) "
+                            f"and a positive rope_theta (got {self.rope_theta})")
         return problems
 
     def to_dict(self) -> dict:
@@ -88,12 +107,23 @@ class ModelConfig:
         return cls(**known_fields(cls, data))
 
 
+# The SmolLM family (Hugging Face, 2024): the Llama layout at 135M parameters, with a 49,152-token BPE
+# vocabulary (already a multiple of 64), 3 key/value heads shared by 9 query heads, and rotary positions.
+SMOLLM_135M_LAYOUT = dict(vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536,
+                          norm_eps=1e-5, tie_word_embeddings=True, position_embedding="rotary")
+
 # Presets are data, not if-chains. `smolm135` is the seed model (about 149.6M parameters, see the README for
-# why not 135M); `tiny` shares the tokenizer and layout and trains at thousands of tokens/s on 2 CPU cores.
+# why not 135M); `tiny` shares the tokenizer and layout and trains at thousands of tokens/s on 2 CPU cores,
+# and `tiny-rotary` is its rotary, grouped-query twin. `smollm2-135m` and `smollm-135m` are the published
+# SmolLM2-135M and SmolLM-135M (134,515,008 parameters each; they differ in context and rotary base).
 PRESETS: dict[str, ModelConfig] = {
     "smolm135": ModelConfig(),
     "smolm135-gqa": ModelConfig(n_kv_head=3),  # SmolLM-135M's attention layout: about 136.4M parameters
     "tiny": ModelConfig(block_size=512, n_layer=4, n_head=4, n_embd=128, intermediate_size=384),
+    "tiny-rotary": ModelConfig(block_size=512, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, intermediate_size=384,
+                               position_embedding="rotary"),
+    "smollm2-135m": ModelConfig(**SMOLLM_135M_LAYOUT, block_size=8192, rope_theta=100_000.0),
+    "smollm-135m": ModelConfig(**SMOLLM_135M_LAYOUT, block_size=2048, rope_theta=10_000.0),
 }
 
 # The seed's notebooks do `from smollm135_model import SmoLM135_Model, config`.
@@ -139,6 +169,32 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+# ---------------------------------------------------------------- rotary positions
+
+
+def rotary_cos_sin(position_ids, head_dim: int, theta: float):
+    """position_ids (T,) or (B, T) -> (cos, sin), each (T, hs) or (B, 1, T, hs), in fp32.
+
+    Dimension pair i turns by position * theta^(-2i/hs). The angles are computed in fp32 whatever the model's
+    dtype (as transformers' Llama does), because a bf16 angle at position 8,000 is off by tens of radians.
+    The pairs are (i, i + hs/2), the "rotate half" layout of Hugging Face Llama weights.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=position_ids.device)
+                                / head_dim))  # (hs/2,)
+    angles = position_ids[..., None].float() * inv_freq  # (..., T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (..., T, hs)
+    if angles.dim() == 3:
+        angles = angles.unsqueeze(1)  # (B, 1, T, hs): the same angles for every head
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate x (B, heads, T, hs) by the angles of `rotary_cos_sin`; cos and sin are cast to x's dtype."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    first, second = x.chunk(2, dim=-1)  # (B, heads, T, hs/2) each
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
 # ---------------------------------------------------------------- the blocks
 
 # Up to this sequence length, bf16 attention on a CPU runs as two matmuls instead of SDPA's flash kernel: at
@@ -163,8 +219,11 @@ class CausalSelfAttention(nn.Module):
         self.qkv_proj = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
         self.o_proj = Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
         self.o_proj.is_residual_projection = True
+        # True: every call takes `_attend_by_matmuls` (what transformers calls "eager" attention)
+        self.always_attend_by_matmuls = False
 
-    def forward(self, x, kv_cache: "KVCache | None" = None, layer_idx: int = 0, attn_mask=None):
+    def forward(self, x, kv_cache: "KVCache | None" = None, layer_idx: int = 0, attn_mask=None, rotary=None):
+        """x (B, T, C) -> (B, T, C). `rotary` is (cos, sin) from `rotary_cos_sin` for rotary models, else None."""
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
@@ -172,14 +231,16 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rotary is not None:  # before the cache: cached keys keep the rotation of their own position
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         past_length = 0
         if kv_cache is not None:
             past_length = kv_cache.length
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
-        if x.device.type == "cpu" and (T == 1 or (
-                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0 and T <= MATMUL_ATTENTION_MAX_LENGTH)):
-            # A decode step (one query: SDPA's flash kernel costs more to set up than this whole product), or
-            # bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
+        if self.always_attend_by_matmuls or (x.device.type == "cpu" and (T == 1 or (
+                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0 and T <= MATMUL_ATTENTION_MAX_LENGTH))):
+            # Asked for, a decode step on a CPU (one query: SDPA's flash kernel costs more to set up than this whole
+            # product), or bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
             y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
@@ -234,8 +295,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = SwiGLUMLP(cfg)
 
-    def forward(self, x, kv_cache=None, layer_idx: int = 0, attn_mask=None):
-        x = x + self.attn(self.attn_norm(x), kv_cache, layer_idx, attn_mask)
+    def forward(self, x, kv_cache=None, layer_idx: int = 0, attn_mask=None, rotary=None):
+        x = x + self.attn(self.attn_norm(x), kv_cache, layer_idx, attn_mask, rotary)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -386,12 +447,15 @@ class SmoLM135_Model(nn.Module):
             raise ValueError("invalid model config: " + "; ".join(problems))
         self.config = cfg
         self.gradient_checkpointing = False
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps),
-        ))
+        # how a checkpointed block is recomputed; transformers' gradient_checkpointing_enable replaces it (the
+        # attribute name is the one it sets) with its own options, e.g. use_reentrant
+        self._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+        layers = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.position_embedding == "learned":  # rotary models have no position parameters at all
+            layers["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        layers["h"] = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        layers["ln_f"] = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             # weight tying (Press & Wolf 2017): one matrix reads tokens in and writes logits out
@@ -414,7 +478,7 @@ class SmoLM135_Model(nn.Module):
     # ---------------------------------------------------------------- forward
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, position_ids=None, attn_mask=None,
-                logits_to_keep: int = 0, return_logits: bool = True):
+                logits_to_keep: int = 0, return_logits: bool = True, hidden_states: list | None = None):
         """idx (B, T) token ids -> (logits (B, T, V) or None, loss or None).
 
         With `targets` (B, T) the loss is the mean next-token cross entropy (ignore_index -100). Training
@@ -423,6 +487,9 @@ class SmoLM135_Model(nn.Module):
         `logits_to_keep` > 0 computes logits for only the last that many positions (sampling needs one),
         which saves most of the (T, vocab) output matmul. `position_ids` (B, T) override the positions
         (left-padded batches); `attn_mask` is an explicit SDPA mask (B or 1, 1, T, S) for such batches.
+        Positions are looked up in the learned embedding or turned into rotary angles, per the config.
+        A `hidden_states` list receives n_layer + 1 tensors (B, T, C): the embeddings, then each block's output,
+        the last one after the final norm (the states transformers' `output_hidden_states` reports).
         """
         B, T = idx.shape
         past_length = kv_cache.length if kv_cache is not None else 0
@@ -433,16 +500,25 @@ class SmoLM135_Model(nn.Module):
                     f"({self.config.block_size}); crop the input or use a model with a larger block_size"
                 )
             position_ids = torch.arange(past_length, past_length + T, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.position_embedding == "learned":
+            x = x + self.transformer.wpe(position_ids)  # (B, T, C)
+        else:
+            rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)  # computed once
         for layer_idx, block in enumerate(self.transformer.h):
+            if hidden_states is not None:
+                hidden_states.append(x)
             if self.gradient_checkpointing and self.training:
                 # recompute activations in the backward pass: memory ~ one block instead of n_layer
-                x = checkpoint(block, x, None, layer_idx, attn_mask, use_reentrant=False)
+                x = self._gradient_checkpointing_func(block, x, None, layer_idx, attn_mask, rotary)
             else:
-                x = block(x, kv_cache, layer_idx, attn_mask)
+                x = block(x, kv_cache, layer_idx, attn_mask, rotary)
         if kv_cache is not None:
             kv_cache.length += T
         x = self.transformer.ln_f(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
         if targets is None:
             return self.lm_head(x[:, -logits_to_keep:, :] if logits_to_keep else x), None  # (B, T or k, V)
         if not return_logits:
@@ -532,16 +608,17 @@ class SmoLM135_Model(nn.Module):
     # ---------------------------------------------------------------- reporting
 
     def num_parameters(self) -> dict[str, int]:
-        """Parameter count split into embeddings (token + position) and the rest; tied weights count once."""
+        """Parameter count split into embeddings (token + position) and the rest; tied weights count once.
+        Rotary models have no position parameters (0)."""
         token = self.transformer.wte.weight.numel()
-        position = self.transformer.wpe.weight.numel()
+        position = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
         total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
         return {"token_embedding": token, "position_embedding": position,
                 "non_embedding": total - token - position, "total": total}
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward = 6 per weight, plus attention), PaLM appendix B."""
-        n_matmul_params = self.num_parameters()["total"] - self.transformer.wpe.weight.numel()
+        n_matmul_params = self.num_parameters()["total"] - self.num_parameters()["position_embedding"]
         cfg = self.config
         return 6 * n_matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 

