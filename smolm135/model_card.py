@@ -7,6 +7,7 @@ import json
 from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
+from .export_card import runtimes_section
 from .generation import SAMPLING
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
@@ -45,9 +46,20 @@ def _number(value, fmt: str) -> str:
 
 
 def render_model_card(model_config: ModelConfig, parameters: int, facts: TrainingFacts, model_id: str,
-                      name: str, license: str, has_loss_plot: bool) -> str:
-    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage."""
+                      name: str, license: str, has_loss_plot: bool, gguf_files: tuple[str, ...] = ()) -> str:
+    """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage (for a
+    rotary model, exported as a plain Llama folder: the runtimes that load it and its `gguf_files`)."""
     cfg = model_config
+    rotary = cfg.position_embedding == "rotary"
+    positions = "rotary positions (the Llama layout)" if rotary else "learned position embeddings"
+    code = ("It is a plain `LlamaForCausalLM`: no code of its own, no `trust_remote_code`." if rotary else
+            "The modeling code is in this folder\n(`modeling_smolm135.py`, `smollm135_model.py`), hence "
+            "`trust_remote_code=True`.")
+    usage = runtimes_section(model_id, USAGE_PROMPT, gguf_files) if rotary else f"""## Usage
+
+```python
+{usage_snippet(model_id)}```
+"""
     data = f"`{facts.data_name}`" if facts.data_name else "not recorded"
     plot = ("![Training and validation loss](loss.png)" if has_loss_plot
             else "The checkpoint holds no loss history, so there is no plot.")
@@ -65,7 +77,7 @@ tags:
 
 # {name}
 
-A GPT-style language model trained from scratch with smolm135: learned position embeddings, pre-norm blocks
+A GPT-style language model trained from scratch with smolm135: {positions}, pre-norm blocks
 of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
 tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
 
@@ -81,8 +93,7 @@ tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
 | context length | {cfg.block_size} tokens |
 | vocabulary | {cfg.vocab_size:,} (GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}) |
 
-Weights are stored in float32 (`model.safetensors`). The modeling code is in this folder
-(`modeling_smolm135.py`, `smollm135_model.py`), hence `trust_remote_code=True`.
+Weights are stored in float32 (`model.safetensors`). {code}
 
 ## Training
 
@@ -98,11 +109,7 @@ Weights are stored in float32 (`model.safetensors`). The modeling code is in thi
 
 `{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
-## Usage
-
-```python
-{usage_snippet(model_id)}```
-
+{usage}
 The generation defaults (`generation_config.json`) sample with {sampling_sentence()};
 pass `do_sample=False` for greedy decoding. Batched prompts are padded on the left.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from smollm135_model import ModelConfig, SmoLM135_Model
 
 from .errors import UserError
+from .llama_names import llama_to_native
 from .tokenizer import JsonTokenizer
 
 # Built-in names -> (package that ships the file, file name inside it, what the console says about it)
@@ -166,8 +168,7 @@ def llama_config_to_native(hf_config, source: str) -> ModelConfig:
 
 
 def llama_state_dict_to_native(hf_state: dict, cfg: ModelConfig, source: str) -> dict:
-    """LlamaForCausalLM names -> native names; q, k, v are concatenated in that order (as `qkv_proj` splits)
-    and gate, up likewise (as `gate_up_proj` chunks)."""
+    """LlamaForCausalLM names -> native names, by the table in smolm135/llama_names.py."""
     remaining = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}  # older files
 
     def take(name: str) -> torch.Tensor:
@@ -175,24 +176,11 @@ def llama_state_dict_to_native(hf_state: dict, cfg: ModelConfig, source: str) ->
             raise UserError(f"{source} lacks the weight {name}: the files are incomplete or not a Llama model")
         return remaining.pop(name)
 
-    native = {"transformer.wte.weight": take("model.embed_tokens.weight"),
-              "transformer.ln_f.weight": take("model.norm.weight")}
-    for i in range(cfg.n_layer):
-        hf, ours = f"model.layers.{i}.", f"transformer.h.{i}."
-        native[ours + "attn_norm.weight"] = take(hf + "input_layernorm.weight")
-        native[ours + "attn.qkv_proj.weight"] = torch.cat([take(hf + f"self_attn.{x}_proj.weight") for x in "qkv"])
-        native[ours + "attn.o_proj.weight"] = take(hf + "self_attn.o_proj.weight")
-        native[ours + "mlp_norm.weight"] = take(hf + "post_attention_layernorm.weight")
-        native[ours + "mlp.gate_up_proj.weight"] = torch.cat([take(hf + "mlp.gate_proj.weight"),
-                                                              take(hf + "mlp.up_proj.weight")])
-        native[ours + "mlp.down_proj.weight"] = take(hf + "mlp.down_proj.weight")
-    head = remaining.pop("lm_head.weight", None)
     if cfg.tie_word_embeddings:
-        native["lm_head.weight"] = native["transformer.wte.weight"]  # the same tensor, as the model ties them
-    elif head is None:
+        remaining.pop("lm_head.weight", None)  # a tied head is the embedding itself
+    elif "lm_head.weight" not in remaining:
         raise UserError(f"{source} says its output head is untied but holds no lm_head.weight")
-    else:
-        native["lm_head.weight"] = head
+    native = llama_to_native(take, cfg)
     if remaining:
         raise UserError(f"{source} holds weights this architecture has no place for, e.g. {min(remaining)}")
     expected = {name: tuple(p.shape) for name, p in _shapes(cfg).items()}
@@ -253,13 +241,17 @@ def load_hf_folder(folder: Path, description: str | None = None) -> PretrainedMo
 def _read_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return {k: v for f in files for k, v in load_file(f).items()}
-    files = sorted(folder.glob("pytorch_model*.bin"))
-    if files:
-        return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
-    raise UserError(f"{folder} holds no weights (*.safetensors or pytorch_model*.bin)")
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise UserError(f"{folder} holds no weights (*.safetensors or pytorch_model*.bin)")
+    read = load_file if files[0].suffix == ".safetensors" else partial(torch.load, map_location="cpu", weights_only=True)
+    weights = {}
+    for f in files:
+        try:
+            weights.update(read(f))
+        except Exception as error:  # safetensors and torch raise many types for a torn or foreign file
+            raise UserError(f"{f} is corrupt or truncated ({type(error).__name__}): download or export it again") from None
+    return weights
 
 
 def load_gguf(path: Path, description: str) -> PretrainedModel:

@@ -105,7 +105,7 @@ def load_training_data(cfg: TrainConfig, layout: RunLayout, distributed: Distrib
     """The corpus, tokenized by the main process first (the others then read its cache), and its split."""
     corpus = main_process_first(distributed, lambda: load_corpus(
         cfg.data, layout.cache_dir, show_progress=cfg.progress and distributed.is_main,
-        quiet=not distributed.is_main))
+        quiet=not distributed.is_main, text_field=cfg.text_field))
     train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
     return corpus, train_tokens, val_tokens
 

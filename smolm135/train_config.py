@@ -10,6 +10,7 @@ from smollm135_model import PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA
 from .errors import UserError
+from .sources import DEFAULT_TEXT_FIELD
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class TrainConfig:
     existing config keeps its model). A checkpoint stores `to_dict()` (the recipe) beside the model config."""
 
     data: str = DEFAULT_DATA
+    text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
     max_steps: int = 5000
@@ -127,7 +129,9 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 # ------------------------------------------------------------------ command line
 
 _HELP = {
-    "data": "text file, folder of .txt files, or glob (default input.txt; written from Shakespeare if absent)",
+    "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
+            "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
+    "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",

@@ -26,7 +26,7 @@ def test_missing_file_folder_and_glob_sources(tmp_path):
         resolve_sources(str(tmp_path / "nope.txt"))
     folder = tmp_path / "texts"
     folder.mkdir()
-    with pytest.raises(UserError, match="no .txt files"):
+    with pytest.raises(UserError, match="holds no .txt, .jsonl, .jsonl.gz or .parquet files"):
         resolve_sources(str(folder))
     (folder / "b.txt").write_text("bee")
     (folder / "a.txt").write_text("ay")

@@ -1,0 +1,232 @@
+"""Score models on a text: bits per byte, loss per token and perplexity, over sliding windows.
+
+    python evaluate.py models/final_model_<ts>.pt --data input.txt
+    python evaluate.py --compare models/final_model_a.pt smolm135-tiny-hf --data valid.parquet --text-field text
+
+MODEL is a training checkpoint (.pt), a Hugging Face model folder (ours from convert_to_hf.py, or any
+causal LM saved with transformers), a .gguf file, or the built-in smollm2-135m-instruct. --data is a text file, .jsonl/.jsonl.gz/.parquet, a folder or glob of
+them, or a saved dataset, as for the trainer. Bits per byte (the text's total loss in bits over its
+UTF-8 bytes) compares models with different tokenizers; loss per token and perplexity only compare models
+that share one. From a notebook: `evaluate(["model.pt"], "valid.txt")` returns the scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from smolm135.checkpoint import load_checkpoint
+from smolm135.data import resolve_sources
+from smolm135.errors import UserError, run_cli
+from smolm135.pretrained import BUILTIN_MODELS, load_pretrained
+from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
+from smolm135.scoring import LogitsFn, Score, score_documents
+from smolm135.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
+from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+
+
+@dataclass
+class ScoringModel:
+    """What scoring needs of a model, whatever it was loaded from."""
+
+    name: str
+    logits: LogitsFn  # (B, T) ids -> (B, T, V) logits
+    encode: Callable[[str], list[int]]
+    end_of_text_id: int
+    context_length: int
+    parameters: int
+    tokenizer_name: str
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+    """A training checkpoint (.pt), a Hugging Face model folder, a .gguf file or a built-in pretrained name
+    (smolm135/pretrained.py), ready to score on `device`."""
+    if spec in BUILTIN_MODELS or spec.endswith(".gguf"):
+        pretrained = load_pretrained(spec)
+        tokenizer = pretrained.tokenizer
+        return native_scoring_model(spec, pretrained.build_model(), device, dtype, tokenizer.encode,
+                                    tokenizer.document_separator_id, f"its own ({tokenizer.n_vocab:,} tokens)")
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"model {spec} does not exist: give a training checkpoint (.pt) or a Hugging Face model folder")
+    if path.is_file():
+        return native_scoring_model(spec, load_checkpoint(path).build_model(), device, dtype)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"cannot load {spec}: the folder has no config.json, so it is not a Hugging Face model "
+                        f"folder; give one, or a training checkpoint (.pt)")
+    if json.loads(config_path.read_text(encoding="utf-8")).get("model_type") == "smolm135":
+        from convert_to_hf import load_hf_folder
+
+        return native_scoring_model(spec, load_hf_folder(path)[0], device, dtype)
+    return transformers_scoring_model(spec, device, dtype)
+
+
+def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dtype,
+                         encode: Callable[[str], list[int]] | None = None, start_id: int = END_OF_TEXT_ID,
+                         tokenizer_name: str = "GPT-2") -> ScoringModel:
+    """Our model; with GPT-2's tokenizer unless another is given (a pretrained model brings its own)."""
+    model = model.to(device).eval()
+
+    def logits(x):  # (B, T) -> (B, T, V)
+        with autocast(device, dtype):
+            return model(x)[0]
+
+    return ScoringModel(name, logits, encode or get_tokenizer().encode_ordinary, start_id, model.config.block_size,
+                        model.num_parameters()["total"], tokenizer_name)
+
+
+def transformers_scoring_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+    """Any causal LM saved with transformers, with its own tokenizer; nothing is downloaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=True, trust_remote_code=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the Hugging Face model in {spec}: {str(error).strip().splitlines()[0]}") from None
+    model = model.to(device).eval()
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start_id is None:
+        raise UserError(f"the tokenizer in {spec} has neither a beginning- nor an end-of-text token to start "
+                        f"documents with")
+
+    def logits(x):  # (B, T) -> (B, T, V)
+        with autocast(device, dtype):
+            return model(input_ids=x).logits
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return ScoringModel(spec, logits, encode, start_id, int(context), model.num_parameters(),
+                        type(tokenizer).__name__.replace("TokenizerFast", "").replace("Tokenizer", "") or "own")
+
+
+# ------------------------------------------------------------------ text
+
+
+def read_documents(data: str, text_field: str = DEFAULT_TEXT_FIELD) -> list[str]:
+    """--data as documents: a text file is one, a table holds one per record."""
+    return list(_iter_documents(data, text_field))
+
+
+def _iter_documents(data: str, text_field: str) -> Iterator[str]:
+    for source in resolve_sources(data):
+        if is_text_file(source):
+            yield source.read_bytes().decode("utf-8", errors="replace")
+        else:
+            yield from documents(source, text_field)
+
+
+# ------------------------------------------------------------------ scoring
+
+
+@dataclass(frozen=True)
+class Result:
+    model: str
+    parameters: int
+    tokenizer: str
+    context: int
+    stride: int
+    score: Score
+
+
+def evaluate(models: list[str], data: str, context: int | None = None, stride: int | None = None,
+             text_field: str = DEFAULT_TEXT_FIELD, device: str = "auto", dtype: str = "auto",
+             batch_windows: int | None = None, show_progress: bool = True, say=print) -> list[Result]:
+    """Score each model on the same text. `context` defaults to each model's context length, `stride` to
+    half the context."""
+    texts = read_documents(data, text_field)
+    if not any(texts):
+        raise UserError(f"data {data} holds no text to score")
+    torch_device = pick_device(device)
+    configure_backends(torch_device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    results = []
+    for spec in models:
+        model = load_any_model(spec, torch_device, torch_dtype)
+        window = context or model.context_length
+        step = stride or max(1, window // 2)
+        problems = check_window(window, step, model)
+        if problems:
+            raise UserError(problems)
+        score = score_documents(model.logits, texts, model.encode, model.end_of_text_id, window, step, torch_device,
+                                batch_windows, show_progress, desc=f"scoring {spec}")
+        result = Result(spec, model.parameters, model.tokenizer_name, window, step, score)
+        say(result_line(result))
+        results.append(result)
+        del model
+    return results
+
+
+def check_window(context: int, stride: int, model: ScoringModel) -> str | None:
+    if context < 1 or context > model.context_length:
+        return (f"--context {context} does not fit {model.name}, whose context length is {model.context_length}: "
+                f"pass --context between 1 and {model.context_length}")
+    if not 1 <= stride <= context:
+        return f"--stride {stride} must be between 1 and the context ({context})"
+    return None
+
+
+def result_line(result: Result) -> str:
+    s = result.score
+    return (f"{result.model}: {s.bits_per_byte:.4f} bits per byte | loss {s.loss:.4f} per token | perplexity "
+            f"{s.perplexity:.2f} | {s.tokens:,} tokens, {s.text_bytes:,} bytes | context {result.context}, "
+            f"stride {result.stride}")
+
+
+def comparison_table(results: list[Result]) -> str:
+    """A Markdown table, best bits per byte first."""
+    rows = ["| model | parameters | tokenizer | bits per byte | loss per token | perplexity | tokens |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in sorted(results, key=lambda r: r.score.bits_per_byte):
+        rows.append(f"| {r.model} | {r.parameters / 1e6:,.1f}M | {r.tokenizer} | {r.score.bits_per_byte:.4f} | "
+                    f"{r.score.loss:.4f} | {r.score.perplexity:.2f} | {r.score.tokens:,} |")
+    return "\n".join(rows)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt), Hugging Face model folder, .gguf file or smollm2-135m-instruct")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
+                        help="more models to score on the same text, printed as a table")
+    parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob")
+    parser.add_argument("--text-field", default=DEFAULT_TEXT_FIELD, help="the column holding the text (default text)")
+    parser.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's context)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="tokens a window advances; each token is scored once, with at least context - stride "
+                             "tokens before it (default: half the context)")
+    parser.add_argument("--batch-windows", type=int, default=None, help="windows per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="autocast precision: auto (bf16 where supported), float32, bfloat16, float16")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = build_parser().parse_args(argv)
+    models = args.models + args.compare
+    if not models:
+        raise UserError("name at least one model to score: python evaluate.py MODEL --data FILE")
+    results = evaluate(models, args.data, args.context, args.stride, args.text_field, args.device, args.dtype,
+                       args.batch_windows, args.progress)
+    if len(results) > 1 or args.compare:
+        print()
+        print(comparison_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,89 @@
+"""The one table between the native weight names and the Llama layout's: transformers' `LlamaForCausalLM` names
+and llama.cpp's GGUF names. Importing a Llama model (smolm135/pretrained.py) and exporting one
+(smolm135/export_llama.py, smolm135/export_gguf.py) read the same rows, in opposite directions.
+
+A native tensor is one or more Llama tensors stacked along dim 0: `qkv_proj` is q, k, v and `gate_up_proj` is
+gate, up, in that order (the order in which the native layers split them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from smollm135_model import ModelConfig
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Part:
+    llama: str  # transformers' name
+    gguf: str  # llama.cpp's name
+    rows: int  # rows of the native tensor this part takes
+
+
+@dataclass(frozen=True)
+class WeightName:
+    native: str
+    parts: tuple[Part, ...]
+
+
+def weight_names(cfg: ModelConfig) -> list[WeightName]:
+    """Every native weight of a rotary model with the Llama and GGUF tensors it is made of (the output head
+    only when it is not tied to the embedding)."""
+    q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    one = lambda native, llama, gguf, rows: WeightName(native, (Part(llama, gguf, rows),))  # noqa: E731
+    names = [one("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight", cfg.vocab_size)]
+    for i in range(cfg.n_layer):
+        ours, hf, blk = f"transformer.h.{i}.", f"model.layers.{i}.", f"blk.{i}."
+        names += [
+            one(ours + "attn_norm.weight", hf + "input_layernorm.weight", blk + "attn_norm.weight", cfg.n_embd),
+            WeightName(ours + "attn.qkv_proj.weight", (
+                Part(hf + "self_attn.q_proj.weight", blk + "attn_q.weight", q_rows),
+                Part(hf + "self_attn.k_proj.weight", blk + "attn_k.weight", kv_rows),
+                Part(hf + "self_attn.v_proj.weight", blk + "attn_v.weight", kv_rows))),
+            one(ours + "attn.o_proj.weight", hf + "self_attn.o_proj.weight", blk + "attn_output.weight", cfg.n_embd),
+            one(ours + "mlp_norm.weight", hf + "post_attention_layernorm.weight", blk + "ffn_norm.weight",
+                cfg.n_embd),
+            WeightName(ours + "mlp.gate_up_proj.weight", (
+                Part(hf + "mlp.gate_proj.weight", blk + "ffn_gate.weight", cfg.intermediate_size),
+                Part(hf + "mlp.up_proj.weight", blk + "ffn_up.weight", cfg.intermediate_size))),
+            one(ours + "mlp.down_proj.weight", hf + "mlp.down_proj.weight", blk + "ffn_down.weight", cfg.n_embd),
+        ]
+    names.append(one("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight", cfg.n_embd))
+    if not cfg.tie_word_embeddings:
+        names.append(one("lm_head.weight", "lm_head.weight", "output.weight", cfg.vocab_size))
+    return names
+
+
+def native_to_parts(native_state: dict, cfg: ModelConfig) -> list[tuple[Part, torch.Tensor]]:
+    """Each Llama/GGUF tensor of the native state dict, in table order (views, no copies)."""
+    out = []
+    for name in weight_names(cfg):
+        pieces = native_state[name.native].split([part.rows for part in name.parts])
+        out += list(zip(name.parts, pieces))
+    return out
+
+
+def native_to_llama(native_state: dict, cfg: ModelConfig) -> dict:
+    """Native names -> LlamaForCausalLM names, q/k/v and gate/up split apart (contiguous copies)."""
+    return {part.llama: tensor.contiguous() for part, tensor in native_to_parts(native_state, cfg)}
+
+
+def llama_to_native(take, cfg: ModelConfig) -> dict:
+    """LlamaForCausalLM names -> native names; `take(llama_name)` returns (and consumes) one tensor.
+    The tied output head is the embedding itself, as the native model ties them."""
+    native = {name.native: torch.cat([take(part.llama) for part in name.parts]) if len(name.parts) > 1
+              else take(name.parts[0].llama) for name in weight_names(cfg)}
+    if cfg.tie_word_embeddings:
+        native["lm_head.weight"] = native["transformer.wte.weight"]
+    return native
+
+
+def check_rotary(cfg: ModelConfig, what: str) -> None:
+    """Only rotary models have the Llama layout; learned positions have no place in it."""
+    if cfg.position_embedding != "rotary":
+        raise UserError(f"{what} needs a model with rotary positions (the Llama layout), and this one has "
+                        f"{cfg.position_embedding} position embeddings: train with --preset tiny-rotary, "
+                        f"smollm2-135m or smollm-135m (or --init-from a SmolLM model) to get one")

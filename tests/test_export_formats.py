@@ -1,0 +1,109 @@
+"""Exports the ecosystem runs: a rotary model becomes a plain Llama folder (no remote code) that reloads with the
+native model's logits and comes back as a checkpoint; bad input is one line and leaves nothing behind."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from convert_to_hf import convert, hf_folder_to_checkpoint, main
+from smollm135_model import PRESETS, SmoLM135_Model
+from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
+from smolm135.errors import UserError
+from smolm135.llama_names import llama_to_native, native_to_llama
+
+TINY_ROTARY = PRESETS["tiny-rotary"]
+
+
+def random_rotary_model(seed: int = 0) -> SmoLM135_Model:
+    torch.manual_seed(seed)
+    model = SmoLM135_Model(TINY_ROTARY).eval()
+    with torch.no_grad():  # norms away from 1, so a mixed-up norm weight shows in the logits
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def rotary_checkpoint(tmp_path_factory) -> Path:
+    model = random_rotary_model()
+    facts = TrainingFacts(data_name="generated.txt", step=3, history={"train": [[1, 10.0], [3, 9.0]], "val": []})
+    return save_atomic(Checkpoint.from_facts(model, facts, converted_from="test"),
+                       tmp_path_factory.mktemp("ckpt") / "final_model_20260101_000000.pt")
+
+
+@pytest.fixture(scope="module")
+def llama_export(rotary_checkpoint, tmp_path_factory):
+    messages = []
+    folder = convert(rotary_checkpoint, tmp_path_factory.mktemp("exports") / "llama-hf", say=messages.append)
+    return folder, messages
+
+
+def test_name_table_splits_and_joins_back_exactly():
+    state = random_rotary_model().state_dict()
+    llama = native_to_llama(state, TINY_ROTARY)
+    assert llama["model.layers.0.self_attn.k_proj.weight"].shape == (2 * 32, 128)  # 2 kv heads of 32
+    assert llama["model.layers.3.mlp.up_proj.weight"].shape == (384, 128)
+    back = llama_to_native(lambda name: llama.pop(name), TINY_ROTARY)
+    assert not llama  # every Llama tensor has its place
+    assert set(back) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(back[name], tensor), name
+
+
+def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama_export):
+    folder, messages = llama_export
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    assert "auto_map" not in config
+    assert not list(folder.glob("*.py"))  # no code travels with it
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 50256
+    verified = messages[-1]
+    assert "plain LlamaForCausalLM" in verified and "pipeline" in verified
+    difference = float(verified.split("native model ")[1].split(" ")[0])
+    assert difference <= 1e-4
+
+
+def test_llama_export_card_names_runtimes_without_remote_code(llama_export):
+    card = (llama_export[0] / "README.md").read_text()
+    assert "trust_remote_code=True" not in card
+    assert "vllm" in card.lower() and 'pipeline("text-generation"' in card
+    assert "rotary positions" in card
+
+
+def test_llama_export_comes_back_as_the_same_checkpoint(llama_export, rotary_checkpoint, tmp_path):
+    folder, _ = llama_export
+    path = hf_folder_to_checkpoint(folder, tmp_path / "back.pt")
+    back, original = load_checkpoint(path), load_checkpoint(rotary_checkpoint)
+    assert back.model_config == original.model_config
+    assert back.progress.step == 3
+    for name, tensor in original.model_state_dict.items():
+        assert torch.equal(back.model_state_dict[name].float(), tensor.float()), name
+
+
+def test_from_hf_with_corrupt_weights_is_one_line_and_writes_nothing(llama_export, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in llama_export[0].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        main(["--from-hf", str(broken), "--output", str(tmp_path / "out.pt")])
+    assert not (tmp_path / "out.pt").exists()
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(UserError):
+        main(["--from-hf", str(broken), "--output", str(tmp_path / "out.pt")])
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_export_into_a_foreign_non_empty_folder_is_refused(rotary_checkpoint, tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty"):
+        convert(rotary_checkpoint, target, say=lambda _: None)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
