@@ -40,7 +40,13 @@ from smolm135.checkpoint import (
 from smolm135.errors import UserError, run_cli
 from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
 from smolm135.runtime import pick_device
-from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
+from smolm135.tokenizer import (
+    END_OF_TEXT,
+    END_OF_TEXT_ID,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    get_tokenizer,
+)
 
 APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -144,12 +150,21 @@ class ModelInfo:
 class NativeTextModel:
     """A smolm135 checkpoint, decoded with the model's own KV-cache `generate_stream`."""
 
-    def __init__(self, model: SmoLM135_Model, info: ModelInfo):
+    def __init__(self, model: SmoLM135_Model, info: ModelInfo, tokenizer=None):
         self.model, self.info = model, info
+        # GPT-2's (models trained from scratch) or the model's own (started from SmolLM & co), as recorded
+        self.tokenizer = tokenizer if tokenizer is not None else GPT2TextTokenizer()
         self.encoder = get_tokenizer()
-        self.start_token_id = start_token_id(self.encoder)  # what an empty prompt starts from
+        self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
+        self.end_token_ids = (END_OF_TEXT_ID,)
+        if isinstance(self.tokenizer, JsonTokenizer):
+            bos = self.tokenizer.token_id(self.tokenizer.bos_token)
+            self.start_token_id = next(t for t in (bos, self.tokenizer.eos_token_id, 0) if t is not None)
+            self.end_token_ids = self.tokenizer.end_token_ids
 
     def encode(self, text: str) -> list[int]:
+        if isinstance(self.tokenizer, JsonTokenizer):
+            return self.tokenizer.encode(text)  # its special tokens typed in a prompt are read as such
         # `<|endoftext|>` typed in a prompt means the separator the trainer puts between files
         return self.encoder.encode(text, allowed_special={END_OF_TEXT})
 
@@ -161,7 +176,11 @@ class NativeTextModel:
         tokens = self.model.generate_stream(
             torch.tensor([prompt_ids], device=device),  # (1, T)
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator)
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=self.end_token_ids[0],
+            generator=generator)
+        if isinstance(self.tokenizer, JsonTokenizer):
+            yield from self._stream_by_decoding(tokens)
+            return
         n_tokens = 0
         for token in tokens:  # (1,)
             token_id = token.item()
@@ -170,6 +189,22 @@ class NativeTextModel:
                 break
             yield utf8.decode(decode_bytes(self.encoder, [token_id])), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
+
+    def _stream_by_decoding(self, tokens) -> Iterator[tuple[str, int]]:
+        """A tokenizer.json model's tokens as text: the continuation so far is decoded again for each token and
+        its new end yielded, held back while it ends in half a character."""
+        ids, shown = [], ""
+        for token in tokens:  # (1,)
+            if token.item() in self.end_token_ids:
+                ids.append(token.item())
+                break
+            ids.append(token.item())
+            text = self.tokenizer.decode(ids)
+            if not text.endswith("\ufffd"):
+                yield text[len(shown):], len(ids)
+                shown = text
+        text = self.tokenizer.decode([i for i in ids if i not in self.end_token_ids])
+        yield text[len(shown):], len(ids)
 
 
 class TransformersTextModel:
@@ -258,7 +293,7 @@ def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") 
     info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
                      parameters=model.num_parameters()["total"], context_length=model.config.block_size,
                      training=checkpoint.facts)
-    return NativeTextModel(model, info)
+    return NativeTextModel(model, info, checkpoint.build_tokenizer())
 
 
 def load_transformers_model(name_or_path: str, device: str = "auto") -> TransformersTextModel:

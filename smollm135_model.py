@@ -102,6 +102,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: "ModelConfig") -> list[str]:
+        """The fields in which `other` differs, as "name self vs other" phrases (empty when identical)."""
+        return [f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         return cls(**known_fields(cls, data))
@@ -130,21 +135,40 @@ PRESETS: dict[str, ModelConfig] = {
 config = PRESETS["smolm135"]
 
 
-# ---------------------------------------------------------------- decoding products on a CPU
+# ---------------------------------------------------------------- equal computations, chosen per host
 
-# Up to this many rows (batch x new tokens: decoding), a CPU fp32 product goes through `few_row_linear`.
+# Up to this many rows (batch x new tokens: decoding), a CPU product may go through `few_row_linear`.
 FEW_ROWS = 4
-# The split product is an MKL batched matmul; other BLAS libraries (e.g. Apple's) keep F.linear.
-_SPLIT_PRODUCTS = torch.backends.mkl.is_available()
+# Up to this sequence length, bf16 attention on a CPU may run as two matmuls instead of SDPA's flash kernel.
+# On 2 cores of an AMD EPYC with AVX512-BF16, forward and backward took 35 instead of 69 ms per layer at
+# 32 x 9 heads x 128 x 64 (at 256 the flash kernel was ahead again). The price is the (T, T) probabilities
+# kept for the backward pass, about 28 MB per layer at 32 x 128, where the flash kernel keeps none.
+MATMUL_ATTENTION_MAX_LENGTH = 128
+# Rows of hidden states whose logits `linear_cross_entropy` computes at once: about 256 MB of fp32 logits
+# at the 50,304-token vocabulary, instead of the whole (B*T, V) matrix (824 MB at 32 x 128, 6.6 GB at
+# 16 x 2048) and the two more of its size that log-softmax and its gradient allocate.
+LOSS_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """Which of two ways of computing the same values the model takes on a CPU. Which one is faster
+    depends on the processor and its BLAS (the split product below doubled decoding speed on one 2-core
+    host and halved it on another), so the defaults are the plain ways, and `smolm135/probes.py` turns an
+    alternative on where a short measurement on the running host shows it faster."""
+
+    split_products: bool = False  # products of up to FEW_ROWS rows (decoding) through few_row_linear
+    decode_attention_by_matmuls: bool = False  # one-query steps attended by two matmuls instead of SDPA
+    training_attention_by_matmuls: bool = False  # bf16 up to MATMUL_ATTENTION_MAX_LENGTH by two matmuls
 
 
 def few_row_linear(x, weight):
     """x (..., in) @ weight.T for a few rows, as one batched matmul of weight's two halves of outputs.
 
-    Decoding is reading every weight once per token. With MKL, F.linear of an fp32 matrix and one to four
-    rows goes through a matrix-vector kernel that reads the matrix at well under what the memory delivers,
-    while `bmm` of its two halves by the same rows reads it near that speed (`bench/generation.py` measures
-    it; bench/README.md has the figures). The values are the same sums.
+    Decoding is reading every weight once per token. Under some BLAS builds F.linear of a matrix and one to
+    four rows runs a single-threaded matrix-vector kernel, while `bmm` of its two halves by the same rows
+    reads the matrix with two threads. The same products, summed in the kernel's order: F.linear's values
+    within rounding.
     """
     rows = x.reshape(-1, x.shape[-1])  # (R, in)
     halves = weight.view(2, weight.shape[0] // 2, weight.shape[1])  # (2, out/2, in)
@@ -153,14 +177,15 @@ def few_row_linear(x, weight):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that takes `few_row_linear` for the few-row fp32 products of decoding on a CPU.
+    """nn.Linear that can take `few_row_linear` for the few-row products of decoding on a CPU
+    (`split_products`, set by `SmoLM135_Model.use_cpu_kernels`). Many rows (training, prompts) and
+    autocast keep F.linear."""
 
-    bf16 and fp16 products, many rows (training, prompts) and autocast keep F.linear, which is faster there.
-    """
+    split_products = False
 
     def forward(self, x):
         if (
-            _SPLIT_PRODUCTS and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+            self.split_products and x.device.type == "cpu" and x.dtype == self.weight.dtype
             and x.numel() <= FEW_ROWS * self.in_features and self.bias is None
             and self.out_features % 2 == 0 and self.weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu")
@@ -197,13 +222,6 @@ def apply_rotary(x, cos, sin):
 
 # ---------------------------------------------------------------- the blocks
 
-# Up to this sequence length, bf16 attention on a CPU runs as two matmuls instead of SDPA's flash kernel: at
-# short lengths the matmuls are faster forward and backward, at longer ones the flash kernel is ahead again
-# (bench/README.md has the figures). The price is the (T, T) probabilities kept for the backward pass, where
-# the flash kernel keeps none.
-MATMUL_ATTENTION_MAX_LENGTH = 128
-
-
 def causal_mask(query_length: int, key_length: int, device=None) -> torch.Tensor:
     """(T, S) boolean mask, True where a query may attend. The T queries are the *last* T of the S positions
     (bottom-right aligned: a cache holds the first S - T), so query i sees keys 0 .. S - T + i. SDPA's
@@ -212,6 +230,10 @@ def causal_mask(query_length: int, key_length: int, device=None) -> torch.Tensor
 
 
 class CausalSelfAttention(nn.Module):
+    # the equal alternatives to SDPA a CPU may take (see CpuKernels; off until a probe turns them on)
+    decode_by_matmuls = False
+    matmul_attention_max_length = 0
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -237,10 +259,12 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past_length = kv_cache.length
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
-        if self.always_attend_by_matmuls or (x.device.type == "cpu" and (T == 1 or (
-                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0 and T <= MATMUL_ATTENTION_MAX_LENGTH))):
-            # Asked for, a decode step on a CPU (one query: SDPA's flash kernel costs more to set up than this whole
-            # product), or bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
+        if self.always_attend_by_matmuls or (x.device.type == "cpu" and ((T == 1 and self.decode_by_matmuls) or (
+                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0
+                and T <= self.matmul_attention_max_length))):
+            # Asked for, or on a CPU where measured faster (CpuKernels): a decode step (one query: SDPA's flash
+            # kernel may cost more to set up than this whole product), or bf16 training and prompts at short
+            # lengths (see MATMUL_ATTENTION_MAX_LENGTH)
             y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
@@ -320,12 +344,6 @@ class KVCache:
 
 
 # ---------------------------------------------------------------- the training loss
-
-# Logits computed at once by `linear_cross_entropy` (2**26 fp32 values: 256 MB), instead of the whole (B*T, V)
-# matrix and the two more of its size that log-softmax and its gradient allocate (bench/README.md has what
-# that is at the benchmark shapes).
-LOSS_CHUNK_ELEMENTS = 1 << 26
-
 
 def linear_cross_entropy(hidden, weight, targets, ignore_index: int = -100,
                          chunk_elements: int = LOSS_CHUNK_ELEMENTS):
@@ -461,6 +479,35 @@ class SmoLM135_Model(nn.Module):
             # weight tying (Press & Wolf 2017): one matrix reads tokens in and writes logits out
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
+        self.cpu_kernels = CpuKernels()  # the plain ways, until use_cpu_kernels says otherwise
+        self.probe_decode_kernels = True  # generate() measures the decode kernels once per weight dtype
+        self._decode_kernels: dict[torch.dtype, dict] = {}  # weight dtype -> CpuKernels fields measured
+
+    def use_cpu_kernels(self, **choices) -> None:
+        """Take the given CpuKernels choices (split_products=True, ...) from now on; the values stay the same."""
+        self.cpu_kernels = replace(self.cpu_kernels, **choices)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.split_products = self.cpu_kernels.split_products
+            elif isinstance(module, CausalSelfAttention):
+                module.decode_by_matmuls = self.cpu_kernels.decode_attention_by_matmuls
+                module.matmul_attention_max_length = (
+                    MATMUL_ATTENTION_MAX_LENGTH if self.cpu_kernels.training_attention_by_matmuls else 0)
+
+    def _choose_decode_kernels(self) -> None:
+        """On a CPU, once per weight dtype: the decode kernels a short measurement finds fastest here
+        (remembered per host). Outside the project (an exported folder alone), the ones already set."""
+        weight = self.lm_head.weight
+        if not self.probe_decode_kernels or weight.device.type != "cpu":
+            return
+        if weight.dtype not in self._decode_kernels:
+            try:
+                from smolm135.probes import cpu_decode_kernels
+            except ImportError:
+                self._decode_kernels[weight.dtype] = {}
+            else:
+                self._decode_kernels[weight.dtype] = cpu_decode_kernels(self)
+        self.use_cpu_kernels(**self._decode_kernels[weight.dtype])
 
     def _init_weights(self, module):
         std = self.config.init_std
@@ -581,6 +628,7 @@ class SmoLM135_Model(nn.Module):
 
         was_training = self.training
         self.eval()
+        self._choose_decode_kernels()
         total_length = prompt_length + max_new_tokens
         tokens = input_ids.new_empty(B, total_length)  # (B, prompt + new): the sequence, written in place
         tokens[:, :prompt_length] = input_ids

@@ -73,6 +73,8 @@ class GPT2TextTokenizer:
         self.document_separator_id = END_OF_TEXT_ID
         self.end_token_ids = (END_OF_TEXT_ID,)
 
+    description = "GPT-2's tokenizer (50,257 tokens)"
+
     def encode(self, text: str) -> list[int]:
         """Plain text to ids; special-token spellings in the text stay plain text."""
         return self.encoding.encode_ordinary(text)
@@ -82,6 +84,10 @@ class GPT2TextTokenizer:
 
     def decode(self, ids) -> str:
         return self.encoding.decode(list(ids))
+
+    def text_bytes(self, ids) -> int:
+        """UTF-8 bytes of the text these ids spell (exact: tiktoken decodes to bytes)."""
+        return sum(len(self.encoding.decode_bytes(chunk.tolist())) for chunk in _chunks(ids))
 
     @property
     def fingerprint(self) -> str:
@@ -117,6 +123,10 @@ class JsonTokenizer:
         ends = (self.eos_token_id, self.token_id(END_OF_TEXT))
         self.end_token_ids = tuple(dict.fromkeys(i for i in ends if i is not None))
 
+    @property
+    def description(self) -> str:
+        return f"the model's own tokenizer ({self.n_vocab:,} tokens)"
+
     def token_id(self, token: str | None) -> int | None:
         return self.backend.token_to_id(token) if token else None
 
@@ -131,6 +141,10 @@ class JsonTokenizer:
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
+    def text_bytes(self, ids) -> int:
+        """UTF-8 bytes of the text these ids spell (a character split at a chunk edge may count a few more)."""
+        return sum(len(self.decode(chunk.tolist()).encode("utf-8")) for chunk in _chunks(ids))
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Changes whenever the mapping between text and ids could (the token cache is keyed by it)."""
@@ -141,6 +155,14 @@ class JsonTokenizer:
     def to_record(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
                 "bos_token": self.bos_token, "chat_template": self.chat_template}
+
+
+def _chunks(ids, size: int = 1 << 20):
+    """A long id array (e.g. a memory-mapped validation split) in pieces, so decoding never holds it all."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    return (ids[start:start + size] for start in range(0, len(ids), size))
 
 
 def tokenizer_from_record(record: dict | None):

@@ -12,6 +12,8 @@ from .data import DEFAULT_DATA
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD
 
+OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -37,6 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # applied to matrices only (see configure_optimizer)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # adamw (the seed recipe) | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -97,6 +101,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
     if cfg.min_lr is not None and not 0 <= cfg.min_lr <= cfg.lr:
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
+    if cfg.optimizer not in OPTIMIZERS:
+        problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     if cfg.warmup_steps < 0:
         problems.append(f"--warmup-steps cannot be negative (got {cfg.warmup_steps})")
     if cfg.weight_decay < 0 or cfg.grad_clip < 0:
@@ -132,6 +138,7 @@ _HELP = {
     "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
             "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
     "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
+    "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
