@@ -37,20 +37,20 @@ from smolm135.run import (
     load_training_data,
     new_model,
     resume,
+    starting_point,
     wrap_for_steps,
 )
 from smolm135.runtime import (
     autocast,
+    choose_precision,
     configure_backends,
     device_description,
     peak_flops,
     pick_device,
-    pick_dtype,
     run_on_main,
     setup_distributed,
     teardown_distributed,
 )
-from smolm135.tokenizer import get_tokenizer
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, validate
 from smolm135.training_log import RunLog, plot_losses
 
@@ -102,19 +102,29 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
 
 
 def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> Run:
-    """Device, data, model, optimizer; then the checkpoint to continue from, if there is one."""
+    """The starting point (a checkpoint to continue, or pretrained weights), device, data in the model's
+    tokenizer, model, optimizer; then the checkpoint's or the pretrained model's weights."""
     device = pick_device(cfg.device, distributed)
     configure_backends(device)
-    dtype = pick_dtype(cfg.dtype, device)
-    corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed)
+    # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
+    checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
+    cfg, start = starting_point(cfg, checkpoint, log)
+    # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees
+    precision = run_on_main(distributed, lambda: choose_precision(cfg.dtype, device, cfg.model, cfg.seq_len),
+                            send_result_to_all=True)
+    dtype = precision.dtype
+    corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, start.tokenizer)
     check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
     model = new_model(cfg, device)
+    model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
+    if start.pretrained is not None:
+        model.load_state_dict(start.pretrained.state_dict)  # the optimizer below starts fresh, at step 0
     run = Run(cfg, layout, timestamp, distributed, device, dtype, log, corpus, train_tokens, val_tokens, model,
               step_model=model, optimizer=configure_optimizer(model, cfg, device),
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), progress=Progress())
     describe(run)
-    # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
-    checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
+    if precision.reason:
+        log.say(f"--dtype auto: {precision.reason}")
     if checkpoint is not None:
         resume(run, checkpoint)
     return run
@@ -128,9 +138,9 @@ def describe(run: Run) -> None:
             f"non-embedding) on {device_description(run.device)}, precision {str(run.dtype).replace('torch.', '')}"
             + (f", {run.distributed.world_size} processes" if run.distributed.enabled else ""))
     log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
-            f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''}; "
-            f"{run.global_batch} x {cfg.seq_len} = {run.tokens_per_step:,} tokens per step")
-    if run.device.type == "cpu" and params["total"] > 50e6 and run.is_main:
+            f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''} with "
+            f"{run.tokenizer.description}; {run.global_batch} x {cfg.seq_len} = {run.tokens_per_step:,} tokens per step")
+    if run.device.type == "cpu" and params["total"] > 50e6 and run.is_main and cfg.preset.startswith("smolm135"):
         log.say(f"note: the {cfg.preset} model on CPU takes about a minute per step; "
                 f"try --preset tiny for a model that learns in minutes")
 
@@ -279,7 +289,7 @@ def after_step(run: Run, report: StepReport, stop: StopRequest) -> str | None:
     if step % cfg.eval_every == 0 or done:
         evaluate_and_record(run)
     if run.is_main and (step % cfg.sample_every == 0 or done):
-        run.log.say(f"step {step} sample:\n{sample_text(run.model, cfg, run.device, step)}\n")
+        run.log.say(f"step {step} sample:\n{sample_text(run.model, cfg, run.device, step, run.tokenizer)}\n")
     stopped_by = None
     if report.stop_votes > 0 and not done:
         stopped_by = stop.signal_name or "a signal on another process"
@@ -314,12 +324,13 @@ def evaluate(run: Run) -> float:
 def evaluate_and_record(run: Run) -> None:
     val_loss = evaluate(run)
     run.progress.history["val"].append([run.progress.step, val_loss])
-    run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f}")
+    run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} "
+                f"({run.bits_per_byte(val_loss):.4f} bits per byte)")
 
 
-def sample_text(model, cfg: TrainConfig, device, step: int) -> str:
-    encoder = get_tokenizer()
-    prompt = torch.tensor([encoder.encode_ordinary(cfg.sample_prompt) or [0]], device=device)
+def sample_text(model, cfg: TrainConfig, device, step: int, tokenizer) -> str:
+    encoder = tokenizer
+    prompt = torch.tensor([encoder.encode(cfg.sample_prompt) or [0]], device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the global RNG alone
     max_new = min(cfg.sample_tokens, model.config.block_size - prompt.shape[1])
     out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator)
@@ -340,7 +351,8 @@ def finish(run: Run, start_step: int, stopped_by: str | None) -> tuple[SmoLM135_
     final_path = run.save_final()
     if run.is_main:
         plot_path = plot_losses(run.progress.history, run.layout.plot_path(run.timestamp),
-                                f"smolm135 {run.cfg.preset} on {run.corpus.name}")
+                                f"smolm135 {run.cfg.preset} on {run.corpus.name}",
+                                bits_per_byte=run.bits_per_byte)
         run.log.say(f"saved {final_path}; loss plot {plot_path}")
     return run.model, summarize(run, start_step, final_path, None)
 
@@ -356,6 +368,9 @@ def summarize(run: Run, start_step: int, final_path: Path | None, stopped_by: st
         "final_train_loss": progress.last_train_loss,
         "final_val_loss": progress.last_val_loss,
         "initial_val_loss": progress.history["val"][0][1] if progress.history["val"] else None,
+        # the validation losses as bits per byte of the validation text (comparable across tokenizers)
+        "final_val_bpb": round(run.bits_per_byte(progress.last_val_loss), 4) if progress.history["val"] else None,
+        "initial_val_bpb": round(run.bits_per_byte(progress.history["val"][0][1]), 4) if progress.history["val"] else None,
         "first_train_loss_this_run": this_run[0] if this_run else None,
         "final_model_path": str(final_path) if final_path else None,
         "log_path": str(log.path) if log.writes else None,

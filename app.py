@@ -25,14 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-# Gradio reports usage to its servers unless told not to; the demo runs offline and tells no one.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr
+import torch
 
-import gradio as gr  # noqa: E402
-import torch  # noqa: E402
-
-from smollm135_model import ModelConfig, SmoLM135_Model  # noqa: E402
-from smolm135.checkpoint import (  # noqa: E402
+from smollm135_model import ModelConfig, SmoLM135_Model
+from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING_INFO_FILE,
     TrainingFacts,
@@ -40,9 +37,16 @@ from smolm135.checkpoint import (  # noqa: E402
     newest_trained_model,
     read_training_info,
 )
-from smolm135.errors import UserError, run_cli  # noqa: E402
-from smolm135.runtime import pick_device  # noqa: E402
-from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer  # noqa: E402
+from smolm135.errors import UserError, run_cli
+from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
+from smolm135.runtime import pick_device
+from smolm135.tokenizer import (
+    END_OF_TEXT,
+    END_OF_TEXT_ID,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    get_tokenizer,
+)
 
 APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -74,9 +78,11 @@ class Knob:
     info: str = ""
 
 
-TEMPERATURE = Knob("Temperature", 0.0, 2.0, 0.8, 0.05, info="0 picks the likeliest token every time (greedy)")
-TOP_K = Knob("Top-k", 0, 500, 50, 1, integer=True, info="sample among the k likeliest tokens; 0 = all")
-TOP_P = Knob("Top-p", 0.01, 1.0, 0.95, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
+# The sliders start at the project's one sampling policy (smolm135.generation.SAMPLING)
+TEMPERATURE = Knob("Temperature", 0.0, 2.0, SAMPLING.temperature, 0.05,
+                   info="0 picks the likeliest token every time (greedy)")
+TOP_K = Knob("Top-k", 0, 500, SAMPLING.top_k, 1, integer=True, info="sample among the k likeliest tokens; 0 = all")
+TOP_P = Knob("Top-p", 0.01, 1.0, SAMPLING.top_p, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
 SEED = Knob("Seed", 0, 2**32 - 1, 0, 1, integer=True, info="the same seed and settings give the same text")
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -144,12 +150,21 @@ class ModelInfo:
 class NativeTextModel:
     """A smolm135 checkpoint, decoded with the model's own KV-cache `generate_stream`."""
 
-    def __init__(self, model: SmoLM135_Model, info: ModelInfo):
+    def __init__(self, model: SmoLM135_Model, info: ModelInfo, tokenizer=None):
         self.model, self.info = model, info
+        # GPT-2's (models trained from scratch) or the model's own (started from SmolLM & co), as recorded
+        self.tokenizer = tokenizer if tokenizer is not None else GPT2TextTokenizer()
         self.encoder = get_tokenizer()
         self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
+        self.end_token_ids = (END_OF_TEXT_ID,)
+        if isinstance(self.tokenizer, JsonTokenizer):
+            bos = self.tokenizer.token_id(self.tokenizer.bos_token)
+            self.start_token_id = next(t for t in (bos, self.tokenizer.eos_token_id, 0) if t is not None)
+            self.end_token_ids = self.tokenizer.end_token_ids
 
     def encode(self, text: str) -> list[int]:
+        if isinstance(self.tokenizer, JsonTokenizer):
+            return self.tokenizer.encode(text)  # its special tokens typed in a prompt are read as such
         # `<|endoftext|>` typed in a prompt means the separator the trainer puts between files
         return self.encoder.encode(text, allowed_special={END_OF_TEXT})
 
@@ -161,17 +176,35 @@ class NativeTextModel:
         tokens = self.model.generate_stream(
             torch.tensor([prompt_ids], device=device),  # (1, T)
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=END_OF_TEXT_ID, generator=generator)
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=self.end_token_ids[0],
+            generator=generator)
+        if isinstance(self.tokenizer, JsonTokenizer):
+            yield from self._stream_by_decoding(tokens)
+            return
         n_tokens = 0
         for token in tokens:  # (1,)
             token_id = token.item()
             n_tokens += 1
             if token_id == END_OF_TEXT_ID:
                 break
-            # the 47 padding rows of the embedding are not tokens: an undertrained model may still pick one
-            piece = self.encoder.decode_single_token_bytes(token_id) if token_id < self.encoder.n_vocab else b""
-            yield utf8.decode(piece), n_tokens
+            yield utf8.decode(decode_bytes(self.encoder, [token_id])), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
+
+    def _stream_by_decoding(self, tokens) -> Iterator[tuple[str, int]]:
+        """A tokenizer.json model's tokens as text: the continuation so far is decoded again for each token and
+        its new end yielded, held back while it ends in half a character."""
+        ids, shown = [], ""
+        for token in tokens:  # (1,)
+            if token.item() in self.end_token_ids:
+                ids.append(token.item())
+                break
+            ids.append(token.item())
+            text = self.tokenizer.decode(ids)
+            if not text.endswith("\ufffd"):
+                yield text[len(shown):], len(ids)
+                shown = text
+        text = self.tokenizer.decode([i for i in ids if i not in self.end_token_ids])
+        yield text[len(shown):], len(ids)
 
 
 class TransformersTextModel:
@@ -179,7 +212,7 @@ class TransformersTextModel:
 
     def __init__(self, model, tokenizer, info: ModelInfo):
         self.model, self.tokenizer, self.info = model, tokenizer, info
-        self.start_token_id = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)
+        self.start_token_id = start_token_id(tokenizer)  # None: an empty prompt cannot start
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long prompts are cut later
@@ -206,12 +239,15 @@ class TransformersTextModel:
 
         def generate():
             try:
-                self.model.generate(**kwargs)
+                # generate() samples from the global RNG: seed it for this call only, and give it back as it was
+                # (the page's queue runs one generation at a time)
+                with torch.random.fork_rng():
+                    torch.manual_seed(settings.seed)
+                    self.model.generate(**kwargs)
             except BaseException as error:  # handed to the page's thread below, not swallowed
                 failure.append(error)
                 streamer.end()  # or the loop below would wait forever for text that never comes
 
-        torch.manual_seed(settings.seed)  # generate() samples from the global RNG; the queue runs one at a time
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
         try:
@@ -257,7 +293,7 @@ def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") 
     info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
                      parameters=model.num_parameters()["total"], context_length=model.config.block_size,
                      training=checkpoint.facts)
-    return NativeTextModel(model, info)
+    return NativeTextModel(model, info, checkpoint.build_tokenizer())
 
 
 def load_transformers_model(name_or_path: str, device: str = "auto") -> TransformersTextModel:
@@ -317,23 +353,6 @@ def load_model(checkpoint: str | None = None, model: str | None = None, device: 
 # ------------------------------------------------------------------ generation, as the page sees it
 
 
-def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, list[str]]:
-    """Make prompt + new tokens fit the context: the prompt loses its first tokens as far as the new ones need,
-    but keeps at least half the context (or all of itself, if shorter); the new tokens stop at the context.
-    Returns (kept ids, new tokens that fit, notes saying what was cut)."""
-    keep = max(context_length - max_new_tokens, min(len(prompt_ids), context_length // 2), 1)
-    kept = prompt_ids[-keep:]
-    fitting = min(max_new_tokens, context_length - len(kept))
-    notes = []
-    if len(kept) < len(prompt_ids):
-        notes.append(f"The prompt has {len(prompt_ids):,} tokens; with {fitting:,} new ones in a context of "
-                     f"{context_length:,}, only its last {len(kept):,} tokens were used.")
-    if fitting < max_new_tokens:
-        notes.append(f"{fitting:,} new tokens instead of {max_new_tokens:,}: the context holds {context_length:,} "
-                     f"tokens and the prompt takes {len(kept):,}.")
-    return kept, fitting, notes
-
-
 def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=TEMPERATURE.default,
                   top_k=TOP_K.default, top_p=TOP_P.default, seed=SEED.default) -> Iterator[tuple[str, str]]:
     """Yield (prompt + the continuation so far, a status line) after every decoded token.
@@ -348,6 +367,10 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
     settings, notes = GenerationSettings.from_raw(info.context_length, max_new_tokens, temperature, top_k, top_p,
                                                   seed)
     prompt_ids = text_model.encode(prompt)
+    if not prompt_ids and text_model.start_token_id is None:
+        yield "", status_line(notes, "Empty prompt, and this model's tokenizer has no beginning-of-text token to "
+                                     "start from: write a few words.")
+        return
     if not prompt_ids:
         prompt_ids = [text_model.start_token_id]
         notes.append("Empty prompt: the model starts from the beginning of a text.")
@@ -395,6 +418,8 @@ def model_summary(info: ModelInfo) -> str:
 def build_demo(text_model=None) -> gr.Blocks:
     """The page: prompt, sliders, streamed output, and what is loaded. `text_model` None shows how to train."""
     context_length = text_model.info.context_length if text_model is not None else ModelConfig().block_size
+    # analytics_enabled=False: Gradio reports usage to its servers unless told not to (this, not the
+    # GRADIO_ANALYTICS_ENABLED variable, is what it reads first); the demo runs offline and tells no one.
     with gr.Blocks(title="smolm135", analytics_enabled=False) as demo:
         gr.Markdown("# smolm135\nA base language model continues your text: write the start, it writes on.")
         gr.Markdown(model_summary(text_model.info) if text_model is not None else no_model_message(),

@@ -51,6 +51,7 @@ from smolm135.export_gguf import (
     write_gguf,
 )
 from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
+from smolm135.generation import SAMPLING
 from smolm135.model_card import render_model_card
 from smolm135.pretrained import load_pretrained
 from smolm135.llama_names import check_rotary
@@ -102,17 +103,22 @@ def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
                                   padding_side="left",  # decoder-only: new tokens follow each prompt's last token
                                   model_max_length=model_max_length)
     if len(tokenizer) != get_tokenizer().n_vocab:
-        raise RuntimeError(f"the Hugging Face tokenizer has {len(tokenizer)} tokens instead of GPT-2's 50,257")
+        raise RuntimeError(f"the Hugging Face tokenizer has {len(tokenizer)} tokens instead of GPT-2's "
+                           f"{get_tokenizer().n_vocab:,}")
     return tokenizer
 
 
 def build_generation_config(config: SmoLM135Config):
+    """The exported `generation_config.json`: the native `generate`'s sampling defaults, and the special tokens.
+
+    It sets no length: transformers lets a `max_new_tokens` stored here override the `max_length` a caller
+    passes (evaluation harnesses pass one), so the caller's length, or transformers' own default, applies.
+    """
     from transformers import GenerationConfig
 
-    # the sampling recipe the README recommends for the native generate
-    return GenerationConfig(do_sample=True, temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=100,
-                            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                            pad_token_id=config.pad_token_id)
+    return GenerationConfig(do_sample=True, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
+                            top_p=SAMPLING.top_p, bos_token_id=config.bos_token_id,
+                            eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
 
 
 def is_rotary(model_config: ModelConfig) -> bool:

@@ -28,9 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# GPT-2's BPE has 50,257 tokens. Padding the embedding to a multiple of 64 keeps the output matmul on
-# fast tensor-core tile sizes; the 47 extra rows are never produced by the tokenizer.
+# GPT-2's BPE has 50,257 tokens; the last, <|endoftext|>, separates texts, so it is also what a text starts
+# from (the tokenizer's bos, eos and pad token). Both numbers live here because an exported folder's code may
+# import only this file; the tokenizer module builds its encoding from them. Padding the embedding to a
+# multiple of 64 keeps the output matmul on fast tensor-core tile sizes; the 47 extra rows are never produced
+# by the tokenizer.
 GPT2_VOCAB_SIZE = 50257
+GPT2_END_OF_TEXT_ID = 50256
 VOCAB_PADDING_MULTIPLE = 64
 
 
@@ -41,6 +45,13 @@ POSITION_EMBEDDINGS = ("learned", "rotary")
 
 def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_PADDING_MULTIPLE) -> int:
     return ((n_tokens + multiple - 1) // multiple) * multiple
+
+
+def known_fields(dataclass_type, values: dict) -> dict:
+    """The entries of `values` that name a field of `dataclass_type`. A file written by another version of
+    the code may hold fields this one does not know (they are left out) or lack some (defaults fill them)."""
+    names = {f.name for f in fields(dataclass_type)}
+    return {key: value for key, value in values.items() if key in names}
 
 
 @dataclass(frozen=True)
@@ -91,10 +102,14 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: "ModelConfig") -> list[str]:
+        """The fields in which `other` differs, as "name self vs other" phrases (empty when identical)."""
+        return [f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
 
 # The SmolLM family (Hugging Face, 2024): the Llama layout at 135M parameters, with a 49,152-token BPE
@@ -120,21 +135,40 @@ PRESETS: dict[str, ModelConfig] = {
 config = PRESETS["smolm135"]
 
 
-# ---------------------------------------------------------------- decoding products on a CPU
+# ---------------------------------------------------------------- equal computations, chosen per host
 
-# Up to this many rows (batch x new tokens: decoding), a CPU fp32 product goes through `few_row_linear`.
+# Up to this many rows (batch x new tokens: decoding), a CPU product may go through `few_row_linear`.
 FEW_ROWS = 4
-# The split product is an MKL batched matmul; other BLAS libraries (e.g. Apple's) keep F.linear.
-_SPLIT_PRODUCTS = torch.backends.mkl.is_available()
+# Up to this sequence length, bf16 attention on a CPU may run as two matmuls instead of SDPA's flash kernel.
+# On 2 cores of an AMD EPYC with AVX512-BF16, forward and backward took 35 instead of 69 ms per layer at
+# 32 x 9 heads x 128 x 64 (at 256 the flash kernel was ahead again). The price is the (T, T) probabilities
+# kept for the backward pass, about 28 MB per layer at 32 x 128, where the flash kernel keeps none.
+MATMUL_ATTENTION_MAX_LENGTH = 128
+# Rows of hidden states whose logits `linear_cross_entropy` computes at once: about 256 MB of fp32 logits
+# at the 50,304-token vocabulary, instead of the whole (B*T, V) matrix (824 MB at 32 x 128, 6.6 GB at
+# 16 x 2048) and the two more of its size that log-softmax and its gradient allocate.
+LOSS_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """Which of two ways of computing the same values the model takes on a CPU. Which one is faster
+    depends on the processor and its BLAS (the split product below doubled decoding speed on one 2-core
+    host and halved it on another), so the defaults are the plain ways, and `smolm135/probes.py` turns an
+    alternative on where a short measurement on the running host shows it faster."""
+
+    split_products: bool = False  # products of up to FEW_ROWS rows (decoding) through few_row_linear
+    decode_attention_by_matmuls: bool = False  # one-query steps attended by two matmuls instead of SDPA
+    training_attention_by_matmuls: bool = False  # bf16 up to MATMUL_ATTENTION_MAX_LENGTH by two matmuls
 
 
 def few_row_linear(x, weight):
     """x (..., in) @ weight.T for a few rows, as one batched matmul of weight's two halves of outputs.
 
-    Decoding is reading every weight once per token. With MKL, F.linear of an fp32 matrix and one to four
-    rows reads it at about 15 GB/s (a matrix-vector kernel), while `bmm` of its two halves by the same
-    rows reads it at 30-35 GB/s, near what the memory delivers (40 GB/s summing a 600 MB tensor); measured
-    on 2 cores of an AMD EPYC, `bench/generation.py` shows the effect. The values are the same sums.
+    Decoding is reading every weight once per token. Under some BLAS builds F.linear of a matrix and one to
+    four rows runs a single-threaded matrix-vector kernel, while `bmm` of its two halves by the same rows
+    reads the matrix with two threads. The same products, summed in the kernel's order: F.linear's values
+    within rounding.
     """
     rows = x.reshape(-1, x.shape[-1])  # (R, in)
     halves = weight.view(2, weight.shape[0] // 2, weight.shape[1])  # (2, out/2, in)
@@ -143,14 +177,15 @@ def few_row_linear(x, weight):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that takes `few_row_linear` for the few-row fp32 products of decoding on a CPU.
+    """nn.Linear that can take `few_row_linear` for the few-row products of decoding on a CPU
+    (`split_products`, set by `SmoLM135_Model.use_cpu_kernels`). Many rows (training, prompts) and
+    autocast keep F.linear."""
 
-    bf16 and fp16 products, many rows (training, prompts) and autocast keep F.linear, which is faster there.
-    """
+    split_products = False
 
     def forward(self, x):
         if (
-            _SPLIT_PRODUCTS and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+            self.split_products and x.device.type == "cpu" and x.dtype == self.weight.dtype
             and x.numel() <= FEW_ROWS * self.in_features and self.bias is None
             and self.out_features % 2 == 0 and self.weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu")
@@ -187,14 +222,18 @@ def apply_rotary(x, cos, sin):
 
 # ---------------------------------------------------------------- the blocks
 
-# Up to this sequence length, bf16 attention on a CPU runs as two matmuls instead of SDPA's flash kernel:
-# forward and backward take 35 instead of 69 ms per layer at 32 x 9 heads x 128 x 64 on 2 cores (at 256
-# the flash kernel is ahead again). The price is the (T, T) probabilities kept for the backward pass, about
-# 28 MB per layer at 32 x 128, where the flash kernel keeps none.
-MATMUL_ATTENTION_MAX_LENGTH = 128
+def causal_mask(query_length: int, key_length: int, device=None) -> torch.Tensor:
+    """(T, S) boolean mask, True where a query may attend. The T queries are the *last* T of the S positions
+    (bottom-right aligned: a cache holds the first S - T), so query i sees keys 0 .. S - T + i. SDPA's
+    `is_causal` aligns the triangle top-left, which is the same only when T == S."""
+    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
 
 
 class CausalSelfAttention(nn.Module):
+    # the equal alternatives to SDPA a CPU may take (see CpuKernels; off until a probe turns them on)
+    decode_by_matmuls = False
+    matmul_attention_max_length = 0
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
@@ -220,16 +259,17 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past_length = kv_cache.length
             k, v = kv_cache.update(layer_idx, k, v)  # (B, nkv, past + T, hs)
-        if self.always_attend_by_matmuls or (x.device.type == "cpu" and (T == 1 or (
-                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0 and T <= MATMUL_ATTENTION_MAX_LENGTH))):
-            # Asked for, a decode step on a CPU (one query: SDPA's flash kernel costs more to set up than this whole
-            # product), or bf16 training and prompts at short lengths (see MATMUL_ATTENTION_MAX_LENGTH)
+        if self.always_attend_by_matmuls or (x.device.type == "cpu" and ((T == 1 and self.decode_by_matmuls) or (
+                q.dtype == torch.bfloat16 and attn_mask is None and past_length == 0
+                and T <= self.matmul_attention_max_length))):
+            # Asked for, or on a CPU where measured faster (CpuKernels): a decode step (one query: SDPA's flash
+            # kernel may cost more to set up than this whole product), or bf16 training and prompts at short
+            # lengths (see MATMUL_ATTENTION_MAX_LENGTH)
             y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
-            # SDPA's is_causal aligns the triangle top-left; with a cache the queries are the *last* T
-            # positions, so the mask must be aligned bottom-right.
-            attn_mask = torch.ones(T, past_length + T, dtype=torch.bool, device=x.device).tril(past_length)
+            # with a cache the queries are the last T positions: SDPA's top-left is_causal would be wrong
+            attn_mask = causal_mask(T, past_length + T, x.device)  # (T, past + T)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
@@ -248,8 +288,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, self.n_kv_head, groups, T, hs)  # (B, nkv, g, T, hs)
         scores = torch.matmul(q, k.unsqueeze(2).transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, T, S)
         if attn_mask is None and T > 1:  # causal, bottom-right aligned (one last query sees every key)
-            scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1),
-                                        float("-inf"))
+            scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
         elif attn_mask is not None:
             mask = attn_mask.unsqueeze(2)  # (B or 1, 1, 1, T, S): the same for every head
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -305,12 +344,6 @@ class KVCache:
 
 
 # ---------------------------------------------------------------- the training loss
-
-# Rows of hidden states whose logits are computed at once by `linear_cross_entropy`: about 256 MB of fp32
-# logits at the 50,304-token vocabulary, instead of the whole (B*T, V) matrix (824 MB at 32 x 128, 6.6 GB
-# at 16 x 2048) and the two more of its size that log-softmax and its gradient allocate.
-LOSS_CHUNK_ELEMENTS = 1 << 26
-
 
 def linear_cross_entropy(hidden, weight, targets, ignore_index: int = -100,
                          chunk_elements: int = LOSS_CHUNK_ELEMENTS):
@@ -387,6 +420,43 @@ def _linear_cross_entropy_sums(hidden, weight, targets, ignore_index, chunk_elem
     return loss_sum, valid.sum(), grad_hidden, grad_weight
 
 
+# ---------------------------------------------------------------- the generation policy
+
+@dataclass(frozen=True)
+class Sampling:
+    """How text is sampled unless the caller says otherwise: by `generate`, the trainer's samples, the demo's
+    sliders and an exported model's `generation_config.json` alike.
+
+    temperature 0.7 sharpens the distribution: a small base model spreads much of its probability over a long
+    tail of unlikely tokens, and at 1.0 those draws derail the text; greedy decoding (0) repeats itself
+    instead. top-k 50 (transformers' default top-k) cuts that tail off outright, whatever the vocabulary.
+    top-p 0.95 (nucleus sampling, Holtzman et al. 2020) narrows further where the model is sure of the next
+    token, yet leaves the choice open where it is not.
+    """
+
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.95
+
+
+SAMPLING = Sampling()
+
+
+def fit_to_context(prompt_length: int, max_new_tokens: int, context_length: int,
+                   min_prompt_length: int | None = None) -> tuple[int, int]:
+    """(prompt tokens kept, new tokens) so that prompt + continuation fit in `context_length` positions.
+
+    The one rule: the prompt keeps its last tokens and loses its first ones as far as the new tokens need,
+    but never goes below `min_prompt_length` (default half the context) or all of itself, if shorter; the
+    new tokens then stop at the context. `generate` passes the whole prompt as that minimum, since it
+    returns prompt + continuation and never cuts what it was given; the demo and the trainer's samples
+    use the default.
+    """
+    floor = context_length // 2 if min_prompt_length is None else min_prompt_length
+    kept = min(prompt_length, max(context_length - max_new_tokens, min(prompt_length, floor), 1))
+    return kept, max(0, min(max_new_tokens, context_length - kept))
+
+
 class SmoLM135_Model(nn.Module):
     def __init__(self, cfg: ModelConfig = config):
         super().__init__()
@@ -409,6 +479,35 @@ class SmoLM135_Model(nn.Module):
             # weight tying (Press & Wolf 2017): one matrix reads tokens in and writes logits out
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
+        self.cpu_kernels = CpuKernels()  # the plain ways, until use_cpu_kernels says otherwise
+        self.probe_decode_kernels = True  # generate() measures the decode kernels once per weight dtype
+        self._decode_kernels: dict[torch.dtype, dict] = {}  # weight dtype -> CpuKernels fields measured
+
+    def use_cpu_kernels(self, **choices) -> None:
+        """Take the given CpuKernels choices (split_products=True, ...) from now on; the values stay the same."""
+        self.cpu_kernels = replace(self.cpu_kernels, **choices)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.split_products = self.cpu_kernels.split_products
+            elif isinstance(module, CausalSelfAttention):
+                module.decode_by_matmuls = self.cpu_kernels.decode_attention_by_matmuls
+                module.matmul_attention_max_length = (
+                    MATMUL_ATTENTION_MAX_LENGTH if self.cpu_kernels.training_attention_by_matmuls else 0)
+
+    def _choose_decode_kernels(self) -> None:
+        """On a CPU, once per weight dtype: the decode kernels a short measurement finds fastest here
+        (remembered per host). Outside the project (an exported folder alone), the ones already set."""
+        weight = self.lm_head.weight
+        if not self.probe_decode_kernels or weight.device.type != "cpu":
+            return
+        if weight.dtype not in self._decode_kernels:
+            try:
+                from smolm135.probes import cpu_decode_kernels
+            except ImportError:
+                self._decode_kernels[weight.dtype] = {}
+            else:
+                self._decode_kernels[weight.dtype] = cpu_decode_kernels(self)
+        self.use_cpu_kernels(**self._decode_kernels[weight.dtype])
 
     def _init_weights(self, module):
         std = self.config.init_std
@@ -483,9 +582,9 @@ class SmoLM135_Model(nn.Module):
         input_ids: torch.Tensor,
         max_length: int | None = None,
         max_new_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        temperature: float = SAMPLING.temperature,
+        top_k: int | None = SAMPLING.top_k,
+        top_p: float | None = SAMPLING.top_p,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
@@ -494,7 +593,8 @@ class SmoLM135_Model(nn.Module):
 
         `max_length` counts the prompt (the seed's usage), `max_new_tokens` does not; give one (default:
         50 new tokens). `temperature` 0 decodes greedily. `top_k` keeps the k likeliest tokens, `top_p` the
-        smallest set whose probability reaches p. Rows that emit `eos_token_id` stop and are padded with it.
+        smallest set whose probability reaches p (None turns either off); the defaults are `SAMPLING`, the
+        project's one sampling policy. Rows that emit `eos_token_id` stop and are padded with it.
         Generation stops, with a warning, at the context length `config.block_size`. `use_cache=False`
         re-runs the whole sequence for every token (slow; the reference the cache is tested against).
         """
@@ -506,26 +606,29 @@ class SmoLM135_Model(nn.Module):
         return out[0] if squeeze else out
 
     @torch.no_grad()
-    def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=1.0, top_k=None,
-                        top_p=None, eos_token_id=None, generator=None, use_cache=True):
+    def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=SAMPLING.temperature,
+                        top_k=SAMPLING.top_k, top_p=SAMPLING.top_p, eos_token_id=None, generator=None,
+                        use_cache=True):
         """Like `generate`, but yields each new token (B,) as soon as it is decoded (for streaming UIs)."""
         B, prompt_length = input_ids.shape
         if max_new_tokens is None:
             max_new_tokens = (max_length - prompt_length) if max_length is not None else 50
         max_new_tokens = max(0, max_new_tokens)
-        room = self.config.block_size - prompt_length
-        if max_new_tokens > room:
+        _, fitting = fit_to_context(prompt_length, max_new_tokens, self.config.block_size,
+                                    min_prompt_length=prompt_length)  # the prompt is the caller's: never cut
+        if fitting < max_new_tokens:
             warnings.warn(
                 f"generation stops at the context length of {self.config.block_size} tokens: "
-                f"{max(room, 0)} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
+                f"{fitting} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
                 stacklevel=3,
             )
-            max_new_tokens = max(room, 0)
+            max_new_tokens = fitting
         if max_new_tokens == 0:
             return
 
         was_training = self.training
         self.eval()
+        self._choose_decode_kernels()
         total_length = prompt_length + max_new_tokens
         tokens = input_ids.new_empty(B, total_length)  # (B, prompt + new): the sequence, written in place
         tokens[:, :prompt_length] = input_ids

@@ -34,6 +34,7 @@ from pathlib import Path
 from smolm135 import data
 from smolm135.checkpoint import TRAINING
 from smolm135.errors import run_cli
+from smolm135.probes import this_host
 from smolm135.tokenizer import get_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +167,7 @@ def run_benchmark(size_mb: int, steps: int, threads: int) -> float:
     with tempfile.TemporaryDirectory(prefix="smolm135_big_corpus_") as tmp:
         tmp = Path(tmp)
         corpus_path = tmp / "corpus.txt"
+        print(this_host().line())
         print(f"writing a {size_mb} MB corpus to {corpus_path} ...", flush=True)
         corpus_bytes = write_corpus(corpus_path, size_mb)
 

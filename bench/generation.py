@@ -6,9 +6,16 @@
 
 Both models hold the same weights where their layouts coincide (see harness.model_pair) and decode the
 same prompt greedily for exactly 128 tokens (no end-of-text stop). A round is one whole `generate` call,
-prompt included; tokens/s is new tokens over its wall time.
+prompt included; tokens/s is new tokens over its wall time. Ours takes the decode kernels its one-time probe
+found fastest on this host (printed; see smolm135/probes.py).
+
+Decoding a token reads every weight once, so memory bandwidth bounds it: the bound printed is the host's
+copy bandwidth (bytes copied per second, each read once and written once, over a tensor far larger than
+the caches) divided by the bytes of weights read per token.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -24,6 +31,7 @@ from bench.harness import (
     token_batch,
 )
 from smolm135.errors import run_cli
+from smolm135.runtime import synchronize
 
 
 def add_arguments(parser):
@@ -52,8 +60,36 @@ def main(argv=None) -> dict[str, float]:
     for label, values in seconds.items():
         print_row(label, [new / s for s in values], "tokens/s")
     ratio = median(seconds["transformers Llama"]) / median(seconds["ours"])
+    if args.device.type == "cpu":
+        print(f"ours decodes with {ours.cpu_kernels} (the probe's choice on this host)")
+    weight_bytes = bytes_read_per_token(ours)
+    bandwidth = copy_bandwidth(args.device)
+    bound = bandwidth / weight_bytes
+    ours_rate = new / median(seconds["ours"])
+    print(f"memory-bandwidth bound: {weight_bytes / 1e6:,.0f} MB of weights per token at {bandwidth / 1e9:.1f} GB/s "
+          f"copy bandwidth = {bound:,.1f} tokens/s; ours reaches {ours_rate / bound:.2f} of it")
     print_ratios("tokens/s", {args.dtype: ratio}, "above 1: ours is faster")
-    return {args.dtype: ratio}
+    return {args.dtype: ratio, "fraction_of_bandwidth_bound": ours_rate / bound}
+
+
+def bytes_read_per_token(model) -> int:
+    """Every weight is read once per token, but of the position embedding only one row."""
+    position = model.transformer.wpe.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - position[1:].numel() * position.element_size()
+
+
+def copy_bandwidth(device, megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes copied per second between two tensors of `megabytes` (the median of `repeats` copies)."""
+    source = torch.ones(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    seconds = []
+    for _ in range(repeats + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return source.numel() * source.element_size() / median(seconds[1:])  # the first copy faults pages in
 
 
 if __name__ == "__main__":

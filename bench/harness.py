@@ -11,8 +11,9 @@ from typing import Callable
 
 import torch
 
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
-from smolm135.runtime import configure_backends, device_description, pick_device, pick_dtype, synchronize
+from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, SmoLM135_Model
+from smolm135.probes import this_host
+from smolm135.runtime import choose_precision, configure_backends, device_description, pick_device, synchronize
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,14 +42,21 @@ def bench_config(quick: bool) -> ModelConfig:
     return PRESETS["tiny"] if quick else PRESETS["smolm135"]
 
 
-def precisions(device: torch.device) -> list[torch.dtype]:
-    """fp32, and bf16 autocast where the device runs it natively (as the trainer's --dtype auto picks)."""
-    return sorted({torch.float32, pick_dtype("auto", device)}, key=str, reverse=True)  # float32 first
+def precisions(device: torch.device, cfg: ModelConfig, seq_len: int) -> tuple[list[torch.dtype], torch.dtype]:
+    """The precisions to time, fp32 first, and the one the trainer's --dtype auto picks for this model here.
+    On a CPU both fp32 and bf16 autocast are timed, to check the pick; on CUDA the pick alone."""
+    auto = choose_precision("auto", device, cfg, seq_len)
+    if auto.reason:
+        print(f"--dtype auto picks {auto.reason}")
+    timed = {torch.float32, torch.bfloat16} if device.type == "cpu" else {torch.float32, auto.dtype}
+    return sorted(timed, key=str, reverse=True), auto.dtype  # float32 first
 
 
 def describe(args, cfg: ModelConfig) -> None:
+    """The host line (a figure holds for the host it was measured on, and no other), then the run."""
     import transformers
 
+    print(this_host().line())
     print(f"device {device_description(args.device)}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}; model {cfg.n_layer} layers x {cfg.n_embd}, vocab {cfg.vocab_size}")
 
@@ -97,7 +105,7 @@ def llama_state_dict(model: SmoLM135_Model) -> dict[str, torch.Tensor]:
 def token_batch(batch_size: int, length: int, device, seed: int = 0) -> torch.Tensor:
     """(batch_size, length) random GPT-2 token ids, the same for every caller with the same seed."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 50257, (batch_size, length), generator=generator).to(device)
+    return torch.randint(0, GPT2_VOCAB_SIZE, (batch_size, length), generator=generator).to(device)
 
 
 def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype: torch.dtype,
@@ -111,6 +119,10 @@ def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype
 
     device = tokens.device
     optimizer = configure_optimizer(model, TrainConfig(), device)
+    if side == "ours":  # the attention kernel the trainer takes for this precision here
+        by_matmuls = dtype == torch.bfloat16 and choose_precision(
+            "bfloat16", device, model.config, tokens.shape[1] - 1).bf16_attention_by_matmuls
+        model.use_cpu_kernels(training_attention_by_matmuls=by_matmuls)
     forward = torch.compile(model) if compile else model
     x, y = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
 

@@ -20,6 +20,7 @@ from bench.harness import parse_args
 from Model_smollm135_trainer import train
 from smolm135.data import shakespeare_text
 from smolm135.errors import run_cli
+from smolm135.probes import this_host
 from smolm135.train_config import TrainConfig
 
 RECIPE_STEPS = TrainConfig().max_steps  # 5,000
@@ -42,6 +43,7 @@ def step_seconds_from_log(log_path: str, tokens_per_step: int) -> list[float]:
 
 def main(argv=None) -> dict[str, float]:
     args = parse_args(__doc__, argv, add_arguments)
+    print(this_host().line())
     with tempfile.TemporaryDirectory() as out_dir:
         data = Path(out_dir) / "input.txt"
         data.write_text(shakespeare_text(), encoding="utf-8")  # the default corpus

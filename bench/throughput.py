@@ -20,7 +20,7 @@ from bench.harness import (
 )
 from smollm135_model import SmoLM135_Model
 from smolm135.errors import UserError, run_cli
-from smolm135.runtime import DTYPES, peak_flops, pick_dtype
+from smolm135.runtime import DTYPES, choose_precision, peak_flops
 
 
 def add_arguments(parser):
@@ -35,8 +35,11 @@ def main(argv=None) -> dict[str, float]:
     cfg = bench_config(args.quick)
     if args.seq_len > cfg.block_size:
         raise UserError(f"--seq-len {args.seq_len} is longer than the context length ({cfg.block_size})")
-    dtype = pick_dtype(args.dtype, args.device)
     describe(args, cfg)
+    precision = choose_precision(args.dtype, args.device, cfg, args.seq_len)
+    dtype = precision.dtype
+    if precision.reason:
+        print(f"--dtype auto picks {precision.reason}")
     model = SmoLM135_Model(cfg).to(args.device)
     step = training_step(model, "ours", token_batch(args.batch_size, args.seq_len + 1, args.device), dtype,
                          args.compile)

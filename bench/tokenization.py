@@ -19,11 +19,13 @@ from pathlib import Path
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
 from smolm135.data import load_corpus, shakespeare_text
 from smolm135.errors import run_cli
+from smolm135.probes import this_host
 from smolm135.tokenizer import get_tokenizer
 
 
 def main(argv=None) -> dict[str, float]:
     args = parse_args(__doc__, argv)
+    print(this_host().line())
     threads = os.cpu_count() or 1  # what load_corpus uses by default
     encoder = get_tokenizer()
     text = shakespeare_text()

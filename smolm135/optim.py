@@ -1,12 +1,26 @@
-"""The optimizer of the recipe: AdamW with weight decay on matrices only, and its learning rate per step."""
+"""The optimizer of the recipe, and its learning rate per step.
+
+`adamw` (the seed recipe): AdamW with weight decay on matrices only. `muon`: Muon (`torch.optim.Muon`,
+momentum orthogonalized by Newton-Schulz) for the matrices inside the blocks, AdamW for the embeddings and
+the norm gains, as the speed-run recipes do; Muon's step is scaled to match AdamW's update size
+(`adjust_lr_fn="match_rms_adamw"`), so one --lr and one schedule drive both.
+"""
 from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .train_config import TrainConfig, get_lr
 
 
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """The optimizer --optimizer names, over the model's parameters."""
+    if cfg.optimizer == "muon":
+        return muon_with_adamw(model, cfg, device)
+    return adamw(model, cfg, device)
+
+
+def adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: decaying norm gains would only fight the normalisation."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
@@ -21,3 +35,56 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: TrainCon
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def muon_with_adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> "OptimizerPair":
+    """Muon for the blocks' 2-D weights (attention and MLP projections); AdamW for the token and position
+    embeddings (a lookup table, not a linear map: orthogonalizing its update has no meaning, and it is tied
+    to the output head) and for the norm gains."""
+    in_blocks = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
+    matrices = [p for p in model.parameters() if id(p) in in_blocks]
+    embeddings = [p for p in model.parameters() if id(p) not in in_blocks and p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                            adjust_lr_fn="match_rms_adamw")
+    rest = torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
+                              {"params": vectors, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=True if device.type == "cuda" else None)
+    return OptimizerPair(muon, rest)
+
+
+class OptimizerPair:
+    """Two optimizers over disjoint parameters that the loop drives as one: one step, one zero_grad, their
+    param_groups side by side (so the schedule sets every learning rate), and one state_dict of plain
+    data holding both, so that a checkpoint restores each exactly. GradScaler only needs `step` and
+    `param_groups` of what it steps."""
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer):
+        self.optimizers = (first, second)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {key: value for optimizer in self.optimizers for key, value in optimizer.state.items()}
+
+    def step(self, closure=None) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("optimizers")
+        if not isinstance(saved, list) or len(saved) != len(self.optimizers):
+            raise UserError("the checkpoint's optimizer state is not Muon + AdamW: resume with the --optimizer "
+                            "it was trained with, or pass --resume never to start fresh")
+        for optimizer, state in zip(self.optimizers, saved):
+            optimizer.load_state_dict(state)

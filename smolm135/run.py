@@ -2,15 +2,16 @@
 comes back from one. The loop that drives it is `Model_smollm135_trainer.train`."""
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from smollm135_model import SmoLM135_Model
+from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
 
 from .checkpoint import (
     Checkpoint,
@@ -26,8 +27,10 @@ from .checkpoint import (
 )
 from .data import Corpus, load_corpus, split_train_val
 from .errors import UserError
+from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
 from .runtime import Distributed, main_process_first, run_on_main
-from .train_config import TrainConfig
+from .tokenizer import GPT2TextTokenizer
+from .train_config import TrainConfig, validate
 from .training_log import RunLog
 
 
@@ -65,6 +68,19 @@ class Run:
         return self.global_batch * self.cfg.seq_len
 
     @property
+    def tokenizer(self):
+        return self.corpus.tokenizer
+
+    @functools.cached_property
+    def val_bytes(self) -> int:
+        """UTF-8 bytes of the validation text, counted once."""
+        return self.tokenizer.text_bytes(self.val_tokens)
+
+    def bits_per_byte(self, loss: float) -> float:
+        """A loss in nats per token as bits per byte of text: the figure comparable across tokenizers."""
+        return loss / math.log(2) * len(self.val_tokens) / max(1, self.val_bytes)
+
+    @property
     def data_position(self) -> DataPosition:
         return DataPosition(self.cfg.seed, self.global_batch, self.cfg.seq_len, self.corpus.key)
 
@@ -74,7 +90,8 @@ class Run:
         """The run as it stands, as a checkpoint record."""
         return Checkpoint(self.model.state_dict(), self.model.config.to_dict(), self.cfg.to_dict(), self.progress,
                           self.optimizer.state_dict(), self.scaler.state_dict(), self.data_position,
-                          capture_rng_state(), self.corpus.name, str(torch.__version__))
+                          capture_rng_state(), self.corpus.name, str(torch.__version__),
+                          tokenizer=self.tokenizer.to_record())
 
     def save_checkpoint(self) -> Path:
         """The step's checkpoint and latest.pt (rank 0 alone; the others wait and learn of a failure)."""
@@ -101,11 +118,11 @@ class Run:
 # ------------------------------------------------------------------ setting a run up
 
 
-def load_training_data(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):
+def load_training_data(cfg: TrainConfig, layout: RunLayout, distributed: Distributed, tokenizer=None):
     """The corpus, tokenized by the main process first (the others then read its cache), and its split."""
     corpus = main_process_first(distributed, lambda: load_corpus(
         cfg.data, layout.cache_dir, show_progress=cfg.progress and distributed.is_main,
-        quiet=not distributed.is_main, text_field=cfg.text_field))
+        quiet=not distributed.is_main, text_field=cfg.text_field, tokenizer=tokenizer))
     train_tokens, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
     return corpus, train_tokens, val_tokens
 
@@ -153,9 +170,53 @@ def find_resume_checkpoint(cfg: TrainConfig, layout: RunLayout, log: RunLog) -> 
             found = None
     elif cfg.resume != "never":
         found = load_checkpoint(cfg.resume)
-    if found is None and cfg.init_from:
+    if found is None and cfg.init_from and not is_pretrained_source(cfg.init_from):
         found = load_checkpoint(cfg.init_from)
     return found
+
+
+# ------------------------------------------------------------------ starting from a pretrained model
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a run starts from besides its recipe: the checkpoint to continue (if any), the pretrained weights
+    of a fresh start from SmolLM & co (if any), and the tokenizer the model reads."""
+
+    checkpoint: Checkpoint | None
+    pretrained: PretrainedModel | None
+    tokenizer: object
+
+
+def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog) -> tuple[TrainConfig, StartingPoint]:
+    """A checkpoint brings its tokenizer; a pretrained --init-from (when there is no checkpoint of this run to
+    resume) brings its weights, config and tokenizer, and the recipe's model becomes its config. Without
+    either, the model is the preset's and reads GPT-2."""
+    pretrained = None
+    if cfg.init_from and is_pretrained_source(cfg.init_from):
+        if checkpoint is None:
+            pretrained = load_pretrained(cfg.init_from)
+            log.say(f"starting from {pretrained.description}: its weights and tokenizer, a fresh optimizer at step 0")
+        model_config = pretrained.config if pretrained else ModelConfig.from_dict(checkpoint.model_config)
+        cfg = adopt_model(cfg, model_config, cfg.init_from)
+    if pretrained is not None:
+        tokenizer = pretrained.tokenizer
+    else:
+        tokenizer = checkpoint.build_tokenizer() if checkpoint is not None else GPT2TextTokenizer()
+    return cfg, StartingPoint(checkpoint, pretrained, tokenizer)
+
+
+def adopt_model(cfg: TrainConfig, model_config: ModelConfig, source: str) -> TrainConfig:
+    """The recipe for the pretrained model's own config. An explicit --preset must describe that model."""
+    default_preset = TrainConfig.__dataclass_fields__["preset"].default
+    if cfg.preset != default_preset and cfg.model != model_config:
+        differences = cfg.model.differences(model_config) if cfg.model else []
+        raise UserError(f"--preset {cfg.preset} is not the model {source} holds ({'; '.join(differences)}): "
+                        f"leave --preset out to train that model as it is")
+    name = next((n for n, preset in PRESETS.items() if preset == model_config), "custom")
+    adopted = replace(cfg, model=model_config, preset=name)
+    validate(adopted)  # e.g. --seq-len against the pretrained context length
+    return adopted
 
 
 def resume(run: Run, checkpoint: Checkpoint) -> None:

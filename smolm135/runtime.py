@@ -157,24 +157,41 @@ def pick_device(requested: str, distributed: Distributed = Distributed()) -> tor
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    """True where the processor has native bf16 dot products (AVX512-BF16 or AMX), so autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype (float32: no autocast), why it was chosen, and the bf16 attention kernel."""
+
+    dtype: torch.dtype
+    reason: str | None = None  # said on the console where `auto` measured or detected it
+    bf16_attention_by_matmuls: bool = False  # CpuKernels.training_attention_by_matmuls
+
+
+def choose_precision(requested: str, device: torch.device, model_config=None, seq_len: int = 128) -> Precision:
+    """The training precision. `auto`: on CUDA bf16 (float16 before Ampere); on a CPU whichever of fp32
+    and bf16 autocast trains `model_config` (default: the smolm135 preset) faster on this host, measured
+    once and remembered (smolm135/probes.py); elsewhere fp32."""
+    from . import probes
+
+    if device.type == "cpu" and requested in ("auto", "bfloat16"):
+        if model_config is None:
+            from smollm135_model import ModelConfig
+            model_config = ModelConfig()
+        measured = probes.cpu_training_precision(model_config, seq_len)
+        if requested == "auto":
+            return Precision(measured.dtype, measured.reason, measured.bf16_attention_by_matmuls)
+        return Precision(torch.bfloat16, None, measured.bf16_attention_by_matmuls)
+    return Precision(pick_dtype(requested, device))
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype; float32 means no autocast."""
+    """The autocast dtype; float32 means no autocast. On a CPU, `auto` is `choose_precision`'s choice for
+    the smolm135 preset."""
     if requested == "auto":
         if device.type == "cuda":
             # GPUs before Ampere (e.g. a T4) lack bf16: float16 with the trainer's loss scaling, as nanoGPT
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_supports_bf16():
-            return torch.bfloat16
+        if device.type == "cpu":
+            return choose_precision(requested, device).dtype
         return torch.float32
     dtype = DTYPES[requested]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -205,12 +222,11 @@ def keep_freed_memory_for_reuse() -> bool:
 
     A training step allocates and frees the same large buffers every step (activations, gradients, the
     optimizer's temporaries). glibc maps each one over 32 MB afresh and unmaps it when freed, so every
-    step page-faults all of their pages in again: on 2 CPU cores, in separate processes side by side, that
-    was 18% of an fp32 step of the full model and 35% of a bf16 step (what a fault costs varies with the
-    host; `bench/train_step.py --default-malloc` compares). Keeping them costs a few percent more peak
-    resident memory; the first few steps still fault while the heap settles. Linux with glibc only, and not when the environment
-    already chooses (`MALLOC_*` variables, or another allocator through LD_PRELOAD). Returns whether it
-    applied.
+    step page-faults all of their pages in again, a sizeable share of a CPU step (what a fault costs varies
+    with the host; `bench/train_step.py --default-malloc` compares, bench/README.md has the figures).
+    Keeping them costs a little more peak resident memory; the first few steps still fault while the heap
+    settles. Linux with glibc only, and not when the environment already chooses (`MALLOC_*` variables, or
+    another allocator through LD_PRELOAD). Returns whether it applied.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ:
         return False

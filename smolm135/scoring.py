@@ -119,3 +119,26 @@ def score_documents(logits_fn: LogitsFn, documents: Iterable[str], encode: Calla
     nats, count = score_tokens(logits_fn, tokens, scored, context, stride, device, batch_windows,
                                show_progress, desc)
     return Score(nats, count, text_bytes)
+
+
+def validation_bits_per_byte(model, tokens: np.ndarray, context: int, device: torch.device, dtype: torch.dtype,
+                             separator_id: int, decode_bytes: Callable[[list[int]], bytes],
+                             max_tokens: int | None = None) -> Score:
+    """A native model's score on a tokenized split (the trainer's validation tokens, (N,)), in windows of
+    `context` that do not overlap, as training sees text; separators are context only, as in
+    score_documents. `max_tokens` scores only the split's beginning (the (B, T, vocab) logits are the cost)."""
+    from .runtime import autocast
+
+    tokens = np.asarray(tokens[:max_tokens] if max_tokens else tokens, dtype=np.int64)
+    scored = tokens != separator_id
+    scored[0] = False  # never predicted: nothing comes before it
+    was_training = model.training
+    model.eval()
+
+    def logits(x):  # (B, T) -> (B, T, V)
+        with autocast(device, dtype):
+            return model(x)[0]
+
+    nats, count = score_tokens(logits, tokens, scored, context, context, device)
+    model.train(was_training)
+    return Score(nats, count, len(decode_bytes(tokens[scored].tolist())))

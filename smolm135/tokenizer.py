@@ -17,11 +17,14 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+# the model module owns the two numbers, since an exported folder's code may import only that file
+from smollm135_model import GPT2_END_OF_TEXT_ID as END_OF_TEXT_ID
+from smollm135_model import GPT2_VOCAB_SIZE
+
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py for GPT-2's files.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 END_OF_TEXT = "<|endoftext|>"
-END_OF_TEXT_ID = 50256
 
 
 def gpt2_bpe_files() -> tuple[Path, Path]:
@@ -32,7 +35,7 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
 
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's encoding (50,257 tokens, `<|endoftext|>` = 50256), identical to tiktoken's "gpt2"."""
+    """GPT-2's encoding (`GPT2_VOCAB_SIZE` tokens, the last `<|endoftext|>`), identical to tiktoken's "gpt2"."""
     encoder_json, vocab_bpe = gpt2_bpe_files()
     # tiktoken verifies both hashes and raises if a file was altered
     mergeable_ranks = data_gym_to_mergeable_bpe_ranks(
@@ -43,7 +46,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     )
     return tiktoken.Encoding(
         name="gpt2",
-        explicit_n_vocab=END_OF_TEXT_ID + 1,
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
         pat_str=r50k_pat_str,
         mergeable_ranks=mergeable_ranks,
         special_tokens={END_OF_TEXT: END_OF_TEXT_ID},
@@ -70,6 +73,8 @@ class GPT2TextTokenizer:
         self.document_separator_id = END_OF_TEXT_ID
         self.end_token_ids = (END_OF_TEXT_ID,)
 
+    description = "GPT-2's tokenizer (50,257 tokens)"
+
     def encode(self, text: str) -> list[int]:
         """Plain text to ids; special-token spellings in the text stay plain text."""
         return self.encoding.encode_ordinary(text)
@@ -79,6 +84,10 @@ class GPT2TextTokenizer:
 
     def decode(self, ids) -> str:
         return self.encoding.decode(list(ids))
+
+    def text_bytes(self, ids) -> int:
+        """UTF-8 bytes of the text these ids spell (exact: tiktoken decodes to bytes)."""
+        return sum(len(self.encoding.decode_bytes(chunk.tolist())) for chunk in _chunks(ids))
 
     @property
     def fingerprint(self) -> str:
@@ -114,6 +123,10 @@ class JsonTokenizer:
         ends = (self.eos_token_id, self.token_id(END_OF_TEXT))
         self.end_token_ids = tuple(dict.fromkeys(i for i in ends if i is not None))
 
+    @property
+    def description(self) -> str:
+        return f"the model's own tokenizer ({self.n_vocab:,} tokens)"
+
     def token_id(self, token: str | None) -> int | None:
         return self.backend.token_to_id(token) if token else None
 
@@ -128,6 +141,10 @@ class JsonTokenizer:
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
+    def text_bytes(self, ids) -> int:
+        """UTF-8 bytes of the text these ids spell (a character split at a chunk edge may count a few more)."""
+        return sum(len(self.decode(chunk.tolist()).encode("utf-8")) for chunk in _chunks(ids))
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Changes whenever the mapping between text and ids could (the token cache is keyed by it)."""
@@ -138,6 +155,14 @@ class JsonTokenizer:
     def to_record(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
                 "bos_token": self.bos_token, "chat_template": self.chat_template}
+
+
+def _chunks(ids, size: int = 1 << 20):
+    """A long id array (e.g. a memory-mapped validation split) in pieces, so decoding never holds it all."""
+    import numpy as np
+
+    ids = np.asarray(ids)
+    return (ids[start:start + size] for start in range(0, len(ids), size))
 
 
 def tokenizer_from_record(record: dict | None):

@@ -6,11 +6,13 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD
+
+OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # applied to matrices only (see configure_optimizer)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # adamw (the seed recipe) | muon (Muon for the blocks' matrices, AdamW for the rest)
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -82,8 +86,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, recipe: dict, model: ModelConfig) -> "TrainConfig":
         """The recipe `to_dict` wrote (fields a newer or older version does not know are left out), for `model`."""
-        known = {f.name for f in fields(cls)} - {"model"}
-        return cls(**{k: v for k, v in recipe.items() if k in known}, model=model)
+        return cls(**{**known_fields(cls, recipe), "model": model})
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -98,6 +101,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
     if cfg.min_lr is not None and not 0 <= cfg.min_lr <= cfg.lr:
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
+    if cfg.optimizer not in OPTIMIZERS:
+        problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     if cfg.warmup_steps < 0:
         problems.append(f"--warmup-steps cannot be negative (got {cfg.warmup_steps})")
     if cfg.weight_decay < 0 or cfg.grad_clip < 0:
@@ -133,6 +138,7 @@ _HELP = {
     "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
             "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
     "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
+    "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",
     "grad_accum": "micro-batches per optimizer step",
@@ -166,7 +172,6 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)} - {"model"}
-    values = {k: v for k, v in vars(args).items() if k in known}
-    values.update(overrides)
-    return TrainConfig(**values)
+    values = known_fields(TrainConfig, vars(args))
+    values.pop("model", None)  # the model comes from --preset or an override, never from a flag
+    return TrainConfig(**{**values, **overrides})

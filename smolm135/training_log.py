@@ -35,8 +35,9 @@ class RunLog:
             self._file = None
 
 
-def plot_losses(history: dict, path: Path, title: str) -> Path:
-    """PNG of training and validation loss against the step."""
+def plot_losses(history: dict, path: Path, title: str, bits_per_byte=None) -> Path:
+    """PNG of training and validation loss against the step; with `bits_per_byte` (loss -> bits per byte of
+    the validation text, a proportion) a second axis on the right reads the same curves in bits per byte."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -54,6 +55,10 @@ def plot_losses(history: dict, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if bits_per_byte is not None:
+        per_nat = bits_per_byte(1.0)  # bits per byte of one nat per token
+        ax.secondary_yaxis("right", functions=(lambda loss: loss * per_nat, lambda bpb: bpb / per_nat)) \
+            .set_ylabel("validation bits per byte")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -1,11 +1,13 @@
 """Shared fixtures: a generated corpus and tiny training configs, so the suite runs on 2 CPU cores."""
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 
+from smolm135.probes import CACHE_DIR_ENV
 from smolm135.train_config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +24,20 @@ def make_corpus_text(n_sentences: int = 4000, seed: int = 0) -> str:
     for _ in range(n_sentences):
         lines.append(f"{rng.choice(subjects).capitalize()} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(endings)}")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory):
+    """The host probes' answers go to a folder of the test session (subprocesses inherit it), never to
+    the user's cache."""
+    folder = tmp_path_factory.mktemp("probe_cache")
+    before = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = before
 
 
 def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:

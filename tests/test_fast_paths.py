@@ -116,18 +116,38 @@ def test_bf16_attention_by_matmuls_matches_sdpa_in_values_and_gradients(n_kv_hea
         torch.testing.assert_close(got.grad.float(), want.grad, rtol=5e-2, atol=5e-2)
 
 
-def test_bf16_training_on_a_cpu_attends_by_matmuls_up_to_the_length_limit(monkeypatch):
+@pytest.mark.parametrize("by_matmuls", [True, False])
+def test_bf16_training_attends_by_matmuls_up_to_the_length_limit_only_where_chosen(monkeypatch, by_matmuls):
     calls = []
     original = CausalSelfAttention._attend_by_matmuls
     monkeypatch.setattr(CausalSelfAttention, "_attend_by_matmuls",
                         lambda self, q, k, v, mask=None: calls.append(q.shape[2]) or original(self, q, k, v, mask))
     model = build_model("tiny")
+    model.use_cpu_kernels(training_attention_by_matmuls=by_matmuls)
     for T in (MATMUL_ATTENTION_MAX_LENGTH, MATMUL_ATTENTION_MAX_LENGTH + 1):
         x = torch.randint(0, 50257, (1, T))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(x, x, return_logits=False)[1].backward()
         model(x, x, return_logits=False)  # fp32: SDPA's kernel
-    assert calls == [MATMUL_ATTENTION_MAX_LENGTH] * model.config.n_layer
+    assert calls == ([MATMUL_ATTENTION_MAX_LENGTH] * model.config.n_layer if by_matmuls else [])
+
+
+def test_bf16_training_gives_the_same_loss_and_gradients_by_either_attention_kernel():
+    torch.manual_seed(0)
+    model = build_model("tiny", n_kv_head=2)
+    x, y = torch.randint(0, 50257, (2, 24)), torch.randint(0, 50257, (2, 24))
+    results = []
+    for by_matmuls in (False, True):
+        model.use_cpu_kernels(training_attention_by_matmuls=by_matmuls)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x, y, return_logits=False)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    (sdpa_loss, sdpa_grads), (matmul_loss, matmul_grads) = results
+    torch.testing.assert_close(matmul_loss, sdpa_loss, rtol=1e-2, atol=1e-2)  # bf16 rounding
+    for got, want in zip(matmul_grads, sdpa_grads):
+        torch.testing.assert_close(got, want, rtol=0.1, atol=2e-3)
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2])
@@ -184,12 +204,13 @@ def test_few_row_linear_is_the_product_by_the_transposed_weight():
     torch.testing.assert_close(few_row_linear(rows, weight), rows @ weight.t())
 
 
-@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="the split product is taken with MKL only")
-def test_cpu_fp32_decoding_takes_the_split_product_and_prompts_do_not(monkeypatch):
+def test_cpu_decoding_takes_the_split_product_where_chosen_and_prompts_do_not(monkeypatch):
     calls = []
     monkeypatch.setattr(smollm135_model, "few_row_linear",
                         lambda x, weight: calls.append(x.shape) or x @ weight.t())
     model = build_model("tiny").eval()
+    model.probe_decode_kernels = False
+    model.use_cpu_kernels(split_products=True)
     model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=3, temperature=0)
     layers = model.config.n_layer
     # the 8-token prompt: F.linear everywhere but the last position's logits; each of 2 decode steps:
@@ -200,6 +221,54 @@ def test_cpu_fp32_decoding_takes_the_split_product_and_prompts_do_not(monkeypatc
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=2, temperature=0)
     assert calls == []  # autocast keeps its bf16 F.linear
+    model.use_cpu_kernels(split_products=False)
+    model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=3, temperature=0)
+    assert calls == []  # the plain path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_decode_kernel_choice_generates_the_same_tokens_and_logits(dtype):
+    torch.manual_seed(0)
+    model = build_model("tiny", n_kv_head=2).eval().to(dtype)
+    model.probe_decode_kernels = False
+    prompt = torch.randint(0, 50257, (2, 6))
+    outputs = {}
+    for split in (False, True):
+        for by_matmuls in (False, True):
+            model.use_cpu_kernels(split_products=split, decode_attention_by_matmuls=by_matmuls)
+            cache = KVCache(model.config, 2, 10, "cpu", dtype)
+            with torch.no_grad():
+                model(prompt, kv_cache=cache)
+                step_logits, _ = model(prompt[:, -1:], kv_cache=cache)  # (2, 1, V): one decode step
+            outputs[split, by_matmuls] = (model.generate(prompt, max_new_tokens=8, temperature=0), step_logits)
+    plain_tokens, plain_logits = outputs[False, False]
+    for (split, by_matmuls), (tokens, logits) in outputs.items():
+        assert torch.equal(tokens, plain_tokens), (split, by_matmuls)
+        # the same products, summed in each kernel's order: equal within rounding
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+        torch.testing.assert_close(logits.float(), plain_logits.float(), **tolerance)
+
+
+def test_generate_asks_the_probe_once_per_weight_dtype_and_takes_its_choice(monkeypatch):
+    import smolm135.probes
+
+    asked = []
+
+    def probe(model):
+        asked.append(model.lm_head.weight.dtype)
+        return {"split_products": model.lm_head.weight.dtype == torch.float32, "decode_attention_by_matmuls": True}
+
+    monkeypatch.setattr(smolm135.probes, "cpu_decode_kernels", probe)
+    model = build_model("tiny")
+    prompt = torch.randint(0, 50257, (1, 4))
+    for _ in range(2):
+        model.generate(prompt, max_new_tokens=2, temperature=0)
+    assert asked == [torch.float32]
+    assert model.cpu_kernels.split_products and model.cpu_kernels.decode_attention_by_matmuls
+    model.to(torch.bfloat16).generate(prompt, max_new_tokens=2, temperature=0)
+    assert asked == [torch.float32, torch.bfloat16] and not model.cpu_kernels.split_products
+    model.float().generate(prompt, max_new_tokens=2, temperature=0)
+    assert asked == [torch.float32, torch.bfloat16] and model.cpu_kernels.split_products
 
 
 def test_generation_leaves_weights_and_mode_untouched_even_when_a_stream_is_abandoned():

@@ -4,7 +4,7 @@ CPU autocast runs float16 too (slowly), so these run here with the trainer's dev
 import torch
 
 import Model_smollm135_trainer as trainer
-from smolm135.runtime import DTYPES, pick_dtype
+from smolm135.runtime import DTYPES, Precision, pick_dtype
 
 from conftest import tiny_train_config
 
@@ -24,7 +24,7 @@ def test_auto_precision_is_float16_on_a_gpu_without_bf16(monkeypatch):
 
 
 def test_float16_overflows_skip_the_update_halve_the_scale_and_resume_exactly(corpus_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "pick_dtype", lambda requested, device: DTYPES[requested])
+    monkeypatch.setattr(trainer, "choose_precision", lambda requested, *args: Precision(DTYPES[requested]))
     monkeypatch.setattr(torch.amp, "GradScaler", HighInitialScale)
 
     def config(name, max_steps):

@@ -1,6 +1,7 @@
 """The SmolLM family: rotary positions in the one architecture, the published presets, and parity with
 transformers' Llama holding the same weights."""
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,14 +92,13 @@ def test_rotary_chunked_loss_and_gradient_checkpointing_match_the_plain_loss():
             torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_rotary_bf16_attention_by_matmuls_matches_sdpa(rotary_model, monkeypatch):
-    import smollm135_model
-
+def test_rotary_bf16_attention_by_matmuls_matches_sdpa(rotary_model):
     model = build_model("tiny-rotary").to(torch.bfloat16).eval()
     x = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
+        model.use_cpu_kernels(training_attention_by_matmuls=True)
         by_matmuls, _ = model(x)
-        monkeypatch.setattr(smollm135_model, "MATMUL_ATTENTION_MAX_LENGTH", 0)
+        model.use_cpu_kernels(training_attention_by_matmuls=False)
         by_sdpa, _ = model(x)
     torch.testing.assert_close(by_matmuls.float(), by_sdpa.float(), rtol=5e-2, atol=5e-2)
 
@@ -332,3 +332,149 @@ def test_missing_gguf_file_is_refused():
 
     with pytest.raises(UserError, match="does not exist"):
         load_pretrained("no/such/model.gguf")
+
+
+# ---------------------------------------------------------------- the token cache and any tokenizer
+
+
+def word_level_tokenizer(n_words: int):
+    """A JsonTokenizer over a whitespace vocabulary of `n_words` entries, <|endoftext|> first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from smolm135.tokenizer import JsonTokenizer
+
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(n_words - 2)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return JsonTokenizer(backend.to_str(), eos_token="<|endoftext|>")
+
+
+def test_token_cache_is_keyed_by_tokenizer_and_stores_the_smallest_id_type(tmp_path):
+    import numpy as np
+
+    from smolm135.data import load_corpus
+    from smolm135.tokenizer import token_dtype
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("w5 w7 w65000 w9\n")
+    (tmp_path / "docs" / "b.txt").write_text("w3 w4\n")
+    gpt2 = load_corpus(str(tmp_path / "docs"), tmp_path / "cache", show_progress=False)
+    small = load_corpus(str(tmp_path / "docs"), tmp_path / "cache", show_progress=False,
+                        tokenizer=word_level_tokenizer(49152))
+    large = load_corpus(str(tmp_path / "docs"), tmp_path / "cache", show_progress=False,
+                        tokenizer=word_level_tokenizer(70000))
+    assert len({gpt2.key, small.key, large.key}) == 3  # one cache entry per tokenizer
+    assert gpt2.tokens.dtype == small.tokens.dtype == np.uint16 and large.tokens.dtype == np.uint32
+    assert list(small.tokens) == [7, 9, 1, 11, 0, 5, 6]  # w65000 is unknown to the small vocabulary
+    assert list(large.tokens) == [7, 9, 65002, 11, 0, 5, 6]  # documents joined by <|endoftext|>, id 0
+    again = load_corpus(str(tmp_path / "docs"), tmp_path / "cache", show_progress=False,
+                        tokenizer=word_level_tokenizer(70000))
+    assert again.from_cache and list(again.tokens) == list(large.tokens)
+    assert token_dtype(50257) == token_dtype(49152) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+# ---------------------------------------------------------------- training from a pretrained model
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tiny_llama, corpus_file, tmp_path_factory):
+    """Three steps of training that start from the tiny Llama folder."""
+    from conftest import tiny_train_config
+
+    from Model_smollm135_trainer import train
+
+    out_dir = tmp_path_factory.mktemp("from-llama")
+    cfg = tiny_train_config(corpus_file, out_dir, preset="smolm135", init_from=str(tiny_llama[0]), max_steps=3,
+                            eval_every=3, checkpoint_every=3, sample_every=3)
+    model, summary = train(cfg)
+    return cfg, model, summary, out_dir
+
+
+def test_training_from_a_llama_folder_starts_fresh_with_its_weights_and_tokenizer(pretrained_run, tiny_llama):
+    from smolm135.checkpoint import load_checkpoint
+    from smolm135.pretrained import load_pretrained
+
+    cfg, model, summary, out_dir = pretrained_run
+    pretrained = load_pretrained(str(tiny_llama[0]))
+    assert model.config == pretrained.config  # the recipe took the folder's model, not the preset's
+    assert summary["start_step"] == 0 and summary["steps"] == 3
+    checkpoint = load_checkpoint(summary["final_model_path"])
+    assert checkpoint.progress.step == 3 and checkpoint.train_config["init_from"] == str(tiny_llama[0])
+    record = torch.load(summary["final_model_path"], weights_only=True)["tokenizer"]  # plain strings
+    assert record["kind"] == "tokenizer.json" and record["tokenizer_json"] == pretrained.tokenizer.tokenizer_json
+    # three Adam steps move no weight by more than 3 x lr: the run started from the imported weights
+    trained = checkpoint.model_state_dict
+    for name, imported in pretrained.state_dict.items():
+        assert (trained[name].float() - imported.float()).abs().max() <= 3 * cfg.lr + 1e-6, name
+
+
+def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tmp_path):
+    import shutil
+
+    from continue_training import continue_training
+    from smolm135.checkpoint import load_checkpoint
+
+    cfg, _, summary, out_dir = pretrained_run
+    alone = tmp_path / "alone.pt"
+    shutil.copy(summary["final_model_path"], alone)  # no Hugging Face folder, no tokenizer file beside it
+    _, continued = continue_training(str(alone), steps=2, out_dir=str(tmp_path), device="cpu", progress=False)
+    assert continued["steps"] == 5
+    again = load_checkpoint(continued["final_model_path"])
+    assert again.build_tokenizer().fingerprint == load_checkpoint(alone).build_tokenizer().fingerprint
+
+
+def test_bits_per_byte_is_the_validation_loss_per_byte_of_validation_text(pretrained_run, corpus_file):
+    import math
+
+    from smolm135.checkpoint import load_checkpoint
+    from smolm135.data import split_train_val
+
+    cfg, _, summary, out_dir = pretrained_run
+    tokenizer = load_checkpoint(summary["final_model_path"]).build_tokenizer()
+    tokens = tokenizer.encode(corpus_file.read_text())
+    _, val_tokens = split_train_val(tokens, cfg.val_fraction)
+    val_bytes = len(tokenizer.decode(val_tokens).encode("utf-8"))
+    expected = summary["final_val_loss"] / math.log(2) * len(val_tokens) / val_bytes
+    assert summary["final_val_bpb"] == pytest.approx(expected, rel=1e-3)
+    log = Path(summary["log_path"]).read_text()
+    assert f"({summary['final_val_bpb']:.4f} bits per byte)" in log
+
+
+def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama, corpus_file, tmp_path):
+    from conftest import tiny_train_config
+
+    from Model_smollm135_trainer import train
+    from smolm135.errors import UserError
+
+    cfg = tiny_train_config(corpus_file, tmp_path, preset="tiny", init_from=str(tiny_llama[0]))
+    with pytest.raises(UserError, match=r"--preset tiny is not the model .*vocab_size 50304 vs 320.*leave --preset out"):
+        train(cfg)
+
+
+def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}
+    result = subprocess.run([sys.executable, "Model_smollm135_trainer.py", "--init-from", "HuggingFaceTB/SmolLM2-135M",
+                             "--data", str(corpus_file), "--out-dir", str(tmp_path), "--device", "cpu",
+                             "--no-progress"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "offline, start from" in result.stderr
+
+
+def test_the_demo_serves_a_pretrained_run_with_the_tokenizer_its_checkpoint_records(pretrained_run):
+    import app
+
+    _, _, summary, _ = pretrained_run
+    text_model = app.load_native_model(summary["final_model_path"], device="cpu")
+    prompt = "The old king finds"
+    *_, (text, _) = app.generate_text(text_model, prompt, 12, 0, 0, 1.0, 0)  # greedy
+    ids = text_model.tokenizer.encode(prompt)
+    expected = text_model.model.generate(torch.tensor([ids]), max_new_tokens=12, temperature=0,
+                                         eos_token_id=text_model.end_token_ids[0])[0, len(ids):].tolist()
+    expected = [i for i in expected if i not in text_model.end_token_ids]
+    assert text == prompt + text_model.tokenizer.decode(expected)

@@ -1,0 +1,52 @@
+"""The Muon + AdamW optimizer: which parameters each updates, exact resume, and AdamW stays the default."""
+import os
+import signal
+import subprocess
+
+import torch
+
+from smollm135_model import PRESETS, SmoLM135_Model
+from smolm135.optim import OptimizerPair, configure_optimizer
+from smolm135.train_config import TrainConfig
+
+from test_resume import cli_args, final_state, wait_for
+
+
+def test_the_seed_recipe_keeps_adamw():
+    assert TrainConfig().optimizer == "adamw"
+    model = SmoLM135_Model(PRESETS["tiny"])
+    assert isinstance(configure_optimizer(model, TrainConfig(preset="tiny"), torch.device("cpu")), torch.optim.AdamW)
+
+
+def test_muon_updates_the_blocks_matrices_and_adamw_the_embeddings_and_norms():
+    model = SmoLM135_Model(PRESETS["tiny"])
+    optimizer = configure_optimizer(model, TrainConfig(preset="tiny", optimizer="muon"), torch.device("cpu"))
+    assert isinstance(optimizer, OptimizerPair)
+    muon, adamw = optimizer.optimizers
+    muon_params = {id(p) for group in muon.param_groups for p in group["params"]}
+    adamw_params = {id(p) for group in adamw.param_groups for p in group["params"]}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert muon_params.isdisjoint(adamw_params) and muon_params | adamw_params == set(names)
+    assert all(".h." in names[i] and not names[i].endswith("norm.weight") for i in muon_params)
+    assert {names[i] for i in adamw_params} >= {"transformer.wte.weight", "transformer.wpe.weight"}
+
+
+def test_muon_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    args = lambda out_dir: cli_args(corpus_file, out_dir, 16) + ["--optimizer", "muon"]  # noqa: E731
+    subprocess.run(args(straight), check=True, capture_output=True, env=env, timeout=300)
+    process = subprocess.Popen(args(interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_for(lambda: (interrupted / "checkpoints" / "step_0000008.pt").exists(), process)
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    resumed = subprocess.run(args(interrupted), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0 and "continuing from" in resumed.stdout, resumed.stderr
+    a, b = final_state(straight), final_state(interrupted)
+    assert a["history"]["train"] == b["history"]["train"]
+    for key, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][key]), key
+    muon_a, muon_b = (state["optimizer_state_dict"]["optimizers"][0]["state"] for state in (a, b))
+    assert muon_a.keys() == muon_b.keys() and muon_a
+    for key, value in muon_a.items():
+        assert torch.equal(value["momentum_buffer"], muon_b[key]["momentum_buffer"])
