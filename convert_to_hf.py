@@ -276,7 +276,7 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
         f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
     for gguf_type, file_name in zip(dict.fromkeys(gguf_types), gguf_files):
-        say(export_verified_gguf(native, output_dir / file_name, gguf_type))
+        say(export_verified_gguf(native, output_dir / file_name, gguf_type, checkpoint.build_tokenizer()))
     return output_dir
 
 
