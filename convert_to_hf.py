@@ -55,7 +55,7 @@ from smolm135.generation import SAMPLING
 from smolm135.model_card import render_model_card
 from smolm135.pretrained import load_pretrained
 from smolm135.llama_names import check_rotary
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer, gpt2_bpe_files
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
@@ -88,12 +88,16 @@ def default_output_dir(model_config: ModelConfig) -> Path:
 # ------------------------------------------------------------------ the Hugging Face folder
 
 
-def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
-    """GPT-2's tokenizer from the same offline BPE files as tiktoken's; ids are checked against it in tests.
+def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size, tokenizer=None):
+    """The model's tokenizer as a transformers fast tokenizer: a pretrained model's own `tokenizer.json` (with
+    its special tokens and chat template) when `tokenizer` is one, else GPT-2's from the same offline BPE files
+    as tiktoken's (ids are checked against it in tests).
 
     transformers 5 silently builds an *empty* tokenizer from `vocab_file=`/`merges_file=`; `vocab=`/`merges=`
     with the paths is the form that loads the files.
     """
+    if isinstance(tokenizer, JsonTokenizer):
+        return build_hf_json_tokenizer(tokenizer, model_max_length)
     from transformers import GPT2TokenizerFast
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
@@ -108,7 +112,20 @@ def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
     return tokenizer
 
 
-def build_generation_config(config: SmoLM135Config):
+def build_hf_json_tokenizer(tokenizer: JsonTokenizer, model_max_length: int):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer.tokenizer_json), bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token, pad_token=tokenizer.eos_token,  # no pad token of its own: batching needs one
+        padding_side="left", model_max_length=model_max_length)
+    if tokenizer.chat_template:
+        hf_tokenizer.chat_template = tokenizer.chat_template
+    return hf_tokenizer
+
+
+def build_generation_config(config, end_token_ids: tuple[int, ...] = ()):
     """The exported `generation_config.json`: the native `generate`'s sampling defaults, and the special tokens.
 
     It sets no length: transformers lets a `max_new_tokens` stored here override the `max_length` a caller
@@ -116,9 +133,11 @@ def build_generation_config(config: SmoLM135Config):
     """
     from transformers import GenerationConfig
 
+    # generation stops at every end token the tokenizer has (a chat model ends its turn with its own)
+    eos = list(end_token_ids) if len(end_token_ids) > 1 else config.eos_token_id
     return GenerationConfig(do_sample=True, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
                             top_p=SAMPLING.top_p, bos_token_id=config.bos_token_id,
-                            eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+                            eos_token_id=eos, pad_token_id=config.pad_token_id)
 
 
 def is_rotary(model_config: ModelConfig) -> bool:
@@ -127,15 +146,20 @@ def is_rotary(model_config: ModelConfig) -> bool:
     return model_config.position_embedding == "rotary"
 
 
-def special_token_ids() -> dict:
-    """bos/eos/pad ids of the transformers config: GPT-2's <|endoftext|>, as SmoLM135Config's defaults."""
+def special_token_ids(tokenizer=None) -> dict:
+    """bos/eos/pad ids of the transformers config: the model's own tokenizer's, or GPT-2's <|endoftext|> (as
+    SmoLM135Config's defaults) for the GPT-2 encoding."""
+    if isinstance(tokenizer, JsonTokenizer):
+        bos = tokenizer.token_id(tokenizer.bos_token)
+        return {"bos_token_id": bos if bos is not None else tokenizer.eos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
     config = SmoLM135Config()
     return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id}
 
 
-def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
-    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config))
+def hf_model_from_native(native: SmoLM135_Model, tokenizer=None) -> SmoLM135ForCausalLM:
+    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config, **special_token_ids(tokenizer)))
     hf_model.model.load_state_dict(native.state_dict())
     return hf_model.eval()
 
@@ -155,23 +179,24 @@ def check_output_dir(output_dir: Path) -> None:
 
 
 def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0", gguf_files: tuple[str, ...] = ()) -> Path:
-    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card (which
-    names the `gguf_files` written beside them)."""
+                    license: str = "apache-2.0", gguf_files: tuple[str, ...] = (), tokenizer=None) -> Path:
+    """Write weights, config, code, tokenizer (the model's own, by default GPT-2's), generation config,
+    training info, loss plot and model card (which names the `gguf_files` written beside them)."""
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    end_tokens = tuple(getattr(tokenizer, "end_token_ids", ()))
     if is_rotary(native.config):  # the Llama layout: a plain LlamaForCausalLM, no code in the folder
-        config = llama_config(native.config, **special_token_ids())
-        save_llama_model(native, output_dir, build_generation_config(config), config)
+        config = llama_config(native.config, **special_token_ids(tokenizer))
+        save_llama_model(native, output_dir, build_generation_config(config, end_tokens), config)
     else:
-        hf_model = hf_model_from_native(native)
-        hf_model.generation_config = build_generation_config(hf_model.config)
+        hf_model = hf_model_from_native(native, tokenizer)
+        hf_model.generation_config = build_generation_config(hf_model.config, end_tokens)
         # copies the modeling/configuration files and the smollm135_model.py they import into the folder, and
         # writes auto_map into config.json, so the folder loads with no file of this repository on the path
         SmoLM135Config.register_for_auto_class()
         SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
         hf_model.save_pretrained(output_dir)
-    build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
+    build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
 
     write_training_info(output_dir, facts)
     history = facts.history or {"train": [], "val": []}
@@ -229,14 +254,15 @@ def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: floa
     return difference
 
 
-def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT) -> Verification:
-    """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32)."""
-    expected_ids = get_tokenizer().encode_ordinary(text)
+def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT, tokenizer=None) -> Verification:
+    """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32); the
+    exported tokenizer must encode `text` as the model's own (`tokenizer`, by default GPT-2's) does."""
+    expected_ids = (tokenizer or GPT2TextTokenizer()).encode(text)
     loaded = (reload_in_fresh_process(folder, text, clean_subprocess_env()) if is_rotary(native.config)
               else _reload_with_remote_code(folder, text))
     if loaded["input_ids"] != expected_ids:
-        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
-                        f"tiktoken encoding: the export is broken, do not publish it")
+        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from the "
+                        f"model's own tokenizer: the export is broken, do not publish it")
     with torch.no_grad():
         expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
     difference = check_logits_match(expected_logits[0], loaded["logits"])
@@ -268,15 +294,16 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
     gguf_files = tuple(gguf_file_name(output_dir.resolve().name, t) for t in dict.fromkeys(gguf_types))
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{checkpoint.progress.step}) into {output_dir}")
-    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license, gguf_files)
-    check = verify_hf_folder(output_dir, native)
+    tokenizer = checkpoint.build_tokenizer()
+    write_hf_folder(native, checkpoint.facts, output_dir, model_id, license, gguf_files, tokenizer)
+    check = verify_hf_folder(output_dir, native, tokenizer=tokenizer)
     how = ("as a plain LlamaForCausalLM (no remote code) and in pipeline('text-generation')"
            if is_rotary(native.config) else "through AutoModelForCausalLM")
     say(f"verified: {output_dir} reloads {how} in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
-        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
+        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal the model's own tokenizer's")
     for gguf_type, file_name in zip(dict.fromkeys(gguf_types), gguf_files):
-        say(export_verified_gguf(native, output_dir / file_name, gguf_type, checkpoint.build_tokenizer()))
+        say(export_verified_gguf(native, output_dir / file_name, gguf_type, tokenizer))
     return output_dir
 
 
