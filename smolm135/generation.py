@@ -17,9 +17,13 @@ __all__ = ["SAMPLING", "Sampling", "continue_text", "decode_bytes", "fit_prompt"
 def start_token_id(tokenizer) -> int | None:
     """The token an empty prompt starts from: the tokenizer's beginning of text, so the model continues from
     where its training texts begin (GPT-2's `<|endoftext|>`, which also separates them). Takes a tiktoken
-    encoding or a transformers tokenizer; None when the tokenizer has no such token."""
+    encoding, one of this project's tokenizers (`smolm135.tokenizer`) or a transformers tokenizer; None when
+    the tokenizer has no such token."""
     if hasattr(tokenizer, "eot_token"):  # tiktoken.Encoding
         return tokenizer.eot_token
+    if hasattr(tokenizer, "document_separator_id"):  # smolm135.tokenizer: GPT2TextTokenizer, JsonTokenizer
+        bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
+        return bos if bos is not None else tokenizer.document_separator_id
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
@@ -45,15 +49,18 @@ def decode_bytes(encoder, token_ids: list[int]) -> bytes:
     return encoder.decode_bytes([token_id for token_id in token_ids if token_id < encoder.n_vocab])
 
 
-def continue_text(model: SmoLM135_Model, encoder, prompt: str, max_new_tokens: int, seed: int,
+def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens: int, seed: int,
                   sampling: Sampling = SAMPLING) -> str:
-    """The fitted prompt and its sampled continuation, as text (the trainer's samples). A seeded generator of
-    its own leaves the global RNG, and so the training run, alone."""
+    """The fitted prompt and its sampled continuation, as text (the trainer's samples). `tokenizer` is one of
+    this project's tokenizers (`smolm135.tokenizer`). A seeded generator of its own leaves the global RNG, and
+    so the training run, alone; ids past the tokenizer's vocabulary (the embedding's padding rows) are never
+    sampled, since they spell no text."""
     device = model.lm_head.weight.device
-    prompt_ids = encoder.encode_ordinary(prompt) or [start_token_id(encoder)]
+    prompt_ids = tokenizer.encode(prompt) or [start_token_id(tokenizer)]
     prompt_ids, fitting, _ = fit_prompt(prompt_ids, max_new_tokens, model.config.block_size)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=fitting,
                          temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                          generator=generator)  # (1, kept + new)
-    return decode_bytes(encoder, out[0].tolist()).decode("utf-8", errors="replace")
+    return tokenizer.decode([token_id for token_id in out[0].tolist() if token_id < tokenizer.n_vocab])
+

@@ -73,7 +73,6 @@ def test_the_exported_generation_config_sets_no_length_so_a_callers_max_length_h
     assert out.shape == (1, 9)
 
 
-@pytest.mark.xfail(strict=True, reason="the trainer's samples, since their tokenizer became a parameter, do not go through the generation policy yet")
 def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_context_model):
     assert start_token_id(get_tokenizer()) == start_token_id(build_hf_tokenizer(32)) == 50256
 
@@ -92,7 +91,6 @@ def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_cont
     assert sample.startswith(END_OF_TEXT)
 
 
-@pytest.mark.xfail(strict=True, reason="the trainer's samples, since their tokenizer became a parameter, do not go through the generation policy yet")
 def test_the_demo_the_trainer_and_generate_fit_a_long_prompt_the_same_way(short_context_model):
     encoder = get_tokenizer()
     prompt_ids = encoder.encode_ordinary(LONG_PROMPT)
