@@ -29,6 +29,7 @@ from smollm135_model import SmoLM135_Model
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import UserError, run_cli
+from smolm135.generation import continue_text
 from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
@@ -51,6 +52,7 @@ from smolm135.runtime import (
     setup_distributed,
     teardown_distributed,
 )
+from smolm135.tokenizer import GPT2TextTokenizer
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, validate
 from smolm135.training_log import RunLog, plot_losses
 
@@ -347,14 +349,11 @@ def log_sample(run: Run, step: int) -> None:
         run.log.say(f"step {step}: no sample ({type(error).__name__}: {reason}); training goes on")
 
 
-def sample_text(model, cfg: TrainConfig, device, step: int, tokenizer) -> str:
-    encoder = tokenizer
-    prompt = torch.tensor([encoder.encode(cfg.sample_prompt) or [0]], device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + step)  # leaves the global RNG alone
-    max_new = min(cfg.sample_tokens, model.config.block_size - prompt.shape[1])
-    out = model.generate(prompt, max_new_tokens=max_new, temperature=0.8, top_k=200, generator=generator,
-                         vocab_limit=encoder.n_vocab)  # never a padding row: it has no text
-    return encoder.decode(out[0].tolist())
+def sample_text(model, cfg: TrainConfig, device, step: int, tokenizer=None) -> str:
+    """The step's sample: `--sample-prompt` continued by `--sample-tokens` under the generation policy, seeded
+    by the step (`device` is where the model already is). `tokenizer`: the run's, by default GPT-2's."""
+    return continue_text(model, tokenizer or GPT2TextTokenizer(), cfg.sample_prompt, cfg.sample_tokens,
+                         seed=cfg.seed + step)
 
 
 # ------------------------------------------------------------------ the end

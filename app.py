@@ -28,14 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-# Gradio reports usage to its servers unless told not to; the demo runs offline and tells no one.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+import gradio as gr
+import torch
 
-import gradio as gr  # noqa: E402
-import torch  # noqa: E402
-
-from smollm135_model import ModelConfig, SmoLM135_Model, is_greedy  # noqa: E402
-from smolm135.checkpoint import (  # noqa: E402
+from smollm135_model import ModelConfig, SmoLM135_Model, is_greedy
+from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING_INFO_FILE,
     TrainingFacts,
@@ -43,10 +40,11 @@ from smolm135.checkpoint import (  # noqa: E402
     newest_trained_model,
     read_training_info,
 )
-from smolm135.errors import UserError, run_cli  # noqa: E402
-from smolm135.markdown import escape_markdown  # noqa: E402
-from smolm135.runtime import pick_device  # noqa: E402
-from smolm135.tokenizer import (  # noqa: E402
+from smolm135.errors import UserError, run_cli
+from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
+from smolm135.markdown import escape_markdown
+from smolm135.runtime import pick_device
+from smolm135.tokenizer import (
     END_OF_TEXT,
     END_OF_TEXT_ID,
     GPT2TextTokenizer,
@@ -84,9 +82,11 @@ class Knob:
     info: str = ""
 
 
-TEMPERATURE = Knob("Temperature", 0.0, 2.0, 0.8, 0.05, info="0 picks the likeliest token every time (greedy)")
-TOP_K = Knob("Top-k", 0, 500, 50, 1, integer=True, info="sample among the k likeliest tokens; 0 = all")
-TOP_P = Knob("Top-p", 0.01, 1.0, 0.95, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
+# The sliders start at the project's one sampling policy (smolm135.generation.SAMPLING)
+TEMPERATURE = Knob("Temperature", 0.0, 2.0, SAMPLING.temperature, 0.05,
+                   info="0 picks the likeliest token every time (greedy)")
+TOP_K = Knob("Top-k", 0, 500, SAMPLING.top_k, 1, integer=True, info="sample among the k likeliest tokens; 0 = all")
+TOP_P = Knob("Top-p", 0.01, 1.0, SAMPLING.top_p, 0.01, info="sample among the likeliest tokens that reach p; 1 = all")
 SEED = Knob("Seed", 0, 2**32 - 1, 0, 1, integer=True, info="the same seed and settings give the same text")
 DEFAULT_MAX_NEW_TOKENS = 200
 # A GPT-2 token spans at most 128 characters, so the last 128 x context characters of a prompt hold every
@@ -194,7 +194,7 @@ class NativeTextModel:
             n_tokens += 1
             if token_id == END_OF_TEXT_ID:
                 break
-            yield utf8.decode(self.encoder.decode_single_token_bytes(token_id)), n_tokens
+            yield utf8.decode(decode_bytes(self.encoder, [token_id])), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
 
     def _stream_by_decoding(self, tokens) -> Iterator[tuple[str, int]]:
@@ -219,7 +219,7 @@ class TransformersTextModel:
 
     def __init__(self, model, tokenizer, info: ModelInfo):
         self.model, self.tokenizer, self.info = model, tokenizer, info
-        self.start_token_id = next(t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if t is not None)
+        self.start_token_id = start_token_id(tokenizer)  # None: an empty prompt cannot start
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long prompts are cut later
@@ -246,12 +246,15 @@ class TransformersTextModel:
 
         def generate():
             try:
-                self.model.generate(**kwargs)
+                # generate() samples from the global RNG: seed it for this call only, and give it back as it was
+                # (the page's queue runs one generation at a time)
+                with torch.random.fork_rng():
+                    torch.manual_seed(settings.seed)
+                    self.model.generate(**kwargs)
             except BaseException as error:  # handed to the page's thread below, not swallowed
                 failure.append(error)
                 streamer.end()  # or the loop below would wait forever for text that never comes
 
-        torch.manual_seed(settings.seed)  # generate() samples from the global RNG; the queue runs one at a time
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
         try:
@@ -405,23 +408,6 @@ def load_model(checkpoint: str | None = None, model: str | None = None, device: 
 # ------------------------------------------------------------------ generation, as the page sees it
 
 
-def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, list[str]]:
-    """Make prompt + new tokens fit the context: the prompt loses its first tokens as far as the new ones need,
-    but keeps at least half the context (or all of itself, if shorter); the new tokens stop at the context.
-    Returns (kept ids, new tokens that fit, notes saying what was cut)."""
-    keep = max(context_length - max_new_tokens, min(len(prompt_ids), context_length // 2), 1)
-    kept = prompt_ids[-keep:]
-    fitting = min(max_new_tokens, context_length - len(kept))
-    notes = []
-    if len(kept) < len(prompt_ids):
-        notes.append(f"The prompt has {len(prompt_ids):,} tokens; with {fitting:,} new ones in a context of "
-                     f"{context_length:,}, only its last {len(kept):,} tokens were used.")
-    if fitting < max_new_tokens:
-        notes.append(f"{fitting:,} new tokens instead of {max_new_tokens:,}: the context holds {context_length:,} "
-                     f"tokens and the prompt takes {len(kept):,}.")
-    return kept, fitting, notes
-
-
 def bound_prompt(prompt: str, context_length: int) -> tuple[str, list[str]]:
     """The prompt's last MAX_CHARS_PER_TOKEN x context characters (all a context can use), and a note when cut."""
     limit = MAX_CHARS_PER_TOKEN * context_length
@@ -448,6 +434,10 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
     prompt, bound_notes = bound_prompt(prompt, info.context_length)
     notes += bound_notes
     prompt_ids = text_model.encode(prompt)
+    if not prompt_ids and text_model.start_token_id is None:
+        yield "", status_line(notes, "Empty prompt, and this model's tokenizer has no beginning-of-text token to "
+                                     "start from: write a few words.")
+        return
     if not prompt_ids:
         prompt_ids = [text_model.start_token_id]
         notes.append("Empty prompt: the model starts from the beginning of a text.")
@@ -500,6 +490,8 @@ def model_summary(info: ModelInfo) -> str:
 def build_demo(text_model=None) -> gr.Blocks:
     """The page: prompt, sliders, streamed output, and what is loaded. `text_model` None shows how to train."""
     context_length = text_model.info.context_length if text_model is not None else ModelConfig().block_size
+    # analytics_enabled=False: Gradio reports usage to its servers unless told not to (this, not the
+    # GRADIO_ANALYTICS_ENABLED variable, is what it reads first); the demo runs offline and tells no one.
     with gr.Blocks(title="smolm135", analytics_enabled=False) as demo:
         gr.Markdown("# smolm135\nA base language model continues your text: write the start, it writes on.")
         gr.Markdown(model_summary(text_model.info) if text_model is not None else no_model_message(),

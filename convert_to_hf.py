@@ -44,10 +44,21 @@ from smolm135.checkpoint import (
 )
 from smolm135.disk import WRITE_ERRORS, process_alive, write_failure
 from smolm135.errors import UserError, run_cli
+from smolm135.export_gguf import (
+    GGUF_TYPES,
+    GREEDY_STEPS,
+    RELATIVE_TOLERANCE,
+    gguf_file_name,
+    native_greedy,
+    reload_gguf,
+    write_gguf,
+)
 from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
+from smolm135.generation import SAMPLING
 from smolm135.model_card import check_license, render_model_card
 from smolm135.pretrained import load_pretrained
-from smolm135.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_files
+from smolm135.llama_names import check_rotary
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
@@ -84,12 +95,16 @@ def default_output_dir(model_config: ModelConfig) -> Path:
 # ------------------------------------------------------------------ the Hugging Face folder
 
 
-def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
-    """GPT-2's tokenizer from the same offline BPE files as tiktoken's; ids are checked against it in tests.
+def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size, tokenizer=None):
+    """The model's tokenizer as a transformers fast tokenizer: a pretrained model's own `tokenizer.json` (with
+    its special tokens and chat template) when `tokenizer` is one, else GPT-2's from the same offline BPE files
+    as tiktoken's (ids are checked against it in tests).
 
     transformers 5 silently builds an *empty* tokenizer from `vocab_file=`/`merges_file=`; `vocab=`/`merges=`
     with the paths is the form that loads the files.
     """
+    if isinstance(tokenizer, JsonTokenizer):
+        return build_hf_json_tokenizer(tokenizer, model_max_length)
     from transformers import GPT2TokenizerFast
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
@@ -99,17 +114,37 @@ def build_hf_tokenizer(model_max_length: int = PRESETS["smolm135"].block_size):
                                   padding_side="left",  # decoder-only: new tokens follow each prompt's last token
                                   model_max_length=model_max_length)
     if len(tokenizer) != get_tokenizer().n_vocab:
-        raise RuntimeError(f"the Hugging Face tokenizer has {len(tokenizer)} tokens instead of GPT-2's 50,257")
+        raise RuntimeError(f"the Hugging Face tokenizer has {len(tokenizer)} tokens instead of GPT-2's "
+                           f"{get_tokenizer().n_vocab:,}")
     return tokenizer
 
 
-def build_generation_config(config: SmoLM135Config):
+def build_hf_json_tokenizer(tokenizer: JsonTokenizer, model_max_length: int):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer.tokenizer_json), bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token, pad_token=tokenizer.eos_token,  # no pad token of its own: batching needs one
+        padding_side="left", model_max_length=model_max_length)
+    if tokenizer.chat_template:
+        hf_tokenizer.chat_template = tokenizer.chat_template
+    return hf_tokenizer
+
+
+def build_generation_config(config, end_token_ids: tuple[int, ...] = ()):
+    """The exported `generation_config.json`: the native `generate`'s sampling defaults, and the special tokens.
+
+    It sets no length: transformers lets a `max_new_tokens` stored here override the `max_length` a caller
+    passes (evaluation harnesses pass one), so the caller's length, or transformers' own default, applies.
+    """
     from transformers import GenerationConfig
 
-    # the sampling recipe the README recommends for the native generate
-    return GenerationConfig(do_sample=True, temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=100,
-                            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                            pad_token_id=config.pad_token_id)
+    # generation stops at every end token the tokenizer has (a chat model ends its turn with its own)
+    eos = list(end_token_ids) if len(end_token_ids) > 1 else config.eos_token_id
+    return GenerationConfig(do_sample=True, temperature=SAMPLING.temperature, top_k=SAMPLING.top_k,
+                            top_p=SAMPLING.top_p, bos_token_id=config.bos_token_id,
+                            eos_token_id=eos, pad_token_id=config.pad_token_id)
 
 
 def is_rotary(model_config: ModelConfig) -> bool:
@@ -118,15 +153,20 @@ def is_rotary(model_config: ModelConfig) -> bool:
     return model_config.position_embedding == "rotary"
 
 
-def special_token_ids() -> dict:
-    """bos/eos/pad ids of the transformers config: GPT-2's <|endoftext|>, as SmoLM135Config's defaults."""
+def special_token_ids(tokenizer=None) -> dict:
+    """bos/eos/pad ids of the transformers config: the model's own tokenizer's, or GPT-2's <|endoftext|> (as
+    SmoLM135Config's defaults) for the GPT-2 encoding."""
+    if isinstance(tokenizer, JsonTokenizer):
+        bos = tokenizer.token_id(tokenizer.bos_token)
+        return {"bos_token_id": bos if bos is not None else tokenizer.eos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
     config = SmoLM135Config()
     return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id}
 
 
-def hf_model_from_native(native: SmoLM135_Model) -> SmoLM135ForCausalLM:
-    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config))
+def hf_model_from_native(native: SmoLM135_Model, tokenizer=None) -> SmoLM135ForCausalLM:
+    hf_model = SmoLM135ForCausalLM(SmoLM135Config.from_model_config(native.config, **special_token_ids(tokenizer)))
     hf_model.model.load_state_dict(native.state_dict())
     return hf_model.eval()
 
@@ -169,27 +209,30 @@ def transformers_progress_bars_off():
 
 
 def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0", name: str | None = None) -> Path:
-    """Write weights, config, code, tokenizer, generation config, training info, loss plot and model card
-    straight into `output_dir` (`export` writes into a temporary folder and renames it). `name` titles the
-    card (default: the last part of `model_id`, else the folder's name)."""
+                    license: str = "apache-2.0", gguf_files: tuple[str, ...] = (), tokenizer=None,
+                    name: str | None = None) -> Path:
+    """Write weights, config, code, tokenizer (the model's own, by default GPT-2's), generation config,
+    training info, loss plot and model card (which names the `gguf_files` written beside them) straight into
+    `output_dir` (`export` writes into a temporary folder and renames it). `name` titles the card (default:
+    the last part of `model_id`, else the folder's name)."""
     check_license(license)
     check_output_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    end_tokens = tuple(getattr(tokenizer, "end_token_ids", ()))
     # one progress bar for one shard says nothing, and it would end up in the one-line error of a failed write
     with transformers_progress_bars_off():
         if is_rotary(native.config):  # the Llama layout: a plain LlamaForCausalLM, no code in the folder
-            config = llama_config(native.config, **special_token_ids())
-            save_llama_model(native, output_dir, build_generation_config(config), config)
+            config = llama_config(native.config, **special_token_ids(tokenizer))
+            save_llama_model(native, output_dir, build_generation_config(config, end_tokens), config)
         else:
-            hf_model = hf_model_from_native(native)
-            hf_model.generation_config = build_generation_config(hf_model.config)
+            hf_model = hf_model_from_native(native, tokenizer)
+            hf_model.generation_config = build_generation_config(hf_model.config, end_tokens)
             # copies the modeling/configuration files and the smollm135_model.py they import into the folder,
             # and writes auto_map into config.json, so the folder loads with no file of this repository on the path
             SmoLM135Config.register_for_auto_class()
             SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
             hf_model.save_pretrained(output_dir)
-    build_hf_tokenizer(native.config.block_size).save_pretrained(output_dir)
+    build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
 
     write_training_info(output_dir, public_facts(facts))
     history = facts.history or {"train": [], "val": []}
@@ -199,7 +242,7 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
     if has_plot:
         plot_losses(history, output_dir / "loss.png", f"{name} on {facts.data_name or 'its data'}")
     card = render_model_card(native.config, native.num_parameters()["total"], facts, model_id or name, name,
-                             license, has_plot)
+                             license, has_plot, gguf_files)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     return output_dir
 
@@ -247,14 +290,15 @@ def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: floa
     return difference
 
 
-def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT) -> Verification:
-    """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32)."""
-    expected_ids = get_tokenizer().encode_ordinary(text)
+def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TEXT, tokenizer=None) -> Verification:
+    """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32); the
+    exported tokenizer must encode `text` as the model's own (`tokenizer`, by default GPT-2's) does."""
+    expected_ids = (tokenizer or GPT2TextTokenizer()).encode(text)
     loaded = (reload_in_fresh_process(folder, text, clean_subprocess_env()) if is_rotary(native.config)
               else _reload_with_remote_code(folder, text))
     if loaded["input_ids"] != expected_ids:
-        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from GPT-2's "
-                        f"tiktoken encoding: the export is broken, do not publish it")
+        raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from the "
+                        f"model's own tokenizer: the export is broken, do not publish it")
     with torch.no_grad():
         expected_logits, _ = native(torch.tensor([expected_ids]))  # (1, T, V)
     difference = check_logits_match(expected_logits[0], loaded["logits"])
@@ -294,19 +338,25 @@ def tidy_interrupted_exports(output_dir: Path) -> None:
 
 
 def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-           license: str = "apache-2.0") -> Verification:
-    """Write the folder beside `output_dir`, verify it there, then rename it into place: a failure (a full
-    disk, a kill, a broken export) leaves no partial folder and any previous export as it was."""
+           license: str = "apache-2.0", gguf_types: tuple[str, ...] = (), tokenizer=None,
+           say=print) -> Verification:
+    """Write the folder (and a .gguf in it for each of `gguf_types`) beside `output_dir`, verify it there, then
+    rename it into place: a failure (a full disk, a kill, a broken export) leaves no partial folder and any
+    previous export as it was."""
     check_license(license)
     check_output_dir(output_dir)
     tidy_interrupted_exports(output_dir)
     staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
     replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
-    needed = 4 * native.num_parameters()["total"] + EXPORT_OVERHEAD_BYTES  # float32 weights
+    gguf_types = tuple(dict.fromkeys(gguf_types))
+    gguf_files = tuple(gguf_file_name(output_dir.resolve().name, gguf_type) for gguf_type in gguf_types)
+    needed = 4 * native.num_parameters()["total"] * (1 + len(gguf_types)) + EXPORT_OVERHEAD_BYTES  # float32 at most
     try:
-        write_hf_folder(native, facts, staging, model_id, license, name=model_id.split("/")[-1] if model_id
-                        else output_dir.resolve().name)
-        check = verify_hf_folder(staging, native)
+        write_hf_folder(native, facts, staging, model_id, license, gguf_files, tokenizer,
+                        name=model_id.split("/")[-1] if model_id else output_dir.resolve().name)
+        check = verify_hf_folder(staging, native, tokenizer=tokenizer)
+        for gguf_type, file_name in zip(gguf_types, gguf_files):
+            say(export_verified_gguf(native, staging / file_name, gguf_type, tokenizer))
         if output_dir.exists():
             os.replace(output_dir, replaced)  # a previous export: moved aside until the new one is in place
         os.replace(staging, output_dir)
@@ -321,23 +371,53 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
 
 
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-            model_id: str | None = None, license: str = "apache-2.0", say=print) -> Path:
-    """Export the checkpoint to a verified Hugging Face folder; returns the folder."""
+            model_id: str | None = None, license: str = "apache-2.0", say=print,
+            gguf_types: tuple[str, ...] = ()) -> Path:
+    """Export the checkpoint to a verified Hugging Face folder, and to one verified .gguf file in it for each of
+    `gguf_types`; returns the folder."""
     check_license(license)
     if output_dir is not None:
         check_output_dir(Path(output_dir))
     checkpoint = load_checkpoint(checkpoint_path)
     native = checkpoint.build_model()
+    if gguf_types:
+        check_rotary(native.config, "GGUF export")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
     say(f"converting {checkpoint_path} ({native.num_parameters()['total']:,} parameters, step "
         f"{checkpoint.progress.step}) into {output_dir}")
-    check = export(native, checkpoint.facts, output_dir, model_id, license)
+    tokenizer = checkpoint.build_tokenizer()
+    check = export(native, checkpoint.facts, output_dir, model_id, license, tuple(gguf_types), tokenizer, say)
     how = ("as a plain LlamaForCausalLM (no remote code) and in pipeline('text-generation')"
            if is_rotary(native.config) else "through AutoModelForCausalLM")
     say(f"verified: {output_dir} reloads {how} in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
-        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal tiktoken's")
+        f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal the model's own tokenizer's")
     return output_dir
+
+
+def export_verified_gguf(native: SmoLM135_Model, path: Path, gguf_type: str, tokenizer=None) -> str:
+    """Write `path` (as a temporary file, renamed once transformers' GGUF loader has read it back with
+    the native logits, and greedy tokens at f32 and q8_0); returns the sentence saying what was checked."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
+    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write_gguf(native, tokenizer, staging, gguf_type, path.stem)
+        ids = tokenizer.encode(VERIFY_TEXT)
+        loaded = reload_gguf(staging, ids, clean_subprocess_env())
+        with torch.no_grad():
+            expected, _ = native(torch.tensor([ids]))  # (1, T, V)
+        limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
+        difference = check_logits_match(expected[0], loaded["logits"], limit)
+        greedy_checked = gguf_type in ("f32", "q8_0")
+        if greedy_checked and loaded["greedy"] != native_greedy(native, ids):
+            raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
+                            f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
+    return (f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF loader; "
+            f"max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
 
 
 # ------------------------------------------------------------------ the Hub
@@ -426,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN or the saved "
                                         "`hf auth login`)")
     parser.add_argument("--commit-message", default="Upload smolm135 model", help="commit message of the upload")
+    parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
+                        help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
+                             f"TYPE: {', '.join(GGUF_TYPES)})")
     parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
                                                             "native checkpoint")
     parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
@@ -447,7 +530,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.output_dir:
         check_output_dir(Path(args.output_dir))
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
-    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license)
+    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license, gguf_types=tuple(args.gguf))
     if args.push_to_hub:
         url = push_to_hub(folder, args.push_to_hub, args.token, args.private, args.commit_message)
         print(f"pushed {folder} to {url}")

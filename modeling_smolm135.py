@@ -26,9 +26,9 @@ from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTra
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 try:  # inside an exported folder, transformers imports these files as one package
-    from .smollm135_model import ModelConfig, SmoLM135_Model
+    from .smollm135_model import GPT2_END_OF_TEXT_ID, ModelConfig, SmoLM135_Model, causal_mask
 except ImportError:  # imported from the repository, where the files are top-level modules
-    from smollm135_model import ModelConfig, SmoLM135_Model
+    from smollm135_model import GPT2_END_OF_TEXT_ID, ModelConfig, SmoLM135_Model, causal_mask
 
 # native ModelConfig field -> transformers' standard name (what generate, DynamicCache and serving tools read)
 STANDARD_NAMES = {
@@ -45,7 +45,7 @@ STANDARD_NAMES = {
     "position_embedding": "position_embedding_type",  # "learned" or "rotary"
     "rope_theta": "rope_theta",
 }
-END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|>: the tokenizer's bos, eos and pad token
+END_OF_TEXT_ID = GPT2_END_OF_TEXT_ID  # GPT-2's <|endoftext|>: the tokenizer's bos, eos and pad token
 _DEFAULTS = ModelConfig()  # the full smolm135 preset
 
 
@@ -134,7 +134,7 @@ def attention_mask_for_sdpa(attention_mask: torch.Tensor | None, query_length: i
     key_length = attention_mask.shape[-1]
     query_positions = torch.arange(key_length - query_length, key_length, device=attention_mask.device)  # (T,)
     key_positions = torch.arange(key_length, device=attention_mask.device)  # (S,)
-    causal = key_positions[None, :] <= query_positions[:, None]  # (T, S)
+    causal = causal_mask(query_length, key_length, attention_mask.device)  # (T, S)
     itself = key_positions[None, :] == query_positions[:, None]  # (T, S)
     not_padding = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     return (causal & not_padding) | itself  # (B, 1, T, S)

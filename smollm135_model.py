@@ -28,9 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-# GPT-2's BPE has 50,257 tokens. Padding the embedding to a multiple of 64 keeps the output matmul on
-# fast tensor-core tile sizes; the 47 extra rows are never produced by the tokenizer.
+# GPT-2's BPE has 50,257 tokens; the last, <|endoftext|>, separates texts, so it is also what a text starts
+# from (the tokenizer's bos, eos and pad token). Both numbers live here because an exported folder's code may
+# import only this file; the tokenizer module builds its encoding from them. Padding the embedding to a
+# multiple of 64 keeps the output matmul on fast tensor-core tile sizes; the 47 extra rows are never produced
+# by the tokenizer.
 GPT2_VOCAB_SIZE = 50257
+GPT2_END_OF_TEXT_ID = 50256
 VOCAB_PADDING_MULTIPLE = 64
 
 
@@ -41,6 +45,13 @@ POSITION_EMBEDDINGS = ("learned", "rotary")
 
 def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_PADDING_MULTIPLE) -> int:
     return ((n_tokens + multiple - 1) // multiple) * multiple
+
+
+def known_fields(dataclass_type, values: dict) -> dict:
+    """The entries of `values` that name a field of `dataclass_type`. A file written by another version of
+    the code may hold fields this one does not know (they are left out) or lack some (defaults fill them)."""
+    names = {f.name for f in fields(dataclass_type)}
+    return {key: value for key, value in values.items() if key in names}
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known_fields(cls, data))
 
 
 # The SmolLM family (Hugging Face, 2024): the Llama layout at 135M parameters, with a 49,152-token BPE
@@ -212,6 +222,13 @@ def apply_rotary(x, cos, sin):
 
 # ---------------------------------------------------------------- the blocks
 
+def causal_mask(query_length: int, key_length: int, device=None) -> torch.Tensor:
+    """(T, S) boolean mask, True where a query may attend. The T queries are the *last* T of the S positions
+    (bottom-right aligned: a cache holds the first S - T), so query i sees keys 0 .. S - T + i. SDPA's
+    `is_causal` aligns the triangle top-left, which is the same only when T == S."""
+    return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
+
+
 class CausalSelfAttention(nn.Module):
     # the equal alternatives to SDPA a CPU may take (see CpuKernels; off until a probe turns them on)
     decode_by_matmuls = False
@@ -251,9 +268,8 @@ class CausalSelfAttention(nn.Module):
             y = self._attend_by_matmuls(q, k, v, attn_mask)  # (B, nh, T, hs)
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if attn_mask is None and past_length and T > 1:
-            # SDPA's is_causal aligns the triangle top-left; with a cache the queries are the *last* T
-            # positions, so the mask must be aligned bottom-right.
-            attn_mask = torch.ones(T, past_length + T, dtype=torch.bool, device=x.device).tril(past_length)
+            # with a cache the queries are the last T positions: SDPA's top-left is_causal would be wrong
+            attn_mask = causal_mask(T, past_length + T, x.device)  # (T, past + T)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=attn_mask,
@@ -272,8 +288,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, self.n_kv_head, groups, T, hs)  # (B, nkv, g, T, hs)
         scores = torch.matmul(q, k.unsqueeze(2).transpose(-2, -1)) * hs ** -0.5  # (B, nkv, g, T, S)
         if attn_mask is None and T > 1:  # causal, bottom-right aligned (one last query sees every key)
-            scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1),
-                                        float("-inf"))
+            scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
         elif attn_mask is not None:
             mask = attn_mask.unsqueeze(2)  # (B or 1, 1, 1, T, S): the same for every head
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -405,6 +420,43 @@ def _linear_cross_entropy_sums(hidden, weight, targets, ignore_index, chunk_elem
     return loss_sum, valid.sum(), grad_hidden, grad_weight
 
 
+# ---------------------------------------------------------------- the generation policy
+
+@dataclass(frozen=True)
+class Sampling:
+    """How text is sampled unless the caller says otherwise: by `generate`, the trainer's samples, the demo's
+    sliders and an exported model's `generation_config.json` alike.
+
+    temperature 0.7 sharpens the distribution: a small base model spreads much of its probability over a long
+    tail of unlikely tokens, and at 1.0 those draws derail the text; greedy decoding (0) repeats itself
+    instead. top-k 50 (transformers' default top-k) cuts that tail off outright, whatever the vocabulary.
+    top-p 0.95 (nucleus sampling, Holtzman et al. 2020) narrows further where the model is sure of the next
+    token, yet leaves the choice open where it is not.
+    """
+
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 0.95
+
+
+SAMPLING = Sampling()
+
+
+def fit_to_context(prompt_length: int, max_new_tokens: int, context_length: int,
+                   min_prompt_length: int | None = None) -> tuple[int, int]:
+    """(prompt tokens kept, new tokens) so that prompt + continuation fit in `context_length` positions.
+
+    The one rule: the prompt keeps its last tokens and loses its first ones as far as the new tokens need,
+    but never goes below `min_prompt_length` (default half the context) or all of itself, if shorter; the
+    new tokens then stop at the context. `generate` passes the whole prompt as that minimum, since it
+    returns prompt + continuation and never cuts what it was given; the demo and the trainer's samples
+    use the default.
+    """
+    floor = context_length // 2 if min_prompt_length is None else min_prompt_length
+    kept = min(prompt_length, max(context_length - max_new_tokens, min(prompt_length, floor), 1))
+    return kept, max(0, min(max_new_tokens, context_length - kept))
+
+
 class SmoLM135_Model(nn.Module):
     def __init__(self, cfg: ModelConfig = config):
         super().__init__()
@@ -530,9 +582,9 @@ class SmoLM135_Model(nn.Module):
         input_ids: torch.Tensor,
         max_length: int | None = None,
         max_new_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        temperature: float = SAMPLING.temperature,
+        top_k: int | None = SAMPLING.top_k,
+        top_p: float | None = SAMPLING.top_p,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
@@ -542,7 +594,8 @@ class SmoLM135_Model(nn.Module):
 
         `max_length` counts the prompt (the seed's usage), `max_new_tokens` does not; give one (default:
         50 new tokens). `temperature` 0 decodes greedily. `top_k` keeps the k likeliest tokens, `top_p` the
-        smallest set whose probability reaches p. Rows that emit `eos_token_id` stop and are padded with it.
+        smallest set whose probability reaches p (None turns either off); the defaults are `SAMPLING`, the
+        project's one sampling policy. Rows that emit `eos_token_id` stop and are padded with it.
         Generation stops, with a warning, at the context length `config.block_size`. `use_cache=False`
         re-runs the whole sequence for every token (slow; the reference the cache is tested against).
         `vocab_limit` (the tokenizer's vocabulary size) keeps the padding ids past it from being sampled.
@@ -555,21 +608,23 @@ class SmoLM135_Model(nn.Module):
         return out[0] if squeeze else out
 
     @torch.no_grad()
-    def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=1.0, top_k=None,
-                        top_p=None, eos_token_id=None, generator=None, use_cache=True, vocab_limit=None):
+    def generate_stream(self, input_ids, max_length=None, max_new_tokens=None, temperature=SAMPLING.temperature,
+                        top_k=SAMPLING.top_k, top_p=SAMPLING.top_p, eos_token_id=None, generator=None,
+                        use_cache=True, vocab_limit=None):
         """Like `generate`, but yields each new token (B,) as soon as it is decoded (for streaming UIs)."""
         B, prompt_length = input_ids.shape
         if max_new_tokens is None:
             max_new_tokens = (max_length - prompt_length) if max_length is not None else 50
         max_new_tokens = max(0, max_new_tokens)
-        room = self.config.block_size - prompt_length
-        if max_new_tokens > room:
+        _, fitting = fit_to_context(prompt_length, max_new_tokens, self.config.block_size,
+                                    min_prompt_length=prompt_length)  # the prompt is the caller's: never cut
+        if fitting < max_new_tokens:
             warnings.warn(
                 f"generation stops at the context length of {self.config.block_size} tokens: "
-                f"{max(room, 0)} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
+                f"{fitting} new tokens instead of {max_new_tokens} (prompt is {prompt_length} tokens)",
                 stacklevel=3,
             )
-            max_new_tokens = max(room, 0)
+            max_new_tokens = fitting
         if max_new_tokens == 0:
             return
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
+from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, SmoLM135_Model
 from smolm135.probes import this_host
 from smolm135.runtime import choose_precision, configure_backends, device_description, pick_device, synchronize
 
@@ -105,7 +105,7 @@ def llama_state_dict(model: SmoLM135_Model) -> dict[str, torch.Tensor]:
 def token_batch(batch_size: int, length: int, device, seed: int = 0) -> torch.Tensor:
     """(batch_size, length) random GPT-2 token ids, the same for every caller with the same seed."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 50257, (batch_size, length), generator=generator).to(device)
+    return torch.randint(0, GPT2_VOCAB_SIZE, (batch_size, length), generator=generator).to(device)
 
 
 def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype: torch.dtype,

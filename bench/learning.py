@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.corpus_formats import host_line
 from Model_smollm135_trainer import train
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import ModelConfig
 from smolm135.checkpoint import load_checkpoint
 from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
 from smolm135.errors import run_cli

@@ -146,16 +146,25 @@ def _split_for_encoding(text: str, piece_chars: int) -> tuple[list[str], str]:
 
 
 class _ReplacementCounter:
-    """A codecs error handler that replaces undecodable bytes with U+FFFD and counts them."""
+    """Decodes UTF-8 as errors="replace" does (U+FFFD for each undecodable sequence) and counts the bytes
+    replaced, without registering a codecs error handler for the whole process: the `surrogateescape`
+    decoder turns each undecodable byte into a lone surrogate, which valid UTF-8 never yields, and each run
+    of them is decoded again with "replace" (a run holds whole errors, so the result is the same)."""
+
+    ESCAPED = re.compile("[\udc80-\udcff]+")
 
     def __init__(self):
         self.count = 0
-        self.name = f"smolm135_count_{id(self)}"
-        codecs.register_error(self.name, self)
 
-    def __call__(self, error: UnicodeDecodeError):
-        self.count += error.end - error.start
-        return "\ufffd", error.end
+    def decoder(self) -> Callable[..., str]:
+        """A fresh incremental decoder (one per file), called as decode(block, final=False)."""
+        escaping = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        return lambda block, final=False: self.ESCAPED.sub(self._replace, escaping.decode(block, final))
+
+    def _replace(self, run: re.Match) -> str:
+        undecodable = run.group().encode("utf-8", errors="surrogateescape")  # the original bytes
+        self.count += len(undecodable)
+        return undecodable.decode("utf-8", errors="replace")
 
 
 def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD, tokenizer_fingerprint: str = "gpt2") -> str:
@@ -183,16 +192,16 @@ def _text_pieces(files: list[Source], counter: _ReplacementCounter, bar: tqdm,
             yield None
         if not sources.is_text_file(path):
             yield from _document_pieces(sources.documents(path, text_field, bar.update,
-                                                             lambda line: line.decode("utf-8", errors=counter.name)))
+                                                             lambda line: counter.decoder()(line, final=True)))
             continue
-        decoder = codecs.getincrementaldecoder("utf-8")(errors=counter.name)
+        decode = counter.decoder()
         pending = ""
         with open(path, "rb") as f:
             while block := f.read(READ_CHUNK_BYTES):
                 bar.update(len(block))
-                pieces, pending = _split_for_encoding(pending + decoder.decode(block), ENCODE_PIECE_CHARS)
+                pieces, pending = _split_for_encoding(pending + decode(block), ENCODE_PIECE_CHARS)
                 yield from pieces
-        pending += decoder.decode(b"", final=True)
+        pending += decode(b"", final=True)
         if pending:
             yield pending
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 
-from smollm135_model import ModelConfig
+from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .errors import UserError
 from .markdown import escape_markdown
 from .export_card import runtimes_section
+from .generation import SAMPLING
+from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 USAGE_PROMPT = "To be, or not to be"
 CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation", "custom_code")
@@ -50,12 +52,22 @@ tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True)
 
 inputs = tokenizer({json.dumps(USAGE_PROMPT)}, return_tensors="pt")
-output = model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature=0.7, top_k=50, top_p=0.95)
+output = model.generate(**inputs, max_new_tokens=40, do_sample=True, {sampling_arguments()})
 print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
 print(generator({json.dumps(USAGE_PROMPT)}, max_new_tokens=40)[0]["generated_text"])
 '''
+
+
+def sampling_arguments() -> str:
+    """The sampling policy as `generate` keyword arguments (temperature=..., top_k=..., top_p=...)."""
+    return f"temperature={SAMPLING.temperature}, top_k={SAMPLING.top_k}, top_p={SAMPLING.top_p}"
+
+
+def sampling_sentence() -> str:
+    """The sampling policy in words (temperature ..., top-k ... and top-p ...)."""
+    return f"temperature {SAMPLING.temperature}, top-k {SAMPLING.top_k} and top-p {SAMPLING.top_p}"
 
 
 def _number(value, fmt: str) -> str:
@@ -100,7 +112,7 @@ def render_model_card(model_config: ModelConfig, parameters: int, facts: Trainin
 
 A GPT-style language model trained from scratch with smolm135: {positions}, pre-norm blocks
 of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
-tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
+tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
 
 ## Architecture
 
@@ -112,7 +124,7 @@ tokenizer is GPT-2's byte-level BPE (`<|endoftext|>` = 50256).
 | attention heads (key/value heads) | {cfg.n_head} ({cfg.n_kv_head}), head size {cfg.head_dim} |
 | MLP (SwiGLU) width | {cfg.intermediate_size} |
 | context length | {cfg.block_size} tokens |
-| vocabulary | {cfg.vocab_size:,} (GPT-2's 50,257 tokens padded to a multiple of 64) |
+| vocabulary | {cfg.vocab_size:,} (GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}) |
 
 Weights are stored in float32 (`model.safetensors`). {code}
 
@@ -131,6 +143,6 @@ Weights are stored in float32 (`model.safetensors`). {code}
 `{TRAINING_INFO_FILE}` holds the full loss history and the training recipe.
 
 {usage}
-The generation defaults (`generation_config.json`) sample with temperature 0.7, top-k 50 and top-p 0.95;
+The generation defaults (`generation_config.json`) sample with {sampling_sentence()};
 pass `do_sample=False` for greedy decoding. Batched prompts are padded on the left.
 """

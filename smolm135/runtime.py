@@ -222,12 +222,11 @@ def keep_freed_memory_for_reuse() -> bool:
 
     A training step allocates and frees the same large buffers every step (activations, gradients, the
     optimizer's temporaries). glibc maps each one over 32 MB afresh and unmaps it when freed, so every
-    step page-faults all of their pages in again: on 2 CPU cores, in separate processes side by side, that
-    was 18% of an fp32 step of the full model and 35% of a bf16 step (what a fault costs varies with the
-    host; `bench/train_step.py --default-malloc` compares). Keeping them costs a few percent more peak
-    resident memory; the first few steps still fault while the heap settles. Linux with glibc only, and not when the environment
-    already chooses (`MALLOC_*` variables, or another allocator through LD_PRELOAD). Returns whether it
-    applied.
+    step page-faults all of their pages in again, a sizeable share of a CPU step (what a fault costs varies
+    with the host; `bench/train_step.py --default-malloc` compares, bench/README.md has the figures).
+    Keeping them costs a little more peak resident memory; the first few steps still fault while the heap
+    settles. Linux with glibc only, and not when the environment already chooses (`MALLOC_*` variables, or
+    another allocator through LD_PRELOAD). Returns whether it applied.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ:
         return False

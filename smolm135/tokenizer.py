@@ -17,11 +17,14 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
+# the model module owns the two numbers, since an exported folder's code may import only that file
+from smollm135_model import GPT2_END_OF_TEXT_ID as END_OF_TEXT_ID
+from smollm135_model import GPT2_VOCAB_SIZE
+
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py for GPT-2's files.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 END_OF_TEXT = "<|endoftext|>"
-END_OF_TEXT_ID = 50256
 
 
 def gpt2_bpe_files() -> tuple[Path, Path]:
@@ -32,7 +35,7 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
 
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's encoding (50,257 tokens, `<|endoftext|>` = 50256), identical to tiktoken's "gpt2"."""
+    """GPT-2's encoding (`GPT2_VOCAB_SIZE` tokens, the last `<|endoftext|>`), identical to tiktoken's "gpt2"."""
     encoder_json, vocab_bpe = gpt2_bpe_files()
     # tiktoken verifies both hashes and raises if a file was altered
     mergeable_ranks = data_gym_to_mergeable_bpe_ranks(
@@ -43,7 +46,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     )
     return tiktoken.Encoding(
         name="gpt2",
-        explicit_n_vocab=END_OF_TEXT_ID + 1,
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
         pat_str=r50k_pat_str,
         mergeable_ranks=mergeable_ranks,
         special_tokens={END_OF_TEXT: END_OF_TEXT_ID},

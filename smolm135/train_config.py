@@ -6,7 +6,7 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError
@@ -86,8 +86,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, recipe: dict, model: ModelConfig) -> "TrainConfig":
         """The recipe `to_dict` wrote (fields a newer or older version does not know are left out), for `model`."""
-        known = {f.name for f in fields(cls)} - {"model"}
-        return cls(**{k: v for k, v in recipe.items() if k in known}, model=model)
+        return cls(**{**known_fields(cls, recipe), "model": model})
 
 
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
@@ -202,7 +201,6 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)} - {"model"}
-    values = {k: v for k, v in vars(args).items() if k in known}
-    values.update(overrides)
-    return TrainConfig(**values)
+    values = known_fields(TrainConfig, vars(args))
+    values.pop("model", None)  # the model comes from --preset or an override, never from a flag
+    return TrainConfig(**{**values, **overrides})

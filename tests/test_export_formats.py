@@ -1,5 +1,6 @@
 """Exports the ecosystem runs: a rotary model becomes a plain Llama folder (no remote code) that reloads with the
-native model's logits and comes back as a checkpoint; bad input is one line and leaves nothing behind."""
+native model's logits and comes back as a checkpoint, and GGUF files that transformers' GGUF loader reads back
+with the native logits and greedy tokens; bad input is one line and leaves nothing behind."""
 import json
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def rotary_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def llama_export(rotary_checkpoint, tmp_path_factory):
     messages = []
-    folder = convert(rotary_checkpoint, tmp_path_factory.mktemp("exports") / "llama-hf", say=messages.append)
+    folder = convert(rotary_checkpoint, tmp_path_factory.mktemp("exports") / "llama-hf", say=messages.append,
+                     gguf_types=("f32", "q8_0", "bf16"))
     return folder, messages
 
 
@@ -61,7 +63,7 @@ def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     generation = json.loads((folder / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 50256
-    verified = messages[-1]
+    verified = next(m for m in messages if "LlamaForCausalLM" in m)
     assert "plain LlamaForCausalLM" in verified and "pipeline" in verified
     difference = float(verified.split("native model ")[1].split(" ")[0])
     assert difference <= 1e-4
@@ -107,3 +109,45 @@ def test_export_into_a_foreign_non_empty_folder_is_refused(rotary_checkpoint, tm
     with pytest.raises(UserError, match="not empty"):
         convert(rotary_checkpoint, target, say=lambda _: None)
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export):
+    folder, messages = llama_export
+    checks = {m.split(".gguf")[0].rsplit("-", 1)[1]: m for m in messages if ".gguf" in m}
+    assert set(checks) == {"f32", "q8_0", "bf16"}
+    for gguf_type, message in checks.items():
+        assert (folder / f"llama-hf-{gguf_type}.gguf").is_file()
+        difference = float(message.split("logit difference ")[1].split(" ")[0])
+        limit = float(message.split("(limit ")[1].split(")")[0])
+        assert difference <= limit
+    assert float(checks["f32"].split("logit difference ")[1].split(" ")[0]) <= 1e-4
+    assert "16 greedy tokens" in checks["f32"] and "16 greedy tokens" in checks["q8_0"]
+    assert not list(folder.glob(".*tmp*"))
+    card = (folder / "README.md").read_text()
+    assert "llama-hf-q8_0.gguf" in card and "llama-cli" in card and "ollama" in card
+
+
+def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(llama_export):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(llama_export[0] / "llama-hf-f32.gguf")
+    text = lambda key: bytes(reader.fields[key].parts[reader.fields[key].data[0]]).decode()  # noqa: E731
+    assert text("general.architecture") == "llama"
+    assert text("tokenizer.ggml.model") == "gpt2" and text("tokenizer.ggml.pre") == "gpt-2"
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == TINY_ROTARY.vocab_size
+    assert int(reader.fields["llama.block_count"].parts[-1][0]) == TINY_ROTARY.n_layer
+
+
+def test_learned_position_model_to_gguf_is_one_line_pointing_at_rotary_presets(tmp_path):
+    torch.manual_seed(0)
+    learned = SmoLM135_Model(PRESETS["tiny"]).eval()
+    path = save_atomic(Checkpoint.from_facts(learned, TrainingFacts(), converted_from="test"), tmp_path / "m.pt")
+    with pytest.raises(UserError, match="tiny-rotary"):
+        main(["--checkpoint", str(path), "--output-dir", str(tmp_path / "out"), "--gguf", "q8_0"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_gguf_type_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--gguf", "q4_k"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -423,6 +423,23 @@ def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tm
     assert again.build_tokenizer().fingerprint == load_checkpoint(alone).build_tokenizer().fingerprint
 
 
+def test_a_pretrained_run_exports_as_a_llama_folder_with_its_own_tokenizer(pretrained_run, tiny_llama, tmp_path):
+    import json
+
+    from convert_to_hf import convert
+
+    _, _, summary, _ = pretrained_run
+    folder = convert(summary["final_model_path"], tmp_path / "export", say=lambda *_: None)  # verifies itself
+    from transformers import AutoTokenizer
+
+    text = "the old king finds a small boat"
+    exported = AutoTokenizer.from_pretrained(folder)
+    assert exported(text)["input_ids"] == tiny_llama[2](text)["input_ids"]  # the model's tokenizer, not GPT-2's
+    end_of_text = tiny_llama[2].convert_tokens_to_ids("<|endoftext|>")
+    assert json.loads((folder / "config.json").read_text())["eos_token_id"] == end_of_text
+    assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] == end_of_text
+
+
 def test_bits_per_byte_is_the_validation_loss_per_byte_of_validation_text(pretrained_run, corpus_file):
     import math
 

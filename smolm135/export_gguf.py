@@ -1,0 +1,191 @@
+"""A rotary model as one GGUF file (llama architecture) for llama.cpp, ollama and transformers' GGUF loader.
+
+Written through the `gguf` package's GGUFWriter and quantizer; no byte of the format is spelled here. The
+tensors are the Llama layout's (smolm135/llama_names.py) with q and k permuted to llama.cpp's rotary
+convention (its converter's `permute`; transformers' GGUF loader undoes it). The tokenizer goes in as llama.cpp
+describes a byte-level BPE: tokens, token types and merges, with the pre-tokenizer "gpt-2" for GPT-2's and
+"smollm" for SmolLM's (as the SmolLM2 GGUF files describe theirs).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smollm135_model import SmoLM135_Model
+
+from .errors import UserError
+from .llama_names import check_rotary, native_to_parts
+from .tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
+
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# Max abs logit difference to the native fp32 model, as a fraction of the native logits' largest magnitude:
+# f32 is the same arithmetic (the absolute 1e-4 of every export applies); f16 and bf16 round each weight to
+# 11 and 8 significant bits, q8_0 stores blocks of 32 weights as 8-bit integers and one f16 scale.
+RELATIVE_TOLERANCE = {"f32": 0.0, "f16": 0.01, "bf16": 0.05, "q8_0": 0.05}
+GREEDY_STEPS = 16  # tokens greedy decoding must reproduce exactly (at f32 and q8_0)
+
+
+def gguf_file_name(folder_name: str, gguf_type: str) -> str:
+    return f"{folder_name}-{gguf_type}.gguf"
+
+
+# ------------------------------------------------------------------ tensors
+
+
+def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(heads * hs, in) in Hugging Face's rotate-half order -> llama.cpp's interleaved pairs, per head."""
+    return (weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def _encode(data: np.ndarray, gguf_type: str):
+    """(array to write, its GGML type) for one fp32 tensor; norms (1-D) and rows that do not fill q8_0 blocks
+    stay fp32, as llama.cpp's converter keeps them."""
+    from gguf import GGMLQuantizationType, quants
+
+    if data.ndim == 1 or gguf_type == "f32":
+        return data, GGMLQuantizationType.F32
+    if gguf_type == "f16":
+        return data.astype(np.float16), GGMLQuantizationType.F16
+    kind = GGMLQuantizationType.BF16 if gguf_type == "bf16" else GGMLQuantizationType.Q8_0
+    if kind == GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
+        return data.astype(np.float16), GGMLQuantizationType.F16
+    return quants.quantize(data, kind), kind
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+def gpt2_vocabulary() -> tuple[list[str], list[str]]:
+    """(tokens in id order, merges "a b") of GPT-2's BPE, from the offline files."""
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    tokens = [token for token, _ in sorted(encoder.items(), key=lambda item: item[1])]
+    merges = [line for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line]  # after #version
+    return tokens, merges
+
+
+def json_vocabulary(tokenizer: JsonTokenizer) -> tuple[list[str], list[str], str]:
+    """(tokens, merges, pre-tokenizer name) of a byte-level BPE tokenizer.json; UserError for another kind."""
+    data = json.loads(tokenizer.tokenizer_json)
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        raise UserError(f"GGUF export takes byte-level BPE tokenizers, and this model's is {model.get('type')!r}")
+    vocab = dict(model["vocab"]) | {added["content"]: added["id"] for added in data.get("added_tokens", [])}
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    pre = json.dumps(data.get("pre_tokenizer"))
+    # SmolLM splits digits one by one before the byte-level split: llama.cpp calls that pre-tokenizer "smollm"
+    return tokens, merges, "smollm" if '"Digits"' in pre else "gpt-2"
+
+
+def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+    from gguf import TokenType
+
+    if isinstance(tokenizer, JsonTokenizer):
+        tokens, merges, pre = json_vocabulary(tokenizer)
+        bos = tokenizer.token_id(tokenizer.bos_token)
+        eos = tokenizer.eos_token_id
+        special = {i for i in (bos, eos, tokenizer.token_id(END_OF_TEXT)) if i is not None}
+        if tokenizer.chat_template:
+            writer.add_chat_template(tokenizer.chat_template)
+    else:
+        tokens, merges, pre = *gpt2_vocabulary(), "gpt-2"
+        bos = eos = tokens.index(END_OF_TEXT)
+        special = {eos}
+    types = [TokenType.CONTROL if i in special else TokenType.NORMAL for i in range(len(tokens))]
+    # the embedding's padding rows get tokens no text produces, as llama.cpp's converter names them
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
+    types += [TokenType.UNUSED] * (vocab_size - len(types))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(bos if bos is not None else eos)
+    writer.add_eos_token_id(eos)
+    writer.add_pad_token_id(eos)
+    writer.add_add_bos_token(False)
+
+
+# ------------------------------------------------------------------ the file
+
+
+def write_gguf(native: SmoLM135_Model, tokenizer, path: Path, gguf_type: str, name: str) -> Path:
+    """One .gguf file of the model at `gguf_type` (one of GGUF_TYPES)."""
+    from gguf import GGUFWriter, LlamaFileType
+
+    cfg = native.config
+    check_rotary(cfg, "GGUF export")
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.n_kv_head)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+                          "bf16": LlamaFileType.MOSTLY_BF16, "q8_0": LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+    add_tokenizer(writer, tokenizer, cfg.vocab_size)
+    state = {k: v.detach().float() for k, v in native.state_dict().items()}
+    for part, tensor in native_to_parts(state, cfg):
+        if part.gguf.endswith("attn_q.weight"):
+            tensor = permute_for_llama_cpp(tensor, cfg.n_head)
+        elif part.gguf.endswith("attn_k.weight"):
+            tensor = permute_for_llama_cpp(tensor, cfg.n_kv_head)
+        data, kind = _encode(tensor.contiguous().numpy(), gguf_type)
+        writer.add_tensor(part.gguf, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# ------------------------------------------------------------------ the check: transformers' GGUF loader
+
+_RELOAD_SCRIPT = r"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+folder, name, ids, steps, out_path = sys.argv[1:6]
+ids = torch.tensor([[int(i) for i in ids.split(",")]])
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+with torch.no_grad():
+    logits = model(ids).logits
+    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(steps), do_sample=False,
+                            min_new_tokens=int(steps))
+torch.save({"logits": logits[0], "greedy": greedy[0, ids.shape[1]:].tolist()}, out_path)
+"""
+
+
+def reload_gguf(path: Path, input_ids: list[int], env: dict, steps: int = GREEDY_STEPS) -> dict:
+    """(T, V) logits for `input_ids` and `steps` greedy tokens, from transformers' GGUF loader in a new process."""
+    with tempfile.TemporaryDirectory() as workdir:
+        out_path = Path(workdir) / "out.pt"
+        result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, str(path.parent.resolve()), path.name,
+                                 ",".join(map(str, input_ids)), str(steps), str(out_path)],
+                                cwd=workdir, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+            raise UserError(f"{path} did not load through transformers' GGUF loader; its output ends with:\n{tail}")
+        return torch.load(out_path, weights_only=True)
+
+
+def native_greedy(native: SmoLM135_Model, input_ids: list[int], steps: int = GREEDY_STEPS) -> list[int]:
+    ids = torch.tensor([input_ids])
+    with torch.no_grad():
+        for _ in range(steps):
+            logits, _ = native(ids)  # (1, T, V): recomputed in full, the plainest reference
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(input_ids):].tolist()

@@ -1,0 +1,66 @@
+"""The generation policy, as the scripts ask for it: the sampling defaults, the token an empty prompt starts
+from, and how a prompt and its continuation are fitted into the model's context.
+
+The sampling defaults (`SAMPLING`) and the fitting rule (`fit_to_context`) are defined in `smollm135_model.py`,
+because its `generate` uses them and that file travels with every exported model; the demo (`app.py`), the
+trainer's samples, the exported `generation_config.json` and the model card take them from here.
+"""
+from __future__ import annotations
+
+import torch
+
+from smollm135_model import SAMPLING, Sampling, SmoLM135_Model, fit_to_context
+
+__all__ = ["SAMPLING", "Sampling", "continue_text", "decode_bytes", "fit_prompt", "start_token_id"]
+
+
+def start_token_id(tokenizer) -> int | None:
+    """The token an empty prompt starts from: the tokenizer's beginning of text, so the model continues from
+    where its training texts begin (GPT-2's `<|endoftext|>`, which also separates them). Takes a tiktoken
+    encoding, one of this project's tokenizers (`smolm135.tokenizer`) or a transformers tokenizer; None when
+    the tokenizer has no such token."""
+    if hasattr(tokenizer, "eot_token"):  # tiktoken.Encoding
+        return tokenizer.eot_token
+    if hasattr(tokenizer, "document_separator_id"):  # smolm135.tokenizer: GPT2TextTokenizer, JsonTokenizer
+        bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
+        return bos if bos is not None else tokenizer.document_separator_id
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, list[str]]:
+    """Make prompt + new tokens fit the context (the rule: `fit_to_context`): the prompt loses its first tokens
+    as far as the new ones need, but keeps at least half the context (or all of itself, if shorter); the new
+    tokens stop at the context. Returns (kept ids, new tokens that fit, notes saying what was cut)."""
+    keep, fitting = fit_to_context(len(prompt_ids), max_new_tokens, context_length)
+    kept = prompt_ids[len(prompt_ids) - keep:]
+    notes = []
+    if len(kept) < len(prompt_ids):
+        notes.append(f"The prompt has {len(prompt_ids):,} tokens; with {fitting:,} new ones in a context of "
+                     f"{context_length:,}, only its last {len(kept):,} tokens were used.")
+    if fitting < max_new_tokens:
+        notes.append(f"{fitting:,} new tokens instead of {max_new_tokens:,}: the context holds {context_length:,} "
+                     f"tokens and the prompt takes {len(kept):,}.")
+    return kept, fitting, notes
+
+
+def decode_bytes(encoder, token_ids: list[int]) -> bytes:
+    """The text of `token_ids` as UTF-8 bytes (tiktoken). The padding rows of the embedding are no tokens of
+    the tokenizer, yet an undertrained model may pick one: they decode to nothing instead of raising."""
+    return encoder.decode_bytes([token_id for token_id in token_ids if token_id < encoder.n_vocab])
+
+
+def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens: int, seed: int,
+                  sampling: Sampling = SAMPLING) -> str:
+    """The fitted prompt and its sampled continuation, as text (the trainer's samples). `tokenizer` is one of
+    this project's tokenizers (`smolm135.tokenizer`). A seeded generator of its own leaves the global RNG, and
+    so the training run, alone; ids past the tokenizer's vocabulary (the embedding's padding rows) are never
+    sampled, since they spell no text."""
+    device = model.lm_head.weight.device
+    prompt_ids = tokenizer.encode(prompt) or [start_token_id(tokenizer)]
+    prompt_ids, fitting, _ = fit_prompt(prompt_ids, max_new_tokens, model.config.block_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=fitting,
+                         temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                         generator=generator, vocab_limit=tokenizer.n_vocab)  # (1, kept + new)
+    return tokenizer.decode(out[0].tolist())
+
