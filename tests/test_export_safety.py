@@ -30,7 +30,7 @@ def trained(trained_run):
 
 
 def skip_verification(monkeypatch):
-    monkeypatch.setattr(convert_to_hf, "verify_hf_folder", lambda folder, native: Verification(0.0, 1, "skipped"))
+    monkeypatch.setattr(convert_to_hf, "verify_hf_folder", lambda folder, native, tokenizer=None: Verification(0.0, 1, "skipped"))
 
 
 def one_error_line(capsys, argv) -> str:
@@ -94,7 +94,7 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     write_previous_export(output)
     (output / "previous.txt").write_text("the previous export")
 
-    def broken(folder, native):
+    def broken(folder, native, tokenizer=None):
         assert (folder / "model.safetensors").is_file() and not folder.samefile(output)
         raise convert_to_hf.UserError("the export is broken")
 
@@ -109,6 +109,22 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     assert not (output / "previous.txt").exists() and (output / "model.safetensors").is_file()
     assert "/" not in json.loads((output / "training_info.json").read_text())["train_config"]["out_dir"]
     assert str(tmp_path) not in (output / "README.md").read_text()
+
+
+def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypatch):
+    _, native, state = trained
+    output = tmp_path / "out-hf"
+    skip_verification(monkeypatch)
+
+    def broken_gguf(native, path, gguf_type, tokenizer=None):
+        assert path.parent.name != output.name  # written inside the temporary folder, not the target
+        path.write_bytes(b"GGUF half-written")
+        raise convert_to_hf.UserError(f"{path.name}: greedy decoding differs")
+
+    monkeypatch.setattr(convert_to_hf, "export_verified_gguf", broken_gguf)
+    with pytest.raises(convert_to_hf.UserError, match="greedy"):
+        export(native, state, output, gguf_types=("q8_0",))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch):
