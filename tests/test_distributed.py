@@ -129,6 +129,14 @@ def test_a_two_process_checkpoint_resumes_in_one_process_as_if_never_stopped(one
     assert_same_losses(resumed["val"], one_process["val"])
 
 
+def test_a_rotary_model_with_grouped_queries_trains_the_same_in_two_processes(corpus_file, tmp_path):
+    values = recipe(corpus_file, tmp_path / "one", preset="tiny-rotary", max_steps=3)
+    train(TrainConfig(**values))
+    result = run(torchrun({**values, "out_dir": str(tmp_path / "two"), "batch_size": GLOBAL_BATCH // 2}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_losses(history(tmp_path / "two")["train"], history(tmp_path / "one")["train"])
+
+
 def test_only_rank_zero_writes_files_and_prints(two_processes):
     out_dir, result = two_processes
     assert not result.stderr.strip(), result.stderr  # no warning either (e.g. a process group left alive)

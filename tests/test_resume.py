@@ -22,8 +22,8 @@ from conftest import REPO_ROOT, tiny_train_config
 TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
 
 
-def cli_args(corpus_file, out_dir, max_steps):
-    return [sys.executable, TRAINER, "--data", str(corpus_file), "--out-dir", str(out_dir), "--preset", "tiny",
+def cli_args(corpus_file, out_dir, max_steps, preset="tiny"):
+    return [sys.executable, TRAINER, "--data", str(corpus_file), "--out-dir", str(out_dir), "--preset", preset,
             "--device", "cpu", "--dtype", "float32", "--no-progress", "--batch-size", "4", "--seq-len", "32",
             "--max-steps", str(max_steps), "--warmup-steps", "4", "--lr", "3e-3", "--eval-every", "20",
             "--eval-batches", "2", "--checkpoint-every", "4", "--sample-every", "1000", "--sample-tokens", "4"]
@@ -43,20 +43,22 @@ def final_state(out_dir):
     return torch.load(path, weights_only=True)
 
 
-def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-rotary"])  # learned positions; rotary with grouped queries
+def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path, preset):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    subprocess.run(cli_args(corpus_file, straight, 40), check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(cli_args(corpus_file, straight, 40, preset), check=True, capture_output=True, env=env,
+                   timeout=300)
 
-    process = subprocess.Popen(cli_args(corpus_file, interrupted, 40), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(cli_args(corpus_file, interrupted, 40, preset), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=env)
     wait_for(lambda: (interrupted / "checkpoints" / "step_0000008.pt").exists(), process)
     process.kill()  # SIGKILL: no handler runs, whatever was being written stays as it was
     assert process.wait(timeout=60) == -signal.SIGKILL
     assert not list((interrupted / "models").glob("*.pt"))
 
-    resumed = subprocess.run(cli_args(corpus_file, interrupted, 40), capture_output=True, text=True, env=env,
-                             timeout=300)
+    resumed = subprocess.run(cli_args(corpus_file, interrupted, 40, preset), capture_output=True, text=True,
+                             env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "continuing from" in resumed.stdout
     a, b = final_state(straight), final_state(interrupted)
