@@ -340,20 +340,25 @@ class Checkpoint:
 
     def load_optimizer_into(self, optimizer: torch.optim.Optimizer) -> None:
         """The saved optimizer state, after checking that it has this optimizer's parameter groups and that
-        every saved moment has its parameter's shape (torch would accept a mismatch and fail mid-step)."""
-        saved, groups = self.optimizer_state_dict, optimizer.param_groups
-        saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
-        if saved_sizes != [len(group["params"]) for group in groups]:
+        every saved moment has its parameter's shape (torch would accept a mismatch and fail mid-step).
+        An optimizer made of several (`optim.OptimizerPair`) is checked one part at a time."""
+        saved = self.optimizer_state_dict
+        parts = getattr(optimizer, "optimizers", (optimizer,))
+        saved_parts = saved["optimizers"] if "optimizers" in saved else [saved]
+        saved_sizes = [[len(group["params"]) for group in part["param_groups"]] for part in saved_parts]
+        sizes = [[len(group["params"]) for group in part.param_groups] for part in parts]
+        if saved_sizes != sizes:
             raise CheckpointError(f"{self.source}: its optimizer state has parameter groups of {saved_sizes} "
-                                  f"parameters, this run's optimizer {[len(g['params']) for g in groups]}: it "
-                                  f"belongs to another model or recipe")
-        saved_ids = [index for group in saved["param_groups"] for index in group["params"]]
-        for index, param in zip(saved_ids, (param for group in groups for param in group["params"])):
-            moments = saved["state"].get(index, {})
-            if not isinstance(moments, dict) or any(isinstance(value, torch.Tensor) and value.dim() > 0
-                                                    and value.shape != param.shape for value in moments.values()):
-                raise CheckpointError(f"{self.source}: its optimizer state does not fit the model's parameters "
-                                      f"(a moment of another shape)")
+                                  f"parameters, this run's optimizer {sizes}: it belongs to another model or "
+                                  f"recipe (resume with the --optimizer it was trained with)")
+        for part, saved_part in zip(parts, saved_parts):
+            saved_ids = [index for group in saved_part["param_groups"] for index in group["params"]]
+            for index, param in zip(saved_ids, (param for group in part.param_groups for param in group["params"])):
+                moments = saved_part["state"].get(index, {})
+                if not isinstance(moments, dict) or any(isinstance(value, torch.Tensor) and value.dim() > 0
+                                                        and value.shape != param.shape for value in moments.values()):
+                    raise CheckpointError(f"{self.source}: its optimizer state does not fit the model's "
+                                          f"parameters (a moment of another shape)")
         try:
             optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError, RuntimeError) as error:
@@ -395,6 +400,14 @@ MAX_THREADS = 4096
 # margin): building the model allocates what the config says, and a hostile vocab_size of 10^13 would ask
 # for petabytes. The estimate below is an upper bound of the architecture's count, not the exact count.
 PARAMETER_BOUND_FACTOR = 2
+
+
+def _is_optimizer_state(value) -> bool:
+    """A torch optimizer's state_dict: its moments per parameter index and its parameter groups."""
+    return (isinstance(value, dict) and isinstance(value.get("state"), dict)
+            and isinstance(value.get("param_groups"), list)
+            and all(isinstance(group, dict) and isinstance(group.get("params"), list)
+                    for group in value["param_groups"]))
 
 
 def _is_int(value) -> bool:
@@ -462,9 +475,9 @@ def state_problems(state: dict) -> list[str]:
             isinstance(v.get(kind, []), list) and all(isinstance(point, (list, tuple)) and len(point) == 2
                                                       and _count(point[0]) and _is_number(point[1])
                                                       for point in v.get(kind, [])) for kind in ("train", "val")),
-        "optimizer_state_dict": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
-        and isinstance(v.get("param_groups"), list)
-        and all(isinstance(group, dict) and isinstance(group.get("params"), list) for group in v["param_groups"]),
+        "optimizer_state_dict": lambda v: _is_optimizer_state(v) or (
+            isinstance(v, dict) and isinstance(v.get("optimizers"), list) and len(v) == 1
+            and bool(v["optimizers"]) and all(_is_optimizer_state(part) for part in v["optimizers"])),
         "grad_scaler_state_dict": lambda v: isinstance(v, dict),
         "data_position": lambda v: isinstance(v, dict) and _count(v.get("seed")) and _count(v.get("global_batch_size"), 1)
         and _count(v.get("seq_len"), 1) and isinstance(v.get("corpus_key"), (str, type(None))),

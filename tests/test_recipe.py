@@ -3,12 +3,16 @@ import os
 import signal
 import subprocess
 
+import pytest
 import torch
 
+from Model_smollm135_trainer import train
 from smollm135_model import PRESETS, SmoLM135_Model
+from smolm135.errors import UserError
 from smolm135.optim import OptimizerPair, configure_optimizer
 from smolm135.train_config import TrainConfig
 
+from conftest import tiny_train_config
 from test_resume import cli_args, final_state, wait_for
 
 
@@ -50,3 +54,12 @@ def test_muon_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     assert muon_a.keys() == muon_b.keys() and muon_a
     for key, value in muon_a.items():
         assert torch.equal(value["momentum_buffer"], muon_b[key]["momentum_buffer"])
+
+
+def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(corpus_file, tmp_path):
+    short = dict(max_steps=4, checkpoint_every=2, eval_every=4, sample_every=100)
+    train(tiny_train_config(corpus_file, tmp_path, optimizer="muon", **short))
+    before = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(UserError, match="--optimizer it was trained with"):
+        train(tiny_train_config(corpus_file, tmp_path, optimizer="adamw", **{**short, "max_steps": 8}))
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == before  # nothing renamed corrupt
