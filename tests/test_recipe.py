@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 import torch
+from test_resume import cli_args, final_state, wait_for
 
 from Model_smollm135_trainer import train
 from smollm135_model import PRESETS, SmoLM135_Model
@@ -13,7 +14,6 @@ from smolm135.optim import OptimizerPair, configure_optimizer
 from smolm135.train_config import TrainConfig
 
 from conftest import tiny_train_config
-from test_resume import cli_args, final_state, wait_for
 
 
 def test_the_seed_recipe_keeps_adamw():
