@@ -7,44 +7,24 @@ import torch
 
 import app
 from smollm135_model import build_model
-from smolm135.checkpoint import Checkpoint, TrainingFacts, save_atomic
 from smolm135.errors import UserError
 from smolm135.generation import fit_conversation
 from smolm135.tokenizer import GPT2TextTokenizer, JsonTokenizer, render_chat
 
-from conftest import make_corpus_text
+from conftest import CHAT_TEMPLATE, CHAT_VOCAB_SIZE, save_tiny_chat_checkpoint, tiny_chat_backend, tiny_chat_tokenizer
 
-# SmolLM2-Instruct's template, shortened (its default system message left out)
-CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
-                 "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-                 "{% endif %}")
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 HISTORY = [{"role": "user", "content": "The cat sees the moon."},
            {"role": "assistant", "content": "A dog likes the river."}]
 
 
-def tiny_chat_backend():
-    """A byte-level BPE over the test corpus with SmolLM's three special tokens (ids 0, 1, 2)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator([make_corpus_text(400)], trainer)
-    return backend
-
-
 @pytest.fixture(scope="module")
 def chat_tokenizer() -> JsonTokenizer:
-    return JsonTokenizer(tiny_chat_backend().to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>",
-                         chat_template=CHAT_TEMPLATE)
+    return tiny_chat_tokenizer()
 
 
 def chat_model(tokenizer, **overrides) -> app.NativeTextModel:
     torch.manual_seed(0)
-    model = build_model("tiny-rotary", vocab_size=320, **overrides).eval()  # 20 padding rows past the vocabulary
+    model = build_model("tiny-rotary", vocab_size=CHAT_VOCAB_SIZE, **overrides).eval()
     model.probe_decode_kernels = False  # every forward pass a test sees is the generation's own
     info = app.ModelInfo("chat.pt", "native checkpoint", model.num_parameters()["total"], model.config.block_size)
     return app.NativeTextModel(model, info, tokenizer)
@@ -156,10 +136,8 @@ def test_chat_checks_what_a_client_sends(chat_tokenizer):
 
 
 def test_a_native_checkpoint_with_a_template_gets_a_chat_tab_and_gpt2_none(chat_tokenizer, tmp_path):
-    torch.manual_seed(0)
-    checkpoint = Checkpoint.from_facts(build_model("tiny-rotary", vocab_size=320), TrainingFacts(), "test",
-                                       tokenizer=chat_tokenizer.to_record())
-    text_model = app.load_model(checkpoint=save_atomic(checkpoint, tmp_path / "chat.pt"), device="cpu")
+    text_model = app.load_model(checkpoint=save_tiny_chat_checkpoint(tmp_path / "chat.pt", chat_tokenizer),
+                                device="cpu")
     assert text_model.has_chat_template and text_model.end_token_ids == (2, 0)
     gpt2 = app.NativeTextModel(build_model("tiny").eval(), app.ModelInfo("gpt2.pt", "native checkpoint", 1, 512))
     for model, has_chat in ((text_model, True), (gpt2, False)):
@@ -178,7 +156,7 @@ def test_a_hugging_face_folder_with_a_template_chats_too(chat_tokenizer, tmp_pat
                                            bos_token="<|im_start|>")
     hf_tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    LlamaForCausalLM(LlamaConfig(vocab_size=CHAT_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                                  bos_token_id=1, eos_token_id=[2, 0])).save_pretrained(tmp_path)
     hf_tokenizer.save_pretrained(tmp_path)
