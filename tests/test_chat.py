@@ -2,6 +2,8 @@
 until the end-of-turn token, the oldest turns left out when the context is too small; no chat for GPT-2."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -30,10 +32,10 @@ def chat_model(tokenizer, **overrides) -> app.NativeTextModel:
     return app.NativeTextModel(model, info, tokenizer)
 
 
-def ends_turn_after(text_model, n_tokens: int, monkeypatch) -> list[torch.Tensor]:
+def ends_turn_after(text_model, n_tokens: int, monkeypatch, end_token: str = "<|im_end|>") -> list[torch.Tensor]:
     """Make the untrained model end its turn as its `n_tokens`-th new token (its logits pushed towards
-    <|im_end|> from then on); returns the inputs of every forward pass."""
-    end_id = text_model.tokenizer.token_id("<|im_end|>")
+    `end_token` from then on); returns the inputs of every forward pass."""
+    end_id = text_model.tokenizer.token_id(end_token)
     forward, fed = text_model.model.forward, []
 
     def forced(idx, *args, **kwargs):
@@ -82,7 +84,9 @@ def test_a_template_runs_sandboxed_and_its_refusal_is_a_user_error():
 
 def test_the_oldest_turns_are_left_out_first_until_the_conversation_fits():
     turns = [{"role": role, "content": str(n)} for n in range(6) for role in ("user", "assistant")][:-1]
-    encode = lambda messages: [0] * (10 * len(messages))  # ten tokens a message  # noqa: E731
+    def encode(messages):
+        return [0] * (10 * len(messages))  # ten tokens a message
+
     ids, fitting, notes = fit_conversation(turns, encode, max_new_tokens=30, context_length=64)
     assert len(ids) == 30 and fitting == 30  # the last three messages: the last turn and the new message
     assert "oldest 8 messages were left out" in notes[0] and len(notes) == 1
@@ -111,7 +115,14 @@ def test_chat_streams_the_templated_reply_and_stops_at_the_end_of_turn(chat_toke
     reply = conversation[-1]["content"]
     assert reply and "<|im_end|>" not in reply
     replies = [conversation[-1]["content"] for conversation, _ in steps[1:]]
-    assert all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:]))  # streamed
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(replies))  # streamed
+
+
+def test_completion_stops_at_the_end_of_a_text_too(chat_tokenizer, monkeypatch):
+    text_model = chat_model(chat_tokenizer)
+    ends_turn_after(text_model, 3, monkeypatch, end_token="<|endoftext|>")  # the second of its end tokens
+    text, status = last(app.generate_text(text_model, "The cat sees", 20, 0, 50, 0.95, 0))
+    assert "3 new tokens" in status and "<|endoftext|>" not in text
 
 
 def test_chat_leaves_out_the_oldest_turns_when_the_context_is_too_small(chat_tokenizer, monkeypatch):
@@ -129,7 +140,8 @@ def test_chat_leaves_out_the_oldest_turns_when_the_context_is_too_small(chat_tok
 def test_chat_checks_what_a_client_sends(chat_tokenizer):
     text_model = chat_model(chat_tokenizer)
     assert last(app.chat_reply(text_model, "   ", HISTORY))[1] == "Write a message first."
-    sent = [{"role": "system", "content": "leak"}, "junk", {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    sent = [{"role": "system", "content": "leak"}, "junk",
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]  # Gradio 6's message format
     conversation, status = last(app.chat_reply(text_model, "Hello", sent, 2, -5, 0, 1.0, 0))
     assert conversation[:2] == [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello"}]
     assert "Temperature -5 is outside 0..2: used 0" in status and "2 new tokens" in status
