@@ -1,4 +1,5 @@
-"""Play with a trained smolm135 in the browser: a prompt in, its continuation streamed out, token by token.
+"""Play with a trained smolm135 in the browser: a prompt in, its continuation streamed out, token by token; a
+model with a chat template (one fine-tuned from SmolLM2-135M-Instruct) can also be chatted with.
 
     python app.py                                   # the newest models/final_model_*.pt or continued model
     python app.py --checkpoint models/final_model_<timestamp>.pt
@@ -11,12 +12,14 @@ and `SMOLM135_MODEL` may name a Hub model instead. With no model anywhere the pa
 to train one.
 
 From a notebook: `demo = build_demo(load_model("models/final_model_<ts>.pt")); demo.launch()`, or
-`for text, status in generate_text(model, "To be", ...)` without any page at all.
+`for text, status in generate_text(model, "To be", ...)` (or `chat_reply(model, "Hi!", [], ...)`) without any
+page at all.
 """
 from __future__ import annotations
 
 import argparse
 import codecs
+import inspect
 import ipaddress
 import math
 import os
@@ -24,7 +27,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -41,7 +44,7 @@ from smolm135.checkpoint import (
     read_training_info,
 )
 from smolm135.errors import UserError, run_cli
-from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
+from smolm135.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt, start_token_id
 from smolm135.markdown import escape_markdown
 from smolm135.runtime import pick_device
 from smolm135.tokenizer import (
@@ -50,6 +53,7 @@ from smolm135.tokenizer import (
     GPT2TextTokenizer,
     JsonTokenizer,
     get_tokenizer,
+    render_chat,
 )
 
 APP_DIR = Path(__file__).resolve().parent
@@ -163,11 +167,18 @@ class NativeTextModel:
         self.tokenizer = tokenizer if tokenizer is not None else GPT2TextTokenizer()
         self.encoder = get_tokenizer()
         self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
-        self.end_token_ids = (END_OF_TEXT_ID,)
+        self.end_token_ids = self.tokenizer.end_token_ids  # a chat model's end of turn, and the end of a text
         if isinstance(self.tokenizer, JsonTokenizer):
             bos = self.tokenizer.token_id(self.tokenizer.bos_token)
             self.start_token_id = next(t for t in (bos, self.tokenizer.eos_token_id, 0) if t is not None)
-            self.end_token_ids = self.tokenizer.end_token_ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer.has_chat_template
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation rendered by the model's chat template, with the prompt for the assistant's reply."""
+        return self.encode(self.tokenizer.chat_prompt(messages))
 
     def encode(self, text: str) -> list[int]:
         if isinstance(self.tokenizer, JsonTokenizer):
@@ -183,7 +194,7 @@ class NativeTextModel:
         tokens = self.model.generate_stream(
             torch.tensor([prompt_ids], device=device),  # (1, T)
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=self.end_token_ids[0],
+            top_k=settings.top_k or None, top_p=settings.top_p, eos_token_id=self.end_token_ids,
             generator=generator, vocab_limit=self.tokenizer.n_vocab)  # padding rows past the vocabulary: never
         if isinstance(self.tokenizer, JsonTokenizer):
             yield from self._stream_by_decoding(tokens)
@@ -192,7 +203,7 @@ class NativeTextModel:
         for token in tokens:  # (1,)
             token_id = token.item()
             n_tokens += 1
-            if token_id == END_OF_TEXT_ID:
+            if token_id in self.end_token_ids:
                 break
             yield utf8.decode(decode_bytes(self.encoder, [token_id])), n_tokens
         yield utf8.decode(b"", final=True), n_tokens
@@ -223,6 +234,15 @@ class TransformersTextModel:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long prompts are cut later
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation rendered by the folder's chat template (generate() then stops at the end tokens its
+        generation_config.json lists)."""
+        return self.encode(render_chat(self.tokenizer.chat_template, messages, **self.tokenizer.special_tokens_map))
 
     def stream(self, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple[str, int]]:
         """Yield (the next piece of text, new tokens so far), while generate() runs in a thread."""
@@ -413,8 +433,12 @@ def bound_prompt(prompt: str, context_length: int) -> tuple[str, list[str]]:
     limit = MAX_CHARS_PER_TOKEN * context_length
     if len(prompt) <= limit:
         return prompt, []
-    return prompt[-limit:], [f"The prompt has {len(prompt):,} characters; only its last {limit:,} were read "
-                             f"(more than the model's context of {context_length:,} tokens can hold)."]
+    return prompt[-limit:], [too_many_characters("prompt", len(prompt), limit, context_length)]
+
+
+def too_many_characters(what: str, n_chars: int, limit: int, context_length: int) -> str:
+    return (f"The {what} has {n_chars:,} characters; only its last {limit:,} were read "
+            f"(more than the model's context of {context_length:,} tokens can hold).")
 
 
 def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=TEMPERATURE.default,
@@ -442,9 +466,13 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
         prompt_ids = [text_model.start_token_id]
         notes.append("Empty prompt: the model starts from the beginning of a text.")
     prompt_ids, fitting, fit_notes = fit_prompt(prompt_ids, settings.max_new_tokens, info.context_length)
-    notes += fit_notes
-    settings = GenerationSettings(fitting, settings.temperature, settings.top_k, settings.top_p, settings.seed)
+    yield from stream_with_status(text_model, prompt_ids, replace(settings, max_new_tokens=fitting),
+                                  notes + fit_notes)
 
+
+def stream_with_status(text_model, prompt_ids: list[int], settings: GenerationSettings,
+                       notes: list[str]) -> Iterator[tuple[str, str]]:
+    """Yield (the new text so far, a status line) after every decoded token of a fitted prompt's continuation."""
     text, n_tokens, started = "", 0, time.perf_counter()
     yield text, status_line(notes, "generating…")
     for piece, n_tokens in text_model.stream(prompt_ids, settings):
@@ -457,6 +485,83 @@ def generate_text(text_model, prompt, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, tem
 
 def status_line(notes: list[str], progress: str) -> str:
     return "\n\n".join([*notes, progress])
+
+
+# ------------------------------------------------------------------ chat, for a model with a chat template
+
+
+CHAT_ROLES = ("user", "assistant")  # all the page's conversation holds
+
+
+def message_text(content) -> str:
+    """A message's text: Gradio 6 sends it as a list of blocks ({"type": "text", "text": ...}), Gradio 5 and
+    API clients as a string; files and anything else carry no text."""
+    if isinstance(content, str):
+        return content
+    blocks = content if isinstance(content, list) else [content]
+    return "".join(block["text"] for block in blocks if isinstance(block, dict) and isinstance(block.get("text"), str))
+
+
+def chat_messages(history) -> list[dict]:
+    """The conversation a page or API client sent, as {role, content} strings; other roles and malformed
+    entries are left out, so they never reach the template."""
+    messages = history if isinstance(history, list) else []
+    return [{"role": message["role"], "content": message_text(message.get("content"))}
+            for message in messages if isinstance(message, dict) and message.get("role") in CHAT_ROLES]
+
+
+def bound_conversation(messages: list[dict], context_length: int) -> tuple[list[dict], list[str]]:
+    """The conversation's last MAX_CHARS_PER_TOKEN x context characters and at most one message per position
+    of the context (all it can use; the template spends a token or more on every message), and a note when cut."""
+    limit = MAX_CHARS_PER_TOKEN * context_length
+    n_chars = sum(len(message["content"]) for message in messages)
+    kept, budget = [], limit
+    for message in reversed(messages[-context_length:]):
+        if budget <= 0:
+            break
+        kept.append({**message, "content": message["content"][-budget:]})
+        budget -= len(message["content"])
+    notes = [too_many_characters("conversation", n_chars, limit, context_length)] if n_chars > limit else []
+    if len(kept) < len(messages) and not notes:
+        notes.append(f"The conversation has {len(messages):,} messages; only its last {len(kept):,} were read "
+                     f"(more than the model's context of {context_length:,} tokens can hold).")
+    return kept[::-1], notes
+
+
+def chat_reply(text_model, message, history, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+               temperature=TEMPERATURE.default, top_k=TOP_K.default, top_p=TOP_P.default,
+               seed=SEED.default) -> Iterator[tuple[list[dict], str]]:
+    """Yield (the conversation so far, a status line) after every decoded token: `history` (the chat's
+    {role, content} messages), then `message`, then the assistant's reply as it streams, until the model ends
+    its turn. The prompt is the conversation rendered by the model's chat template; when it does not fit the
+    context, its oldest turns are left out (`fit_conversation`) and the status says so.
+
+    Every argument may come from an API client unchecked, as in `generate_text`."""
+    conversation = chat_messages(history)
+    if text_model is None:
+        yield conversation, no_model_message()
+        return
+    if not text_model.has_chat_template:
+        yield conversation, "This model has no chat template: continue a text with Generate instead."
+        return
+    message = message_text(message)
+    if not message.strip():
+        yield conversation, "Write a message first."
+        return
+    info = text_model.info
+    settings, notes = GenerationSettings.from_raw(info.context_length, max_new_tokens, temperature, top_k, top_p,
+                                                  seed)
+    conversation.append({"role": "user", "content": message})
+    messages, bound_notes = bound_conversation(conversation, info.context_length)
+    try:
+        prompt_ids, fitting, fit_notes = fit_conversation(messages, text_model.chat_prompt_ids,
+                                                          settings.max_new_tokens, info.context_length)
+    except UserError as error:  # the template refused the conversation (a role it does not take, say)
+        yield conversation, status_line(notes, escape_markdown(str(error)))
+        return
+    for reply, status in stream_with_status(text_model, prompt_ids, replace(settings, max_new_tokens=fitting),
+                                            notes + bound_notes + fit_notes):
+        yield [*conversation, {"role": "assistant", "content": reply}], status
 
 
 # ------------------------------------------------------------------ the page
@@ -492,34 +597,62 @@ def build_demo(text_model=None) -> gr.Blocks:
     context_length = text_model.info.context_length if text_model is not None else ModelConfig().block_size
     # analytics_enabled=False: Gradio reports usage to its servers unless told not to (this, not the
     # GRADIO_ANALYTICS_ENABLED variable, is what it reads first); the demo runs offline and tells no one.
+    chat = text_model is not None and text_model.has_chat_template
     with gr.Blocks(title="smolm135", analytics_enabled=False) as demo:
-        gr.Markdown("# smolm135\nA base language model continues your text: write the start, it writes on.")
+        gr.Markdown("# smolm135\nA language model continues your text: write the start, it writes on."
+                    + (" Or chat with it, in the Chat tab." if chat else ""))
         gr.Markdown(model_summary(text_model.info) if text_model is not None else no_model_message(),
                     elem_id="model-info")
         with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=4, placeholder="To be, or not to be", elem_id="prompt")
-                with gr.Row():
-                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop = gr.Button("Stop", elem_id="stop")
-                output = gr.Textbox(label="Continuation", lines=12, interactive=False, elem_id="output")
-                status = gr.Markdown(label="Status", elem_id="status")
+            with gr.Column(scale=3), gr.Tabs():
+                with gr.Tab("Complete", elem_id="complete-tab"):
+                    prompt = gr.Textbox(label="Prompt", lines=4, placeholder="To be, or not to be", elem_id="prompt")
+                    with gr.Row():
+                        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                        stop = gr.Button("Stop", elem_id="stop")
+                    output = gr.Textbox(label="Continuation", lines=12, interactive=False, elem_id="output")
+                    status = gr.Markdown(label="Status", elem_id="status")
+                    gr.Examples([[example] for example in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
+                if chat:
+                    with gr.Tab("Chat", elem_id="chat-tab"):
+                        chatbot = gr.Chatbot(label="Chat", elem_id="chatbot", **MESSAGES_FORMAT)
+                        chat_input = gr.Textbox(label="Message", lines=1, max_lines=8, placeholder="Say hello",
+                                                elem_id="chat-input")  # Enter sends
+                        with gr.Row():
+                            send = gr.Button("Send", variant="primary", elem_id="send")
+                            chat_stop = gr.Button("Stop", elem_id="chat-stop")
+                            gr.ClearButton([chatbot, chat_input], value="Clear", elem_id="chat-clear")
+                        chat_status = gr.Markdown(label="Status", elem_id="chat-status")
             with gr.Column(scale=2):
                 sliders = [slider(max_new_tokens_knob(context_length)), slider(TEMPERATURE), slider(TOP_K),
                            slider(TOP_P)]
                 seed = gr.Number(value=SEED.default, label=SEED.label, info=SEED.info, precision=0,
                                  minimum=SEED.minimum, maximum=SEED.maximum)
-        gr.Examples([[example] for example in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
 
         def run(prompt, max_new_tokens, temperature, top_k, top_p, seed):  # the API's parameter names
             yield from generate_text(text_model, prompt, max_new_tokens, temperature, top_k, top_p, seed)
 
         # preprocess=False: the values reach generate_text as sent, which clamps them and says what it changed
         # (Gradio would otherwise reject an out-of-range number with an error, and crash on NaN).
+        # One generation at a time, completion or chat alike (one concurrency id): others queue.
         event = generate.click(run, [prompt, *sliders, seed], [output, status], api_name="generate",
-                               preprocess=False, concurrency_limit=1)  # one generation at a time; others queue
+                               preprocess=False, concurrency_limit=1, concurrency_id="generation")
         stop.click(None, cancels=[event])
+        if chat:
+            def reply(message, history, max_new_tokens, temperature, top_k, top_p, seed):
+                for conversation, chat_status in chat_reply(text_model, message, history, max_new_tokens,
+                                                            temperature, top_k, top_p, seed):
+                    yield "", conversation, chat_status  # the message box empties as the message joins the chat
+
+            chat_event = gr.on([send.click, chat_input.submit], reply, [chat_input, chatbot, *sliders, seed],
+                               [chat_input, chatbot, chat_status], api_name="chat", preprocess=False,
+                               concurrency_limit=1, concurrency_id="generation")
+            chat_stop.click(None, cancels=[chat_event])
     return demo
+
+
+# Gradio 5 shows {role, content} messages only when asked (its default is pairs); Gradio 6 knows no other kind
+MESSAGES_FORMAT = {"type": "messages"} if "type" in inspect.signature(gr.Chatbot).parameters else {}
 
 
 def slider(knob: Knob) -> gr.Slider:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
@@ -585,7 +586,7 @@ class SmoLM135_Model(nn.Module):
         temperature: float = SAMPLING.temperature,
         top_k: int | None = SAMPLING.top_k,
         top_p: float | None = SAMPLING.top_p,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         vocab_limit: int | None = None,
@@ -595,7 +596,8 @@ class SmoLM135_Model(nn.Module):
         `max_length` counts the prompt (the seed's usage), `max_new_tokens` does not; give one (default:
         50 new tokens). `temperature` 0 decodes greedily. `top_k` keeps the k likeliest tokens, `top_p` the
         smallest set whose probability reaches p (None turns either off); the defaults are `SAMPLING`, the
-        project's one sampling policy. Rows that emit `eos_token_id` stop and are padded with it.
+        project's one sampling policy. `eos_token_id` is one id or several (a chat model ends a turn with one
+        and a document with another): a row that emits any of them stops, and is padded with the first.
         Generation stops, with a warning, at the context length `config.block_size`. `use_cache=False`
         re-runs the whole sequence for every token (slow; the reference the cache is tested against).
         `vocab_limit` (the tokenizer's vocabulary size) keeps the padding ids past it from being sampled.
@@ -637,17 +639,18 @@ class SmoLM135_Model(nn.Module):
         param = self.lm_head.weight
         kv_cache = KVCache(self.config, B, total_length, param.device, param.dtype) if use_cache else None
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        end_ids = end_token_tensor(eos_token_id, input_ids.device)  # (E,), or None: never stop early
         try:
             logits, _ = self(input_ids, kv_cache=kv_cache, logits_to_keep=1)  # (B, 1, V); fills the cache
             for length in range(prompt_length, total_length):
                 next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator,
                                                vocab_limit)  # (B,)
-                if eos_token_id is not None:
-                    next_token = next_token.masked_fill(finished, eos_token_id)
-                    finished |= next_token == eos_token_id
+                if end_ids is not None:
+                    next_token = next_token.masked_fill(finished, end_ids[0])
+                    finished |= torch.isin(next_token, end_ids)
                 yield next_token
                 tokens[:, length] = next_token
-                if length + 1 == total_length or (eos_token_id is not None and bool(finished.all())):
+                if length + 1 == total_length or (end_ids is not None and bool(finished.all())):
                     break
                 if use_cache:  # only the new token goes in; the cache holds the rest
                     logits, _ = self(tokens[:, length:length + 1], kv_cache=kv_cache, logits_to_keep=1)
@@ -672,6 +675,15 @@ class SmoLM135_Model(nn.Module):
         n_matmul_params = self.num_parameters()["total"] - self.num_parameters()["position_embedding"]
         cfg = self.config
         return 6 * n_matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def end_token_tensor(eos_token_id, device) -> torch.Tensor | None:
+    """`generate`'s `eos_token_id` (None, one id or a sequence of ids, as transformers takes it) as a tensor
+    (E,) of ids; None when there is none."""
+    if eos_token_id is None:
+        return None
+    ids = torch.as_tensor(eos_token_id, dtype=torch.long, device=device).reshape(-1)  # (E,)
+    return ids if ids.numel() else None
 
 
 # Below this temperature sampling is greedy decoding in all but name (a logit gap of 0.01 already weighs

@@ -1,5 +1,5 @@
 """The generation policy, as the scripts ask for it: the sampling defaults, the token an empty prompt starts
-from, and how a prompt and its continuation are fitted into the model's context.
+from, and how a prompt (or a chat's conversation) and its continuation are fitted into the model's context.
 
 The sampling defaults (`SAMPLING`) and the fitting rule (`fit_to_context`) are defined in `smollm135_model.py`,
 because its `generate` uses them and that file travels with every exported model; the demo (`app.py`), the
@@ -11,7 +11,8 @@ import torch
 
 from smollm135_model import SAMPLING, Sampling, SmoLM135_Model, fit_to_context
 
-__all__ = ["SAMPLING", "Sampling", "continue_text", "decode_bytes", "fit_prompt", "start_token_id"]
+__all__ = ["SAMPLING", "Sampling", "continue_text", "decode_bytes", "fit_conversation", "fit_prompt",
+           "start_token_id"]
 
 
 def start_token_id(tokenizer) -> int | None:
@@ -41,6 +42,35 @@ def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) 
         notes.append(f"{fitting:,} new tokens instead of {max_new_tokens:,}: the context holds {context_length:,} "
                      f"tokens and the prompt takes {len(kept):,}.")
     return kept, fitting, notes
+
+
+def fit_conversation(messages: list[dict], encode_chat, max_new_tokens: int,
+                     context_length: int) -> tuple[list[int], int, list[str]]:
+    """A chat's prompt fitted like any prompt (`fit_prompt`), but by whole turns: the oldest turns (a user
+    message and what followed it) are left out until the rendered rest is kept whole. `encode_chat` maps a
+    list of messages to the ids of its rendering. When even the newest turn alone is too long, `fit_prompt`
+    cuts its first tokens. Returns (ids, new tokens that fit, notes saying what was left out)."""
+    starts = sorted({0, *(i for i, message in enumerate(messages) if message["role"] == "user")})
+    encoded = {}
+
+    def ids_from(k: int) -> list[int]:  # the conversation from its k-th possible start on, rendered once
+        if k not in encoded:
+            encoded[k] = encode_chat(messages[starts[k]:])
+        return encoded[k]
+
+    def kept_whole(ids: list[int]) -> bool:
+        return fit_to_context(len(ids), max_new_tokens, context_length)[0] == len(ids)
+
+    # fewer turns never take more tokens: bisect for the first start whose rest is kept whole (or the last)
+    low, high = 0, len(starts) - 1
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if kept_whole(ids_from(middle)) else (middle + 1, high)
+    prompt_ids, fitting, notes = fit_prompt(ids_from(low), max_new_tokens, context_length)
+    if starts[low]:
+        notes.insert(0, f"The conversation is too long for the context of {context_length:,} tokens with "
+                        f"{max_new_tokens:,} new ones: its oldest {starts[low]:,} messages were left out.")
+    return prompt_ids, fitting, notes
 
 
 def decode_bytes(encoder, token_ids: list[int]) -> bytes:

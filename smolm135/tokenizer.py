@@ -5,7 +5,8 @@
 after checking them against the sha256 values tiktoken itself pins for GPT-2. Every script calls
 `get_tokenizer()`; the Hugging Face export builds its tokenizer from `gpt2_bpe_files()`. A model that comes
 with its own tokenizer (SmolLM's `tokenizer.json`) uses `JsonTokenizer`; both share one interface, and a
-checkpoint records which one it used (`to_record`, `tokenizer_from_record`).
+checkpoint records which one it used (`to_record`, `tokenizer_from_record`). What a chat needs (whether there
+is a chat template, the conversation rendered by it, the ids that end a turn) is asked of the tokenizer too.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 # the model module owns the two numbers, since an exported folder's code may import only that file
 from smollm135_model import GPT2_END_OF_TEXT_ID as END_OF_TEXT_ID
 from smollm135_model import GPT2_VOCAB_SIZE
+from smolm135.errors import UserError
 
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py for GPT-2's files.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -74,6 +76,11 @@ class GPT2TextTokenizer:
         self.end_token_ids = (END_OF_TEXT_ID,)
 
     description = "GPT-2's tokenizer (50,257 tokens)"
+    has_chat_template = False  # a base model's tokenizer: it continues text, it has no turns
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        raise UserError("this model's tokenizer (GPT-2's) has no chat template: continue a text instead, or "
+                        "fine-tune a chat model (--init-from smollm2-135m-instruct)")
 
     def encode(self, text: str) -> list[int]:
         """Plain text to ids; special-token spellings in the text stay plain text."""
@@ -119,13 +126,24 @@ class JsonTokenizer:
         # id 0), whatever marks the end of a chat turn (the Instruct model's eos is <|im_end|>).
         self.document_separator_id = next(
             (i for i in (self.token_id(END_OF_TEXT), self.eos_token_id) if i is not None), None)
-        # generation stops at either: the end of a chat turn or of a document
+        # generation stops at either: the end of a chat turn (the eos, first) or of a document
         ends = (self.eos_token_id, self.token_id(END_OF_TEXT))
         self.end_token_ids = tuple(dict.fromkeys(i for i in ends if i is not None))
 
     @property
     def description(self) -> str:
         return f"the model's own tokenizer ({self.n_vocab:,} tokens)"
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.chat_template)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The conversation ({role, content} dicts) as the model was tuned to read it, ending in the prompt for
+        the assistant's reply; `encode` reads the template's special tokens as such."""
+        if not self.has_chat_template:
+            raise UserError("this model's tokenizer has no chat template: continue a text instead")
+        return render_chat(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
 
     def token_id(self, token: str | None) -> int | None:
         return self.backend.token_to_id(token) if token else None
@@ -155,6 +173,22 @@ class JsonTokenizer:
     def to_record(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
                 "bos_token": self.bos_token, "chat_template": self.chat_template}
+
+
+def render_chat(chat_template: str, messages: list[dict], **special_tokens) -> str:
+    """`messages` rendered by a Jinja chat template with the generation prompt, exactly as transformers'
+    `apply_chat_template` renders them (its own function, which runs the template in jinja2's immutable
+    sandbox: a template comes with the model, from wherever the model came). `special_tokens` are the names
+    templates may use (`bos_token`, `eos_token`); a template that refuses the conversation is a UserError."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template([messages], chat_template=chat_template, add_generation_prompt=True,
+                                            **special_tokens)
+    except TemplateError as error:  # the template's raise_exception(), or a template that does not parse
+        raise UserError(f"the model's chat template refused this conversation: {error}") from None
+    return rendered[0]
 
 
 def _chunks(ids, size: int = 1 << 20):

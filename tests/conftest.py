@@ -77,3 +77,48 @@ def trained_run(corpus_file, tmp_path_factory):
     cfg = tiny_train_config(corpus_file, out_dir)
     model, summary = train(cfg)
     return cfg, model, summary, out_dir
+
+
+# ---------------------------------------------------------------- a tiny chat model
+
+# SmolLM2-Instruct's template, shortened (its default system message left out)
+CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+                 "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                 "{% endif %}")
+CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_VOCAB_SIZE = 320  # the model's embedding rows: the tokenizer's 300 tokens and 20 padding rows
+
+
+def tiny_chat_backend():
+    """A byte-level BPE (`tokenizers`) over the test corpus with SmolLM's three special tokens (ids 0, 1, 2)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=CHAT_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([make_corpus_text(400)], trainer)
+    return backend
+
+
+def tiny_chat_tokenizer():
+    """A JsonTokenizer with a chat template, ending turns with <|im_end|> as SmolLM2-Instruct does."""
+    from smolm135.tokenizer import JsonTokenizer
+
+    return JsonTokenizer(tiny_chat_backend().to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>",
+                         chat_template=CHAT_TEMPLATE)
+
+
+def save_tiny_chat_checkpoint(path: Path, tokenizer=None) -> Path:
+    """An untrained tiny-rotary model and the tiny chat tokenizer, as a native checkpoint (format 3)."""
+    import torch
+
+    from smollm135_model import build_model
+    from smolm135.checkpoint import Checkpoint, TrainingFacts, save_atomic
+
+    torch.manual_seed(0)
+    tokenizer = tokenizer if tokenizer is not None else tiny_chat_tokenizer()
+    checkpoint = Checkpoint.from_facts(build_model("tiny-rotary", vocab_size=CHAT_VOCAB_SIZE), TrainingFacts(),
+                                       "test", tokenizer=tokenizer.to_record())
+    return save_atomic(checkpoint, path)

@@ -21,7 +21,7 @@ import app
 from smolm135.checkpoint import TRAINING_INFO_FILE
 from smolm135.markdown import escape_markdown
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, save_tiny_chat_checkpoint
 
 PROMPT = "To be, or not to be"
 SERVER_START_SECONDS = 180  # an upper bound for a loaded 2-core machine, not a wait: polling ends at the first answer
@@ -334,6 +334,17 @@ def empty_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def chat_server(tmp_path_factory):
+    """The page for a model with a chat template: an untrained tiny rotary model with the tiny chat tokenizer."""
+    space = tmp_path_factory.mktemp("chat-space")
+    (space / "models").mkdir()
+    save_tiny_chat_checkpoint(space / "models" / "final_model_20250101-000000.pt")
+    process, url, log = start_app(space, space / "server.log")
+    yield url
+    stop_app(process, log)
+
+
+@pytest.fixture(scope="module")
 def client(server):
     from gradio_client import Client
 
@@ -420,6 +431,22 @@ def test_concurrent_requests_queue_and_all_get_answers(client):
         assert text and "8 new tokens" in status
 
 
+def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
+    from gradio_client import Client
+
+    client = Client(chat_server, verbose=False)
+    # sampled: this untrained model's likeliest token is a newline, which a chat bubble shows as nothing
+    box, conversation, status = client.predict("The cat sees the moon.", [], 6, 1.0, 0, 1.0, 0, api_name="/chat")
+    assert box == "" and "6 new tokens" in status
+    # the next message goes with the conversation as the answer gave it (Gradio's own message format)
+    box, conversation, status = client.predict("The sailor finds a boat.", conversation, 6, 1.0, 0, 1.0, 0,
+                                               api_name="/chat")
+    texts = [app.message_text(message["content"]) for message in conversation]
+    assert [message["role"] for message in conversation] == ["user", "assistant", "user", "assistant"]
+    assert texts[0] == "The cat sees the moon." and texts[2] == "The sailor finds a boat." and texts[3]
+    assert "6 new tokens" in status
+
+
 def test_without_a_model_the_server_starts_and_answers_with_the_train_command(empty_server):
     from gradio_client import Client
 
@@ -481,4 +508,26 @@ def test_page_without_a_model_shows_the_train_command(browser, empty_server):
     page.locator("#model-info").get_by_text("No trained model found").wait_for(timeout=60_000)
     assert app.TRAIN_COMMAND in page.locator("#model-info").inner_text()
     assert elsewhere == []
+    page.close()
+
+
+@needs_chromium
+def test_page_chat_tab_streams_a_reply_into_the_conversation(browser, chat_server):
+    page, elsewhere = open_page(browser, chat_server)
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-input textarea").fill("The cat sees the moon.")
+    page.locator("#chat-input textarea").press("Enter")
+    page.locator("#chat-status").get_by_text("new tokens in").wait_for(timeout=60_000)
+    assert page.locator("#chat-input textarea").input_value() == ""
+    assert page.locator("#chatbot [data-testid='user']").inner_text().strip() == "The cat sees the moon."
+    assert page.locator("#chatbot [data-testid='bot']").count() == 1  # the reply's bubble
+    assert elsewhere == []
+    page.close()
+
+
+@needs_chromium
+def test_page_of_a_model_without_chat_template_has_no_chat_tab(browser, server):
+    page, _ = open_page(browser, server)
+    page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)
+    assert page.get_by_role("tab", name="Chat").count() == 0
     page.close()

@@ -124,6 +124,27 @@ def test_generation_stops_at_eos_and_pads_finished_rows(tiny_model):
     assert (out[0, 5:] == eos).all()
 
 
+def test_rows_stop_at_any_of_several_end_ids_and_finished_rows_are_padded_with_the_first(tiny_model):
+    # sampled, since an untrained model repeats one token greedily; each call draws the same numbers
+    def sample(**kwargs):
+        return tiny_model.generate(prompt, max_new_tokens=6, temperature=1.0, top_k=None, top_p=None,
+                                   generator=torch.Generator().manual_seed(3), **kwargs)
+
+    prompt = torch.randint(0, 50257, (2, 4), generator=torch.Generator().manual_seed(0))
+    free = sample()  # (2, 10)
+    ends_row_0, ends_row_1 = int(free[0, 5]), int(free[1, 6])  # row 0's second new token, row 1's third
+    assert ends_row_0 not in free[0, 4:5].tolist() + free[1, 4:7].tolist()
+    assert ends_row_1 not in free[0, 4:6].tolist() + free[1, 4:6].tolist()  # each row meets only its own end
+    out = sample(eos_token_id=[ends_row_1, ends_row_0])
+    assert out.shape == (2, 7)  # stopped when the last row finished, before the 6 new tokens
+    assert torch.equal(out[1], free[1, :7])
+    assert torch.equal(out[0, :6], free[0, :6]) and int(out[0, 6]) == ends_row_1  # padded with the first id
+    streamed = list(tiny_model.generate_stream(prompt, max_new_tokens=6, temperature=1.0, top_k=None, top_p=None,
+                                               generator=torch.Generator().manual_seed(3),
+                                               eos_token_id=(ends_row_1, ends_row_0)))
+    assert torch.equal(torch.stack(streamed, dim=1), out[:, 4:])
+
+
 def test_generation_stops_at_the_context_length_with_a_warning(tiny_model):
     block = tiny_model.config.block_size
     prompt = torch.randint(0, 50257, (1, block - 3))
