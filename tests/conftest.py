@@ -40,6 +40,21 @@ def probe_cache(tmp_path_factory):
         os.environ[CACHE_DIR_ENV] = before
 
 
+def random_rotary_model(seed: int = 0, config=None):
+    """A randomly initialised rotary (Llama-layout) model, `tiny-rotary` unless `config` says otherwise."""
+    import torch
+
+    from smollm135_model import PRESETS, SmoLM135_Model
+
+    torch.manual_seed(seed)
+    model = SmoLM135_Model(config or PRESETS["tiny-rotary"]).eval()
+    with torch.no_grad():  # norms away from 1, so a mixed-up norm weight shows in the logits
+        for name, parameter in model.named_parameters():
+            if name.endswith(("norm.weight", "ln_f.weight")):
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
 def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:
     """Lines of GPT-2 tokens with ids below 512 that no merge joins, so a model with a 512-row embedding
     (small enough for a checkpoint kept in the repository) can train on it."""

@@ -19,20 +19,11 @@ from smolm135.errors import UserError, run_cli
 from smolm135.llama_names import llama_to_native, native_to_llama
 from smolm135.model_card import render_model_card
 
+from conftest import random_rotary_model
 from hub_fakes import RecordingHfApi, offline_api, unset_token
 
 TINY_ROTARY = PRESETS["tiny-rotary"]
 REPO_ID = "you/llama-hf"
-
-
-def random_rotary_model(seed: int = 0) -> SmoLM135_Model:
-    torch.manual_seed(seed)
-    model = SmoLM135_Model(TINY_ROTARY).eval()
-    with torch.no_grad():  # norms away from 1, so a mixed-up norm weight shows in the logits
-        for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                parameter.uniform_(0.5, 1.5)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,113 @@
+"""llama.cpp reads our GGUF files as we mean them: its tokenizer turns text into our ids (GPT-2's BPE and a
+SmolLM-style tokenizer.json that splits digits one by one) and its greedy tokens are the native model's.
+
+Needs llama-cpp-python, the optional extra `llamacpp` (it compiles llama.cpp); skipped without it.
+"""
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smollm135_model import PRESETS, padded_vocab_size
+from smolm135.export_gguf import GREEDY_STEPS, native_greedy, write_gguf
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer
+
+from conftest import make_corpus_text, random_rotary_model
+
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]', which compiles llama.cpp): "
+                        "GGUF exports are not checked against llama.cpp")
+
+PROMPT = "To be, or not to be: that is the question."
+TEXTS = ["Hello world, this is a test.", "In 2024 we sold 1234567 apples at $3.50 each (+12.5%).",
+         "Ünïcödé ✓ 日本語 naïve café", "emoji 🤖🎉👍🏽", "def f(x):\n\treturn {'a': x ** 2}  # code\n",
+         "  leading   spaces\n\n\n\ttabs \r\n trailing  ", "it's, we're, they'll, I'd, she's", ""]
+
+
+def load_llama_cpp(path: Path, n_ctx: int = 128):
+    """`path` in llama.cpp, with the logits of every position kept and an fp32 KV cache (its default, fp16,
+    would round keys and values that our fp32 model keeps exact)."""
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                           n_threads=1, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def llama_cpp_tokens(llm, text: str) -> list[int]:
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def llama_cpp_greedy(llm, input_ids: list[int], steps: int = GREEDY_STEPS) -> tuple[np.ndarray, list[int]]:
+    """((T, V) logits of the prompt, `steps` greedy tokens) from llama.cpp, one decode step per token."""
+    llm.reset()
+    llm.eval(input_ids)
+    prompt_logits = np.array(llm.scores[:len(input_ids)])
+    tokens = []
+    for _ in range(steps):
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(tokens[-1:])
+    return prompt_logits, tokens
+
+
+# ------------------------------------------------------------------ GPT-2's tokenizer, the model's tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_rotary():
+    return random_rotary_model()
+
+
+@pytest.fixture(scope="module", params=["f32", "q8_0"])
+def gguf_in_llama_cpp(request, tiny_rotary, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / f"tiny-{request.param}.gguf"
+    write_gguf(tiny_rotary, GPT2TextTokenizer(), path, request.param, path.stem)
+    return request.param, load_llama_cpp(path)
+
+
+def test_llama_cpp_tokenizes_text_into_our_gpt2_ids(gguf_in_llama_cpp):
+    _, llm = gguf_in_llama_cpp
+    tokenizer = GPT2TextTokenizer()
+    for text in [*TEXTS, f"one{END_OF_TEXT}two"]:  # a special token's spelling in text is text, as ours
+        assert llama_cpp_tokens(llm, text) == tokenizer.encode(text), text
+
+
+def test_llama_cpp_greedy_tokens_are_the_native_models(gguf_in_llama_cpp, tiny_rotary):
+    gguf_type, llm = gguf_in_llama_cpp
+    input_ids = GPT2TextTokenizer().encode(PROMPT)
+    logits, greedy = llama_cpp_greedy(llm, input_ids)
+    assert greedy == native_greedy(tiny_rotary, input_ids)
+    with torch.no_grad():
+        expected = tiny_rotary(torch.tensor([input_ids]))[0][0].numpy()  # (T, V)
+    scale = np.abs(expected).max()
+    # f32: the same arithmetic in another order; q8_0: 8-bit weights, and llama.cpp quantizes activations too
+    assert np.abs(logits - expected).max() <= {"f32": 1e-4, "q8_0": 0.05}[gguf_type] * scale
+
+
+# ------------------------------------------------------------------ a SmolLM-style tokenizer.json
+
+
+def smollm_style_tokenizer(text: str, vocab_size: int = 400) -> JsonTokenizer:
+    """A byte-level BPE trained on `text` that splits digits one by one first, as SmolLM's tokenizer.json does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT, "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([text], trainer)
+    return JsonTokenizer(backend.to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>")
+
+
+def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_path):
+    tokenizer = smollm_style_tokenizer(make_corpus_text(400) + " ".join(TEXTS) + " 0123456789" * 10)
+    model = random_rotary_model(config=replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab)))
+    path = write_gguf(model, tokenizer, tmp_path / "smollm-style.gguf", "f32", "smollm-style")
+    from gguf import GGUFReader
+
+    pre = GGUFReader(path).fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"
+    llm = load_llama_cpp(path)
+    for text in TEXTS:
+        assert llama_cpp_tokens(llm, text) == tokenizer.encode(text), text
