@@ -531,9 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.from_hf:
-        if args.push_to_hub or args.checkpoint:
+        if args.push_to_hub or args.checkpoint or args.gguf:
             raise UserError("--from-hf converts a folder back to a checkpoint; it does not combine with "
-                            "--checkpoint or --push-to-hub")
+                            "--checkpoint, --push-to-hub or --gguf")
         path = hf_folder_to_checkpoint(args.from_hf, args.output, args.search_dir)
         print(f"wrote native checkpoint {path}; train it further with: python continue_training.py "
               f"--checkpoint {path}")

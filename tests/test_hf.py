@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -411,3 +412,21 @@ def test_from_hf_writes_where_continue_training_looks_by_default(export, tmp_pat
 def test_from_hf_refuses_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         main(["--from-hf", str(tmp_path)])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged_file", ["model.safetensors", "config.json"])
+def test_from_hf_with_a_truncated_weights_or_config_file_is_one_line_and_writes_nothing(export, damaged_file,
+                                                                                        tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(export.folder, broken)
+    _truncate(broken / damaged_file)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--from-hf", str(broken), "--output", str(tmp_path / "back.pt")]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error, error
+    assert str(broken) in error and "export it again" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
