@@ -4,6 +4,7 @@ with the native logits and greedy tokens; bad input is one line and leaves nothi
 import contextlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,13 +14,15 @@ import torch
 import yaml
 
 from convert_to_hf import convert, hf_folder_to_checkpoint, main, push_to_hub
-from smollm135_model import PRESETS, SmoLM135_Model
+from smollm135_model import PRESETS, SmoLM135_Model, padded_vocab_size
 from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.errors import UserError, run_cli
+from smolm135.export_gguf import write_gguf
 from smolm135.llama_names import llama_to_native, native_to_llama
 from smolm135.model_card import render_model_card
+from smolm135.tokenizer import END_OF_TEXT
 
-from conftest import random_rotary_model
+from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 from hub_fakes import RecordingHfApi, offline_api, unset_token
 
 TINY_ROTARY = PRESETS["tiny-rotary"]
@@ -167,6 +170,24 @@ def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(llama_export):
     assert text("tokenizer.ggml.model") == "gpt2" and text("tokenizer.ggml.pre") == "gpt-2"
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == TINY_ROTARY.vocab_size
     assert int(reader.fields["llama.block_count"].parts[-1][0]) == TINY_ROTARY.n_layer
+
+
+def test_gguf_of_a_smollm_style_tokenizer_types_its_tokens_as_llama_cpp_converter_does(tmp_path):
+    from gguf import GGUFReader, TokenType
+
+    tokenizer = smollm_style_tokenizer(make_corpus_text(200))
+    config = replace(TINY_ROTARY, vocab_size=padded_vocab_size(tokenizer.n_vocab))
+    path = write_gguf(random_rotary_model(config=config), tokenizer, tmp_path / "m.gguf", "f32", "m")
+    reader = GGUFReader(path)
+    pre = reader.fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"  # digits one by one, then GPT-2's split
+    types = reader.fields["tokenizer.ggml.token_type"]
+    kind = [TokenType(int(types.parts[i][0])) for i in types.data]
+    for token, expected in (("<|im_start|>", TokenType.CONTROL), ("<|im_end|>", TokenType.CONTROL),
+                            (END_OF_TEXT, TokenType.CONTROL), ("<think>", TokenType.USER_DEFINED),
+                            ("a", TokenType.NORMAL)):
+        assert kind[tokenizer.token_id(token)] == expected, token
+    assert kind[tokenizer.n_vocab:] == [TokenType.UNUSED] * (config.vocab_size - tokenizer.n_vocab)
 
 
 def test_learned_position_model_to_gguf_is_one_line_pointing_at_rotary_presets(tmp_path):

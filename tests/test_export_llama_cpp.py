@@ -12,9 +12,9 @@ import torch
 
 from smollm135_model import PRESETS, padded_vocab_size
 from smolm135.export_gguf import GREEDY_STEPS, native_greedy, write_gguf
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
-from conftest import make_corpus_text, random_rotary_model
+from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]', which compiles llama.cpp): "
@@ -33,8 +33,9 @@ def load_llama_cpp(path: Path, n_ctx: int = 128):
                            n_threads=1, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
-def llama_cpp_tokens(llm, text: str) -> list[int]:
-    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+def llama_cpp_tokens(llm, text: str, special: bool = False) -> list[int]:
+    """llama.cpp's ids for `text`; `special`: the spellings of special tokens in it are those tokens."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
 
 def llama_cpp_greedy(llm, input_ids: list[int], steps: int = GREEDY_STEPS) -> tuple[np.ndarray, list[int]]:
@@ -86,20 +87,6 @@ def test_llama_cpp_greedy_tokens_are_the_native_models(gguf_in_llama_cpp, tiny_r
 # ------------------------------------------------------------------ a SmolLM-style tokenizer.json
 
 
-def smollm_style_tokenizer(text: str, vocab_size: int = 400) -> JsonTokenizer:
-    """A byte-level BPE trained on `text` that splits digits one by one first, as SmolLM's tokenizer.json does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT, "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    backend.train_from_iterator([text], trainer)
-    return JsonTokenizer(backend.to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>")
-
-
 def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_path):
     tokenizer = smollm_style_tokenizer(make_corpus_text(400) + " ".join(TEXTS) + " 0123456789" * 10)
     model = random_rotary_model(config=replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab)))
@@ -109,5 +96,8 @@ def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_p
     pre = GGUFReader(path).fields["tokenizer.ggml.pre"]
     assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"
     llm = load_llama_cpp(path)
-    for text in TEXTS:
-        assert llama_cpp_tokens(llm, text) == tokenizer.encode(text), text
+    # tokenizers matches every added token whole, special or not: llama.cpp does so when it parses specials
+    chat = f"<|im_start|>user\nWhat is 12+30?<|im_end|>\n<|im_start|>assistant\n<think>42{END_OF_TEXT}"
+    for text in [*TEXTS, chat]:
+        assert llama_cpp_tokens(llm, text, special=True) == tokenizer.encode(text), text
+    assert tokenizer.encode(chat)[0] == tokenizer.token_id("<|im_start|>")
