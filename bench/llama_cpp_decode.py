@@ -71,9 +71,10 @@ def main(argv=None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         ours = write_gguf(model, tokenizer, Path(folder) / "smollm2-135m-q8_0.gguf", "q8_0", "smollm2-135m")
         files = {"shipped Q4_1": builtin_gguf_path(BUILTIN), "our export, q8_0": ours}
-        decoders, rounds = {}, {}
+        decoders, rounds, models = {}, {}, []
         for label, path in files.items():
             llm, decoders[label] = greedy_decoder(path, prompt_ids, args.new_tokens, threads)
+            models.append(llm)
             same_ids = llm.tokenize(PROMPT.encode(), add_bos=False) == prompt_ids
             print(f"{label}: {path.stat().st_size / 1e6:,.1f} MB, prompt ids equal ours: {same_ids}, greedy: "
                   f"{tokenizer.decode(decoders[label]()[0][:24])!r}")
@@ -81,6 +82,8 @@ def main(argv=None) -> dict[str, float]:
         for _ in range(args.repeats):  # alternated, so that a slow spell of a shared machine hits both alike
             for label, decode in decoders.items():
                 rounds[label].append(decode()[1])
+        for llm in models:
+            llm.close()  # now, while the files exist: left to interpreter exit, llama-cpp-python's cleanup fails
     print(f"llama.cpp greedy decoding, {len(prompt_ids)}-token prompt, {args.new_tokens} new tokens (decode steps "
           f"alone, tokens/s):")
     speed = {}

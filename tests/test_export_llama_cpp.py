@@ -71,7 +71,9 @@ def tiny_rotary():
 def gguf_in_llama_cpp(request, tiny_rotary, tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / f"tiny-{request.param}.gguf"
     write_gguf(tiny_rotary, GPT2TextTokenizer(), path, request.param, path.stem)
-    return request.param, load_llama_cpp(path)
+    llm = load_llama_cpp(path)
+    yield request.param, llm
+    llm.close()  # now: left to interpreter exit, llama-cpp-python's cleanup fails noisily
 
 
 def test_llama_cpp_tokenizes_text_into_our_gpt2_ids(gguf_in_llama_cpp):
@@ -102,7 +104,7 @@ def test_llama_cpp_greedy_tokens_are_the_native_models(gguf_in_llama_cpp, tiny_r
 # ------------------------------------------------------------------ a SmolLM-style tokenizer.json
 
 
-def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_path):
+def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_path, request):
     tokenizer = smollm_style_tokenizer(make_corpus_text(400) + " ".join(TEXTS) + " 0123456789" * 10)
     model = random_rotary_model(config=replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab)))
     path = write_gguf(model, tokenizer, tmp_path / "smollm-style.gguf", "f32", "smollm-style")
@@ -111,6 +113,7 @@ def test_llama_cpp_tokenizes_text_into_the_ids_of_a_smollm_style_tokenizer(tmp_p
     pre = GGUFReader(path).fields["tokenizer.ggml.pre"]
     assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"
     llm = load_llama_cpp(path)
+    request.addfinalizer(llm.close)
     # tokenizers matches every added token whole, special or not: llama.cpp does so when it parses specials
     chat = f"<|im_start|>user\nWhat is 12+30?<|im_end|>\n<|im_start|>assistant\n<think>42{END_OF_TEXT}"
     for text in [*TEXTS, chat]:
