@@ -3,14 +3,16 @@
     python convert_to_hf.py                                # the newest final or continued model
     python convert_to_hf.py --checkpoint PATH --output-dir my-model-hf
     python convert_to_hf.py --push-to-hub you/my-model      # also upload (token: --token, HF_TOKEN or `hf auth login`)
+    python convert_to_hf.py --gguf q8_0 --push-to-hub you/my-model   # rotary models: a .gguf too, uploaded with it
     python convert_to_hf.py --from-hf my-model-hf           # back to a native checkpoint, to train it more
 
 By default the newest of models/final_model_*.pt and continued_models/continued_model_*.pt (under
 --search-dir) is converted into ./smolm135-<preset>-hf (./smolm135-hf for the full preset). The folder holds
-model.safetensors, config.json (with auto_map), generation_config.json, the modeling code, a GPT-2 tokenizer,
-a model card (README.md), loss.png and training_info.json. Before reporting success the script reloads the
-folder in a fresh Python process through the Auto classes, from another directory and offline, and compares
-its logits with the native model's.
+model.safetensors, config.json, generation_config.json, the model's tokenizer, a model card (README.md),
+loss.png and training_info.json; a learned-position model adds its modeling code (auto_map, remote code), a
+rotary model is a plain LlamaForCausalLM folder and takes --gguf. Before reporting success the script reloads
+the folder in a fresh Python process through the Auto classes, from another directory and offline, and
+compares its logits with the native model's (each .gguf through transformers' GGUF loader).
 """
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ from smolm135.export_gguf import (
 )
 from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
 from smolm135.generation import SAMPLING
+from smolm135.llama_names import check_rotary
 from smolm135.model_card import check_license, render_model_card
 from smolm135.pretrained import load_pretrained
-from smolm135.llama_names import check_rotary
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
 from smolm135.training_log import plot_losses
 
@@ -423,22 +425,32 @@ def export_verified_gguf(native: SmoLM135_Model, path: Path, gguf_type: str, tok
 # ------------------------------------------------------------------ the Hub
 
 
+def hub_token(repo_id: str, token: str | None, consequence: str) -> str:
+    """`token`, else HF_TOKEN, else a saved `hf auth login`; UserError naming the three ways, then
+    `consequence` (what became of the export), when there is none."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise UserError(f"--push-to-hub {repo_id} needs a Hugging Face token with write access: pass --token, set "
+                        f"HF_TOKEN or run `hf auth login` (tokens: https://huggingface.co/settings/tokens); "
+                        f"{consequence}")
+    return token
+
+
 def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
                 commit_message: str = "Upload smolm135 model", api=None) -> str:
-    """Create the model repository if needed and upload `folder`; returns the repository URL.
+    """Create the model repository if needed and upload `folder`, with the .gguf files an export wrote in it;
+    returns the repository URL.
 
     `api` is an `HfApi`-like object (tests pass a recorder). The token comes from `token`, else HF_TOKEN,
     else a saved `hf auth login`.
     """
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, HTTPError
 
     folder = Path(folder)
-    token = token or get_token()
-    if not token:
-        raise UserError(f"--push-to-hub {repo_id} needs a Hugging Face token with write access: pass --token, set "
-                        f"HF_TOKEN or run `hf auth login` (tokens: https://huggingface.co/settings/tokens); the "
-                        f"folder {folder} is complete and can be pushed later")
+    token = hub_token(repo_id, token, f"the folder {folder} is complete and can be pushed later")
     api = api if api is not None else HfApi(token=token)
     try:
         url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
@@ -519,9 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.from_hf:
-        if args.push_to_hub or args.checkpoint:
+        if args.push_to_hub or args.checkpoint or args.gguf:
             raise UserError("--from-hf converts a folder back to a checkpoint; it does not combine with "
-                            "--checkpoint or --push-to-hub")
+                            "--checkpoint, --push-to-hub or --gguf")
         path = hf_folder_to_checkpoint(args.from_hf, args.output, args.search_dir)
         print(f"wrote native checkpoint {path}; train it further with: python continue_training.py "
               f"--checkpoint {path}")
@@ -529,10 +541,12 @@ def main(argv: list[str] | None = None) -> Path:
     check_license(args.license)  # the flags first: a typo costs no search and no load
     if args.output_dir:
         check_output_dir(Path(args.output_dir))
+    # a push with no token is known before the export, not after minutes of writing and checking it
+    token = hub_token(args.push_to_hub, args.token, "nothing was exported") if args.push_to_hub else None
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
     folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license, gguf_types=tuple(args.gguf))
     if args.push_to_hub:
-        url = push_to_hub(folder, args.push_to_hub, args.token, args.private, args.commit_message)
+        url = push_to_hub(folder, args.push_to_hub, token, args.private, args.commit_message)
         print(f"pushed {folder} to {url}")
     return folder
 

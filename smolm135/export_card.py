@@ -36,7 +36,7 @@ print(llm.generate([{json.dumps(prompt)}], SamplingParams(max_tokens=40))[0].out
 
 ```bash
 llama-cli -m {name} -p {json.dumps(prompt)} -n 40
-ollama create my-model -f <(echo "FROM ./{name}") && ollama run my-model {json.dumps(prompt)}
+echo "FROM ./{name}" > Modelfile && ollama create my-model -f Modelfile && ollama run my-model {json.dumps(prompt)}
 ```
 
 transformers reads it too: `AutoModelForCausalLM.from_pretrained({json.dumps(model_id)}, gguf_file="{name}")`.

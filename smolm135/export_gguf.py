@@ -71,35 +71,39 @@ def gpt2_vocabulary() -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def json_vocabulary(tokenizer: JsonTokenizer) -> tuple[list[str], list[str], str]:
-    """(tokens, merges, pre-tokenizer name) of a byte-level BPE tokenizer.json; UserError for another kind."""
+def json_vocabulary(tokenizer: JsonTokenizer) -> tuple[list[str], list[str], str, dict[int, bool]]:
+    """(tokens, merges, pre-tokenizer name, {added token id: special?}) of a byte-level BPE tokenizer.json;
+    UserError for another kind."""
     data = json.loads(tokenizer.tokenizer_json)
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise UserError(f"GGUF export takes byte-level BPE tokenizers, and this model's is {model.get('type')!r}")
-    vocab = dict(model["vocab"]) | {added["content"]: added["id"] for added in data.get("added_tokens", [])}
+    added = {token["id"]: bool(token.get("special")) for token in data.get("added_tokens", [])}
+    vocab = dict(model["vocab"]) | {token["content"]: token["id"] for token in data.get("added_tokens", [])}
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     pre = json.dumps(data.get("pre_tokenizer"))
     # SmolLM splits digits one by one before the byte-level split: llama.cpp calls that pre-tokenizer "smollm"
-    return tokens, merges, "smollm" if '"Digits"' in pre else "gpt-2"
+    return tokens, merges, "smollm" if '"Digits"' in pre else "gpt-2", added
 
 
 def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     from gguf import TokenType
 
     if isinstance(tokenizer, JsonTokenizer):
-        tokens, merges, pre = json_vocabulary(tokenizer)
+        tokens, merges, pre, added = json_vocabulary(tokenizer)
         bos = tokenizer.token_id(tokenizer.bos_token)
         eos = tokenizer.eos_token_id
-        special = {i for i in (bos, eos, tokenizer.token_id(END_OF_TEXT)) if i is not None}
         if tokenizer.chat_template:
             writer.add_chat_template(tokenizer.chat_template)
     else:
         tokens, merges, pre = *gpt2_vocabulary(), "gpt-2"
         bos = eos = tokens.index(END_OF_TEXT)
-        special = {eos}
-    types = [TokenType.CONTROL if i in special else TokenType.NORMAL for i in range(len(tokens))]
+        added = {eos: True}
+    # As llama.cpp's converter types them: an added token is matched whole in text, never built by merges;
+    # a special one (chat markers, end of text) only where the caller parses special tokens.
+    kinds = {True: TokenType.CONTROL, False: TokenType.USER_DEFINED}
+    types = [kinds[added[i]] if i in added else TokenType.NORMAL for i in range(len(tokens))]
     # the embedding's padding rows get tokens no text produces, as llama.cpp's converter names them
     tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
     types += [TokenType.UNUSED] * (vocab_size - len(types))

@@ -9,13 +9,16 @@ from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .errors import UserError
-from .markdown import escape_markdown
 from .export_card import runtimes_section
 from .generation import SAMPLING
+from .markdown import escape_markdown
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 USAGE_PROMPT = "To be, or not to be"
-CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation", "custom_code")
+CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation")
+# The Hub's tag for a repository whose model class is in its own files: a learned-position export needs
+# `trust_remote_code=True`; a rotary one is a plain Llama folder and says so with the "llama" tag instead.
+REMOTE_CODE_TAG, LLAMA_TAG, GGUF_TAG = "custom_code", "llama", "gguf"
 
 # The license identifiers the Hub recognises in a card's metadata (huggingface.co/docs/hub/repositories-licenses).
 HUB_LICENSES = (
@@ -77,13 +80,19 @@ def _number(value, fmt: str) -> str:
     return format(value, fmt)
 
 
-def card_metadata(license: str) -> str:
+def card_tags(rotary: bool, gguf_files: tuple[str, ...] = ()) -> list[str]:
+    """The card's tags: `custom_code` only where loading needs the folder's own code (learned positions)."""
+    kind = (LLAMA_TAG, *([GGUF_TAG] if gguf_files else [])) if rotary else (REMOTE_CODE_TAG,)
+    return [*CARD_TAGS, *kind]
+
+
+def card_metadata(license: str, tags: list[str]) -> str:
     """The YAML header, written by huggingface_hub's ModelCardData (values quoted as YAML needs them)."""
     from huggingface_hub import ModelCardData
 
     check_license(license)
     metadata = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
-                             tags=list(CARD_TAGS))
+                             tags=tags)
     return f"---\n{metadata.to_yaml()}\n---\n"
 
 
@@ -107,7 +116,7 @@ def render_model_card(model_config: ModelConfig, parameters: int, facts: Trainin
     data = escape_markdown(facts.data_name) if named else "not recorded"
     plot = ("![Training and validation loss](loss.png)" if has_loss_plot
             else "The checkpoint holds no loss history, so there is no plot.")
-    return card_metadata(license) + f"""
+    return card_metadata(license, card_tags(rotary, gguf_files)) + f"""
 # {escape_markdown(name)}
 
 A GPT-style language model trained from scratch with smolm135: {positions}, pre-norm blocks

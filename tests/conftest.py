@@ -40,6 +40,38 @@ def probe_cache(tmp_path_factory):
         os.environ[CACHE_DIR_ENV] = before
 
 
+def random_rotary_model(seed: int = 0, config=None):
+    """A randomly initialised rotary (Llama-layout) model, `tiny-rotary` unless `config` says otherwise."""
+    import torch
+
+    from smollm135_model import PRESETS, SmoLM135_Model
+
+    torch.manual_seed(seed)
+    model = SmoLM135_Model(config or PRESETS["tiny-rotary"]).eval()
+    with torch.no_grad():  # norms away from 1, so a mixed-up norm weight shows in the logits
+        for name, parameter in model.named_parameters():
+            if name.endswith(("norm.weight", "ln_f.weight")):
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+def smollm_style_tokenizer(text: str, vocab_size: int = 400):
+    """A byte-level BPE trained on `text` that splits digits one by one first, as SmolLM's tokenizer.json does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from smolm135.tokenizer import END_OF_TEXT, JsonTokenizer
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT, "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([text], trainer)
+    backend.add_tokens(["<think>"])  # an added token that is not special, as chat models have
+    return JsonTokenizer(backend.to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>")
+
+
 def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:
     """Lines of GPT-2 tokens with ids below 512 that no merge joins, so a model with a 512-row embedding
     (small enough for a checkpoint kept in the repository) can train on it."""

@@ -65,6 +65,7 @@ CONVERT_CASES = [
     (["--checkpoint", "none.pt", "--license", "MIT License"], "is not a license identifier"),
     (["--checkpoint", "none.pt", "--output-dir", "afile/sub"], "afile is a file, not a folder"),
     (["--checkpoint", "none.pt", "--output-dir", "afile"], "afile is a file, not a folder"),
+    (["--from-hf", "afile", "--gguf", "q8_0"], "does not combine with --checkpoint, --push-to-hub or --gguf"),
 ]
 APP_CASES = [
     (["--port", "70000"], "--port must be from 1 to 65535"),

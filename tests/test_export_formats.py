@@ -1,29 +1,32 @@
 """Exports the ecosystem runs: a rotary model becomes a plain Llama folder (no remote code) that reloads with the
 native model's logits and comes back as a checkpoint, and GGUF files that transformers' GGUF loader reads back
 with the native logits and greedy tokens; bad input is one line and leaves nothing behind."""
+import contextlib
+import io
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
+import yaml
 
-from convert_to_hf import convert, hf_folder_to_checkpoint, main
-from smollm135_model import PRESETS, SmoLM135_Model
+from convert_to_hf import convert, hf_folder_to_checkpoint, main, push_to_hub
+from smollm135_model import PRESETS, SmoLM135_Model, padded_vocab_size
 from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
-from smolm135.errors import UserError
+from smolm135.errors import UserError, run_cli
+from smolm135.export_gguf import write_gguf
 from smolm135.llama_names import llama_to_native, native_to_llama
+from smolm135.model_card import render_model_card
+from smolm135.tokenizer import END_OF_TEXT
+
+from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
+from hub_fakes import RecordingHfApi, offline_api, unset_token
 
 TINY_ROTARY = PRESETS["tiny-rotary"]
-
-
-def random_rotary_model(seed: int = 0) -> SmoLM135_Model:
-    torch.manual_seed(seed)
-    model = SmoLM135_Model(TINY_ROTARY).eval()
-    with torch.no_grad():  # norms away from 1, so a mixed-up norm weight shows in the logits
-        for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                parameter.uniform_(0.5, 1.5)
-    return model
+REPO_ID = "you/llama-hf"
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,15 @@ def rotary_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_export(rotary_checkpoint, tmp_path_factory):
-    messages = []
-    folder = convert(rotary_checkpoint, tmp_path_factory.mktemp("exports") / "llama-hf", say=messages.append,
-                     gguf_types=("f32", "q8_0", "bf16"))
-    return folder, messages
+    """The command line, as a user runs it: export with three GGUF files, verify, push (to a recorder)."""
+    folder = tmp_path_factory.mktemp("exports") / "llama-hf"
+    RecordingHfApi.calls = []
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+        main(["--checkpoint", str(rotary_checkpoint), "--output-dir", str(folder), "--gguf", "f32", "q8_0", "bf16",
+              "--push-to-hub", REPO_ID, "--token", "hf_test_token"])
+    return SimpleNamespace(folder=folder, messages=printed.getvalue().splitlines(), calls=list(RecordingHfApi.calls))
 
 
 def test_name_table_splits_and_joins_back_exactly():
@@ -55,7 +63,7 @@ def test_name_table_splits_and_joins_back_exactly():
 
 
 def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama_export):
-    folder, messages = llama_export
+    folder, messages = llama_export.folder, llama_export.messages
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
     assert "auto_map" not in config
@@ -69,15 +77,32 @@ def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama
     assert difference <= 1e-4
 
 
+def card_tags(card: str) -> list[str]:
+    return yaml.safe_load(card.split("---\n")[1])["tags"]
+
+
 def test_llama_export_card_names_runtimes_without_remote_code(llama_export):
-    card = (llama_export[0] / "README.md").read_text()
-    assert "trust_remote_code=True" not in card
-    assert "vllm" in card.lower() and 'pipeline("text-generation"' in card
+    card = (llama_export.folder / "README.md").read_text()
+    assert "custom_code" not in card_tags(card) and {"llama", "gguf"} <= set(card_tags(card))
+    assert "trust_remote_code=True" not in card and "modeling_smolm135" not in card
     assert "rotary positions" in card
+    runtimes = card.split("## Runtimes")[1]
+    for runtime, snippet in (("**transformers**", 'pipeline("text-generation", model="you/llama-hf")'),
+                             ("**vLLM**", 'LLM(model="you/llama-hf"'),
+                             ("**llama.cpp** and **ollama**", "llama-cli -m llama-hf-q8_0.gguf"),
+                             ("**llama.cpp** and **ollama**", "ollama create my-model -f Modelfile")):
+        assert runtime in runtimes and snippet in runtimes, snippet
+
+
+def test_a_learned_position_card_keeps_the_remote_code_tag_and_snippets():
+    learned = render_model_card(PRESETS["tiny"], 1, TrainingFacts(), "you/m", "m", "mit", False)
+    rotary = render_model_card(TINY_ROTARY, 1, TrainingFacts(), "you/m", "m", "mit", False)
+    assert "custom_code" in card_tags(learned) and "trust_remote_code=True" in learned
+    assert "custom_code" not in card_tags(rotary) and "gguf" not in card_tags(rotary)  # no .gguf files written
 
 
 def test_llama_export_comes_back_as_the_same_checkpoint(llama_export, rotary_checkpoint, tmp_path):
-    folder, _ = llama_export
+    folder = llama_export.folder
     path = hf_folder_to_checkpoint(folder, tmp_path / "back.pt")
     back, original = load_checkpoint(path), load_checkpoint(rotary_checkpoint)
     assert back.model_config == original.model_config
@@ -86,20 +111,29 @@ def test_llama_export_comes_back_as_the_same_checkpoint(llama_export, rotary_che
         assert torch.equal(back.model_state_dict[name].float(), tensor.float()), name
 
 
+def one_error_line(capsys, argv) -> str:
+    """What the command line prints for `argv` that must fail: one line on stderr, exit status 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error, error
+    return error
+
+
 def test_from_hf_with_corrupt_weights_is_one_line_and_writes_nothing(llama_export, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
-    for f in llama_export[0].iterdir():
+    for f in llama_export.folder.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(UserError, match="corrupt or truncated"):
-        main(["--from-hf", str(broken), "--output", str(tmp_path / "out.pt")])
+    argv = ["--from-hf", str(broken), "--output", str(tmp_path / "out.pt")]
+    assert "corrupt or truncated" in one_error_line(capsys, argv)
     assert not (tmp_path / "out.pt").exists()
     (broken / "config.json").write_text("{ not json")
-    with pytest.raises(UserError):
-        main(["--from-hf", str(broken), "--output", str(tmp_path / "out.pt")])
-    assert not (tmp_path / "out.pt").exists()
+    assert "export it again" in one_error_line(capsys, argv)
+    assert list(tmp_path.iterdir()) == [broken]
 
 
 def test_export_into_a_foreign_non_empty_folder_is_refused(rotary_checkpoint, tmp_path):
@@ -112,7 +146,7 @@ def test_export_into_a_foreign_non_empty_folder_is_refused(rotary_checkpoint, tm
 
 
 def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export):
-    folder, messages = llama_export
+    folder, messages = llama_export.folder, llama_export.messages
     checks = {m.split(".gguf")[0].rsplit("-", 1)[1]: m for m in messages if ".gguf" in m}
     assert set(checks) == {"f32", "q8_0", "bf16"}
     for gguf_type, message in checks.items():
@@ -130,12 +164,30 @@ def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export)
 def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(llama_export):
     from gguf import GGUFReader
 
-    reader = GGUFReader(llama_export[0] / "llama-hf-f32.gguf")
+    reader = GGUFReader(llama_export.folder / "llama-hf-f32.gguf")
     text = lambda key: bytes(reader.fields[key].parts[reader.fields[key].data[0]]).decode()  # noqa: E731
     assert text("general.architecture") == "llama"
     assert text("tokenizer.ggml.model") == "gpt2" and text("tokenizer.ggml.pre") == "gpt-2"
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == TINY_ROTARY.vocab_size
     assert int(reader.fields["llama.block_count"].parts[-1][0]) == TINY_ROTARY.n_layer
+
+
+def test_gguf_of_a_smollm_style_tokenizer_types_its_tokens_as_llama_cpp_converter_does(tmp_path):
+    from gguf import GGUFReader, TokenType
+
+    tokenizer = smollm_style_tokenizer(make_corpus_text(200))
+    config = replace(TINY_ROTARY, vocab_size=padded_vocab_size(tokenizer.n_vocab))
+    path = write_gguf(random_rotary_model(config=config), tokenizer, tmp_path / "m.gguf", "f32", "m")
+    reader = GGUFReader(path)
+    pre = reader.fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "smollm"  # digits one by one, then GPT-2's split
+    types = reader.fields["tokenizer.ggml.token_type"]
+    kind = [TokenType(int(types.parts[i][0])) for i in types.data]
+    for token, expected in (("<|im_start|>", TokenType.CONTROL), ("<|im_end|>", TokenType.CONTROL),
+                            (END_OF_TEXT, TokenType.CONTROL), ("<think>", TokenType.USER_DEFINED),
+                            ("a", TokenType.NORMAL)):
+        assert kind[tokenizer.token_id(token)] == expected, token
+    assert kind[tokenizer.n_vocab:] == [TokenType.UNUSED] * (config.vocab_size - tokenizer.n_vocab)
 
 
 def test_learned_position_model_to_gguf_is_one_line_pointing_at_rotary_presets(tmp_path):
@@ -151,3 +203,33 @@ def test_unknown_gguf_type_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--gguf", "q4_k"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the Hub
+
+
+def test_push_uploads_the_gguf_files_with_the_folder(llama_export):
+    calls = dict(llama_export.calls)
+    assert calls["create_repo"]["repo_id"] == REPO_ID and calls["create_repo"]["token"] == "hf_test_token"
+    uploaded = set(calls["upload_folder"]["files"])
+    assert {"llama-hf-f32.gguf", "llama-hf-q8_0.gguf", "llama-hf-bf16.gguf"} <= uploaded
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training_info.json"} <= uploaded
+    assert f"pushed {llama_export.folder} to https://huggingface.co/{REPO_ID}" in llama_export.messages
+
+
+def test_push_with_gguf_but_no_token_is_one_line_before_anything_is_exported(rotary_checkpoint, tmp_path, capsys,
+                                                                             monkeypatch):
+    unset_token(monkeypatch)
+    error = one_error_line(capsys, ["--checkpoint", str(rotary_checkpoint), "--output-dir", str(tmp_path / "out"),
+                                    "--gguf", "q8_0", "--push-to-hub", REPO_ID])
+    assert "needs a Hugging Face token" in error and "nothing was exported" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_push_of_a_gguf_export_without_network_is_one_line_and_keeps_every_file(llama_export, capsys):
+    before = sorted(p.name for p in llama_export.folder.iterdir())
+    with pytest.raises(SystemExit):
+        run_cli(lambda: push_to_hub(llama_export.folder, REPO_ID, token="hf_x", api=offline_api()))
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "could not reach the Hugging Face Hub" in error and "is complete" in error
+    assert sorted(p.name for p in llama_export.folder.iterdir()) == before

@@ -4,10 +4,10 @@ pipeline(), the conversion verifies itself, the Hub upload goes where it should,
 as a native checkpoint."""
 import contextlib
 import copy
-import importlib
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ import huggingface_hub
 import pytest
 import torch
 import yaml
-from huggingface_hub.errors import HfHubHTTPError, HTTPError
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from transformers import DynamicCache
 
@@ -39,6 +39,8 @@ from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import USAGE_PROMPT
 from smolm135.tokenizer import get_tokenizer
+
+from hub_fakes import FailingHfApi, RecordingHfApi, http_library, offline_api, unset_token
 
 PROMPTS = ["The cat", "A young bird follows the", "My friend remembers an old song at"]
 VARIED_TEXTS = ["Hello world, this is a test.", "Ünïcödé ✓ 日本語 naïve café", "emoji 🤖🎉👍🏽 family 👨‍👩‍👧",
@@ -178,23 +180,6 @@ def test_hf_tokenizer_ids_equal_tiktoken(hf_tokenizer, text):
 
 
 # ------------------------------------------------------------------ conversion
-
-
-class RecordingHfApi:
-    """Stands in for huggingface_hub.HfApi: records where the upload would go and what it would hold."""
-
-    calls: list = []
-
-    def __init__(self, token=None):
-        self.calls.append(("HfApi", {"token": token}))
-
-    def create_repo(self, **kwargs):
-        self.calls.append(("create_repo", kwargs))
-        return f"https://huggingface.co/{kwargs['repo_id']}"
-
-    def upload_folder(self, **kwargs):
-        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
-        self.calls.append(("upload_folder", {**kwargs, "files": files}))
 
 
 @pytest.fixture(scope="module")
@@ -359,13 +344,8 @@ def test_a_foreign_non_empty_output_folder_is_refused_but_a_previous_export_is_r
     check_output_dir(export.folder)  # no error: re-converting overwrites the previous export
 
 
-def _unset_token(monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # ignore a saved `hf auth login`
-
-
 def test_push_without_a_token_is_one_clear_line_and_keeps_the_folder(export, monkeypatch, capsys):
-    _unset_token(monkeypatch)
+    unset_token(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda **_: pytest.fail("no upload may start without a token"))
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: push_to_hub(export.folder, REPO_ID))
@@ -383,32 +363,15 @@ def test_push_takes_the_token_from_hf_token(export, monkeypatch):
     assert dict(RecordingHfApi.calls)["create_repo"]["token"] == "hf_from_env"
 
 
-def _http_library():
-    return importlib.import_module(HTTPError.__module__.split(".")[0])  # httpx (or the hub's own copy of it)
-
-
-class FailingHfApi:
-    def __init__(self, error):
-        self.error = error
-
-    def create_repo(self, **kwargs):
-        raise self.error
-
-    def upload_folder(self, **kwargs):
-        pytest.fail("upload after a failed create_repo")
-
-
 def test_push_without_network_is_one_clear_line(export, capsys):
-    http = _http_library()
-    offline = FailingHfApi(http.ConnectError("[Errno -2] Name or service not known"))
     with pytest.raises(SystemExit):
-        run_cli(lambda: push_to_hub(export.folder, REPO_ID, token="hf_x", api=offline))
+        run_cli(lambda: push_to_hub(export.folder, REPO_ID, token="hf_x", api=offline_api()))
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "could not reach the Hugging Face Hub" in error and "is complete" in error
 
 
 def test_a_refused_token_is_one_clear_line(export, capsys):
-    http = _http_library()
+    http = http_library()
     response = http.Response(401, request=http.Request("POST", "https://huggingface.co/api/repos/create"))
     refused = FailingHfApi(HfHubHTTPError("401 Unauthorized", response=response))
     with pytest.raises(SystemExit):
@@ -449,3 +412,21 @@ def test_from_hf_writes_where_continue_training_looks_by_default(export, tmp_pat
 def test_from_hf_refuses_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         main(["--from-hf", str(tmp_path)])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged_file", ["model.safetensors", "config.json"])
+def test_from_hf_with_a_truncated_weights_or_config_file_is_one_line_and_writes_nothing(export, damaged_file,
+                                                                                        tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(export.folder, broken)
+    _truncate(broken / damaged_file)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--from-hf", str(broken), "--output", str(tmp_path / "back.pt")]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error, error
+    assert str(broken) in error and "export it again" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
