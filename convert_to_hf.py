@@ -244,7 +244,7 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
     if has_plot:
         plot_losses(history, output_dir / "loss.png", f"{name} on {facts.data_name or 'its data'}")
     card = render_model_card(native.config, native.num_parameters()["total"], facts, model_id or name, name,
-                             license, has_plot, gguf_files)
+                             license, has_plot, gguf_files, tokenizer)
     (output_dir / "README.md").write_text(card, encoding="utf-8")
     return output_dir
 

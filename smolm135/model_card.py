@@ -96,12 +96,33 @@ def card_metadata(license: str, tags: list[str]) -> str:
     return f"---\n{metadata.to_yaml()}\n---\n"
 
 
+def origin_sentence(facts: TrainingFacts) -> str:
+    """Where the weights began: a run's `--init-from` (a pretrained model or a checkpoint), else from scratch."""
+    start = facts.train_config.get("init_from") if isinstance(facts.train_config, dict) else None
+    if isinstance(start, str) and start:
+        return f"trained with smolm135, starting from {escape_markdown(start)}"
+    return "trained from scratch with smolm135"
+
+
+def tokenizer_sentence(tokenizer) -> tuple[str, str]:
+    """The card's words for the tokenizer, and for the vocabulary row of the architecture table."""
+    own = getattr(tokenizer, "tokenizer_json", None) is not None
+    if own:
+        return (f"The tokenizer is the one the model started with ({tokenizer.n_vocab:,} tokens, `tokenizer.json` "
+                f"in this folder).", f"{tokenizer.n_vocab:,} tokens")
+    return (f"The tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).",
+            f"GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}")
+
+
 def render_model_card(model_config: ModelConfig, parameters: int, facts: TrainingFacts, model_id: str,
-                      name: str, license: str, has_loss_plot: bool, gguf_files: tuple[str, ...] = ()) -> str:
+                      name: str, license: str, has_loss_plot: bool, gguf_files: tuple[str, ...] = (),
+                      tokenizer=None) -> str:
     """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage (for a
     rotary model, exported as a plain Llama folder: the runtimes that load it and its `gguf_files`). Text that
-    comes from a file (the data's name, the model's name) is escaped: it shows as written, never as markup."""
+    comes from a file (the data's name, the model's name, the starting point) is escaped: it shows as written,
+    never as markup. `tokenizer`: the model's own (`smolm135.tokenizer`); None means GPT-2's."""
     cfg = model_config
+    tokenizer_words, vocabulary_words = tokenizer_sentence(tokenizer)
     rotary = cfg.position_embedding == "rotary"
     positions = "rotary positions (the Llama layout)" if rotary else "learned position embeddings"
     code = ("It is a plain `LlamaForCausalLM`: no code of its own, no `trust_remote_code`." if rotary else
@@ -119,9 +140,9 @@ def render_model_card(model_config: ModelConfig, parameters: int, facts: Trainin
     return card_metadata(license, card_tags(rotary, gguf_files)) + f"""
 # {escape_markdown(name)}
 
-A GPT-style language model trained from scratch with smolm135: {positions}, pre-norm blocks
-of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding. The
-tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
+A GPT-style language model {origin_sentence(facts)}: {positions}, pre-norm blocks
+of causal self-attention and a SwiGLU MLP, RMSNorm, and an output head tied to the token embedding.
+{tokenizer_words}
 
 ## Architecture
 
@@ -133,7 +154,7 @@ tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).
 | attention heads (key/value heads) | {cfg.n_head} ({cfg.n_kv_head}), head size {cfg.head_dim} |
 | MLP (SwiGLU) width | {cfg.intermediate_size} |
 | context length | {cfg.block_size} tokens |
-| vocabulary | {cfg.vocab_size:,} (GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}) |
+| vocabulary | {cfg.vocab_size:,} ({vocabulary_words}) |
 
 Weights are stored in float32 (`model.safetensors`). {code}
 

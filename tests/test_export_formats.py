@@ -101,6 +101,17 @@ def test_a_learned_position_card_keeps_the_remote_code_tag_and_snippets():
     assert "custom_code" not in card_tags(rotary) and "gguf" not in card_tags(rotary)  # no .gguf files written
 
 
+def test_the_card_names_where_a_model_started_and_its_own_tokenizer():
+    from conftest import tiny_chat_tokenizer
+
+    started = TrainingFacts(train_config={"init_from": "smollm2-135m-instruct"})
+    card = render_model_card(TINY_ROTARY, 1, started, "you/m", "m", "mit", False, tokenizer=tiny_chat_tokenizer())
+    assert "starting from smollm2" in card and "from scratch" not in card
+    assert "GPT-2" not in card and f"{tiny_chat_tokenizer().n_vocab:,} tokens" in card
+    scratch = render_model_card(PRESETS["tiny"], 1, TrainingFacts(train_config={}), "you/m", "m", "mit", False)
+    assert "trained from scratch" in scratch and "GPT-2's byte-level BPE" in scratch
+
+
 def test_llama_export_comes_back_as_the_same_checkpoint(llama_export, rotary_checkpoint, tmp_path):
     folder = llama_export.folder
     path = hf_folder_to_checkpoint(folder, tmp_path / "back.pt")
