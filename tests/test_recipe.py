@@ -50,3 +50,18 @@ def test_muon_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     assert muon_a.keys() == muon_b.keys() and muon_a
     for key, value in muon_a.items():
         assert torch.equal(value["momentum_buffer"], muon_b[key]["momentum_buffer"])
+
+
+def test_the_readme_from_scratch_command_is_a_valid_cpu_scratch_recipe():
+    from Model_smollm135_trainer import build_parser
+    from smolm135.train_config import config_from_args, validate
+
+    from conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(line for line in readme.splitlines()
+                   if line.startswith("python Model_smollm135_trainer.py --preset cpu-scratch"))
+    cfg = config_from_args(build_parser().parse_args(command.split()[2:]))
+    validate(cfg)
+    assert cfg.model == PRESETS["cpu-scratch"] and cfg.optimizer == "adamw"
+    assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps  # evaluated at the end
