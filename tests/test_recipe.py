@@ -63,5 +63,5 @@ def test_the_readme_from_scratch_command_is_a_valid_cpu_scratch_recipe():
                    if line.startswith("python Model_smollm135_trainer.py --preset cpu-scratch"))
     cfg = config_from_args(build_parser().parse_args(command.split()[2:]))
     validate(cfg)
-    assert cfg.model == PRESETS["cpu-scratch"] and cfg.optimizer == "adamw"
+    assert cfg.model == PRESETS["cpu-scratch"] and cfg.optimizer == "muon"
     assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps  # evaluated at the end
