@@ -61,8 +61,8 @@ RECIPES: dict[str, dict] = {
     # narrow models: at the 50,304-token vocabulary the output matmul (6 x 50,304 x n_embd FLOPs a token)
     # outweighs the blocks, so the width sets the tokens a CPU gets through in the budget. `cpu-scratch` is
     # the README's from-scratch recipe; the others change one thing each.
-    "cpu-scratch": dict(preset="cpu-scratch", optimizer="muon", lr=3e-3, batch_size=8, seq_len=128,
-                        warmup_fraction=0.08),
+    "cpu-scratch": dict(preset="cpu-scratch", optimizer="muon", lr=6e-3, batch_size=8, seq_len=128,
+                        warmup_fraction=0.07),
     "cpu-scratch-adamw": dict(preset="cpu-scratch", optimizer="adamw", lr=3e-3, batch_size=8, seq_len=128,
                               warmup_fraction=0.08),
     "d64-muon": dict(preset="d64", model=gpt(4, 64, 192), optimizer="muon", lr=3e-3, batch_size=8,
