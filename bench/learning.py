@@ -1,18 +1,21 @@
 """Validation bits per byte after a fixed wall-clock budget of training, so that recipes compare on equal time.
 
-    python -m bench.learning --recipe baseline --minutes 10    # the plain GPT, AdamW
-    python -m bench.learning --recipe muon --minutes 10        # wider and shallower, Muon + AdamW
-    python -m bench.learning --quick                           # one minute of the tiny preset: a smoke run
+    python -m bench.learning --recipe cpu-scratch --minutes 10   # the README's from-scratch CPU recipe
+    python -m bench.learning --recipe baseline --minutes 10      # the plain GPT, AdamW
+    python -m bench.learning --recipe muon --minutes 10          # wider and shallower, Muon + AdamW
+    python -m bench.learning --quick                             # one minute of the tiny preset: a smoke run
 
 Each recipe trains through the trainer (`train`) on the default corpus (Shakespeare's plays, written to
 input.txt when absent; --data for another). The number of steps is fixed before training from a few timed
 calibration steps, so that the learning-rate schedule ends where the budget does; the budget counts the
 training steps only (the trainer's `elapsed_seconds`), not start-up, tokenizing or evaluations, and the
-seconds the steps really took are printed beside it. At the end the whole validation split (the last 10%
+seconds the steps really took are printed beside it: on a shared machine the load changes between the
+calibration and the run (one run here took half its budget, another a third more), so compare recipes at
+the seconds printed, not only the budget. At the end the whole validation split (the last 10%
 of the corpus; its first 65,536 tokens) is scored in windows of the training length
 (`scoring.validation_bits_per_byte`), and the
 curve of the trainer's validation loss over the run is printed, in bits per byte, with the seconds at
-each point. On a shared machine the steps slow down when others run: read the seconds, not only the steps.
+each point.
 """
 from __future__ import annotations
 
@@ -35,18 +38,37 @@ from smolm135.train_config import TrainConfig
 
 CALIBRATION_STEPS = 6
 VALIDATION_TOKENS = 1 << 16  # scored at the end: a third of Shakespeare's validation split, about a minute
-# Recipes are data: the TrainConfig fields each sets. Both use 16 x 128 tokens per step and bf16 autocast
-# where the CPU has it (the trainer's --dtype auto).
+
+
+def gpt(n_layer: int, n_embd: int, intermediate_size: int, block_size: int = 128) -> ModelConfig:
+    """A GPT of the given shape with 64-dimensional heads (the GPT-2 vocabulary, learned positions, tied head)."""
+    return ModelConfig(block_size=block_size, n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
+                       intermediate_size=intermediate_size)
+
+
+# Recipes are data: the TrainConfig fields each sets. Precision is the trainer's --dtype auto (bf16 autocast
+# where the CPU has fast bf16, else fp32).
 RECIPES: dict[str, dict] = {
     # the plain GPT the from-scratch target is measured against: 30.7M parameters, AdamW at 1e-3
     "baseline": dict(preset="baseline-gpt", model=ModelConfig(block_size=128, n_layer=6, n_head=6, n_embd=384,
                                                                intermediate_size=1024),
                      optimizer="adamw", lr=1e-3, batch_size=16, seq_len=128, warmup_fraction=0.05),
     # wider but shallower, Muon for the blocks' matrices, a higher learning rate
-    "muon": dict(preset="cpu-scratch", model=ModelConfig(block_size=128, n_layer=4, n_head=8, n_embd=512,
-                                                          intermediate_size=1536),
+    "muon": dict(preset="wide-shallow", model=ModelConfig(block_size=128, n_layer=4, n_head=8, n_embd=512,
+                                                           intermediate_size=1536),
                  optimizer="muon", lr=3e-3, batch_size=16, seq_len=128, warmup_fraction=0.05),
     "tiny": dict(preset="tiny", optimizer="adamw", lr=2e-3, batch_size=8, seq_len=64, warmup_fraction=0.1),
+    # narrow models: at the 50,304-token vocabulary the output matmul (6 x 50,304 x n_embd FLOPs a token)
+    # outweighs the blocks, so the width sets the tokens a CPU gets through in the budget. `cpu-scratch` is
+    # the README's from-scratch recipe; the others change one thing each.
+    "cpu-scratch": dict(preset="cpu-scratch", optimizer="muon", lr=6e-3, batch_size=8, seq_len=128,
+                        warmup_fraction=0.07),
+    "cpu-scratch-adamw": dict(preset="cpu-scratch", optimizer="adamw", lr=3e-3, batch_size=8, seq_len=128,
+                              warmup_fraction=0.08),
+    "d64-muon": dict(preset="d64", model=gpt(4, 64, 192), optimizer="muon", lr=3e-3, batch_size=8,
+                     seq_len=128, warmup_fraction=0.05),
+    "d192-muon": dict(preset="d192", model=gpt(4, 192, 512), optimizer="muon", lr=3e-3, batch_size=8,
+                      seq_len=128, warmup_fraction=0.05),
 }
 
 
@@ -54,7 +76,7 @@ def recipe_config(name: str, steps: int, data: str, out_dir: str, device: str, s
     recipe = dict(RECIPES[name])
     warmup = max(1, round(recipe.pop("warmup_fraction") * steps))
     return TrainConfig(**recipe, data=data, out_dir=out_dir, device=device, max_steps=steps, warmup_steps=warmup,
-                       eval_every=max(1, steps // 10), eval_batches=8, checkpoint_every=steps, sample_every=steps,
+                       eval_every=max(1, steps // 6), eval_batches=4, checkpoint_every=steps, sample_every=steps,
                        sample_tokens=1, progress=False, seed=seed, resume="never")
 
 

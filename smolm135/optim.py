@@ -25,8 +25,14 @@ def adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> tor
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=True if device.type == "cuda" else None)  # one kernel for all params
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device))
+
+
+def fused_adamw(device: torch.device) -> bool | None:
+    """One kernel for every parameter's update on CUDA and CPU. On a CPU the plain AdamW runs about ten
+    separate passes over each tensor; at the 50,304 x 128 embedding of a small model those passes took
+    longer than the forward and backward matmuls together (bench/README.md, "From scratch on a CPU")."""
+    return True if device.type in ("cuda", "cpu") else None
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
@@ -49,7 +55,7 @@ def muon_with_adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
                             adjust_lr_fn="match_rms_adamw")
     rest = torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},
                               {"params": vectors, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=True if device.type == "cuda" else None)
+                             fused=fused_adamw(device))
     return OptimizerPair(muon, rest)
 
 

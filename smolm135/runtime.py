@@ -1,6 +1,6 @@
 """Where and how training runs: device choice, autocast precision, torchrun's process group, MFU.
 
-CUDA-only features (TF32, fused AdamW, bf16 capability checks) are asked about only on CUDA, so CPU and
+CUDA-only features (TF32, bf16 capability checks) are asked about only on CUDA, so CPU and
 Apple MPS never trip on them.
 """
 from __future__ import annotations

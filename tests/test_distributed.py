@@ -177,3 +177,17 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_with_a_checkpoint(c
     assert "stopped by SIGTERM" in output, output[-3000:]
     state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
     assert 2 <= state["step"] < 100_000 and state["history"]["train"][-1][0] == state["step"]
+
+
+def test_muon_under_torchrun_logs_the_losses_of_one_process_and_resumes_in_one(corpus_file, tmp_path):
+    """Muon orthogonalizes the all-reduced gradient, the same on every process, so 2 processes x 4 must follow
+    1 process x 8; the pair's state saved by rank 0 then carries a one-process run on to the end."""
+    reference, out_dir = tmp_path / "one", tmp_path / "two"
+    train(TrainConfig(**recipe(corpus_file, reference, optimizer="muon")))
+    result = run(torchrun(recipe(corpus_file, out_dir, batch_size=GLOBAL_BATCH // 2, max_steps=3, optimizer="muon")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_losses(history(out_dir)["train"], history(reference)["train"][:3])
+    result = run([sys.executable, TRAINER, *as_flags(recipe(corpus_file, out_dir, optimizer="muon"))])
+    assert result.returncode == 0 and "at step 3" in result.stdout, result.stderr[-3000:]
+    assert_same_losses(history(out_dir)["train"], history(reference)["train"])
+    assert_same_losses(history(out_dir)["val"], history(reference)["val"])

@@ -63,3 +63,18 @@ def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(c
     with pytest.raises(UserError, match="--optimizer it was trained with"):
         train(tiny_train_config(corpus_file, tmp_path, optimizer="adamw", **{**short, "max_steps": 8}))
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == before  # nothing renamed corrupt
+
+
+def test_the_readme_from_scratch_command_is_a_valid_cpu_scratch_recipe():
+    from Model_smollm135_trainer import build_parser
+    from smolm135.train_config import config_from_args, validate
+
+    from conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(line for line in readme.splitlines()
+                   if line.startswith("python Model_smollm135_trainer.py --preset cpu-scratch"))
+    cfg = config_from_args(build_parser().parse_args(command.split()[2:]))
+    validate(cfg)
+    assert cfg.model == PRESETS["cpu-scratch"] and cfg.optimizer == "muon"
+    assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps  # evaluated at the end
