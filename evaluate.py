@@ -26,7 +26,7 @@ from smolm135.pretrained import BUILTIN_MODELS, load_pretrained
 from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.scoring import LogitsFn, Score, score_documents
 from smolm135.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from smolm135.tokenizer import GPT2TextTokenizer
 
 
 @dataclass
@@ -50,14 +50,14 @@ def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> Scori
     (smolm135/pretrained.py), ready to score on `device`."""
     if spec in BUILTIN_MODELS or spec.endswith(".gguf"):
         pretrained = load_pretrained(spec)
-        tokenizer = pretrained.tokenizer
-        return native_scoring_model(spec, pretrained.build_model(), device, dtype, tokenizer.encode,
-                                    tokenizer.document_separator_id, f"its own ({tokenizer.n_vocab:,} tokens)")
+        return native_scoring_model(spec, pretrained.build_model(), device, dtype, pretrained.tokenizer)
     path = Path(spec)
     if not path.exists():
         raise UserError(f"model {spec} does not exist: give a training checkpoint (.pt) or a Hugging Face model folder")
     if path.is_file():
-        return native_scoring_model(spec, load_checkpoint(path).build_model(), device, dtype)
+        # scored with the tokenizer it was trained with: a model started from SmolLM reads SmolLM's ids
+        checkpoint = load_checkpoint(path)
+        return native_scoring_model(spec, checkpoint.build_model(), device, dtype, checkpoint.build_tokenizer())
     config_path = path / "config.json"
     if not config_path.is_file():
         raise UserError(f"cannot load {spec}: the folder has no config.json, so it is not a Hugging Face model "
@@ -70,16 +70,17 @@ def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> Scori
 
 
 def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dtype,
-                         encode: Callable[[str], list[int]] | None = None, start_id: int = END_OF_TEXT_ID,
-                         tokenizer_name: str = "GPT-2") -> ScoringModel:
+                         tokenizer=None) -> ScoringModel:
     """Our model; with GPT-2's tokenizer unless another is given (a pretrained model brings its own)."""
+    tokenizer = tokenizer or GPT2TextTokenizer()
+    tokenizer_name = "GPT-2" if tokenizer.kind == GPT2TextTokenizer.kind else f"its own ({tokenizer.n_vocab:,} tokens)"
     model = model.to(device).eval()
 
     def logits(x):  # (B, T) -> (B, T, V)
         with autocast(device, dtype):
             return model(x)[0]
 
-    return ScoringModel(name, logits, encode or get_tokenizer().encode_ordinary, start_id, model.config.block_size,
+    return ScoringModel(name, logits, tokenizer.encode, tokenizer.document_separator_id, model.config.block_size,
                         model.num_parameters()["total"], tokenizer_name)
 
 

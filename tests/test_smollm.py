@@ -457,6 +457,21 @@ def test_bits_per_byte_is_the_validation_loss_per_byte_of_validation_text(pretra
     assert f"({summary['final_val_bpb']:.4f} bits per byte)" in log
 
 
+def test_evaluate_scores_a_pretrained_run_with_its_own_tokenizer_beside_its_start(pretrained_run, tiny_llama,
+                                                                                  corpus_file):
+    import evaluate
+
+    _, _, summary, _ = pretrained_run
+    text = corpus_file.read_text()[:3000]
+    held_out = corpus_file.with_name("held_out.txt")
+    held_out.write_text(text)
+    before, after = evaluate.evaluate([str(tiny_llama[0]), summary["final_model_path"]], str(held_out), context=64,
+                                      device="cpu", dtype="float32", show_progress=False, say=lambda *_: None)
+    # the checkpoint's own ids (GPT-2's would fall outside its 320-token vocabulary): the same tokens as its start
+    assert after.tokenizer.startswith("its own") and after.score.tokens == before.score.tokens
+    assert after.score.text_bytes == len(text.encode("utf-8"))
+
+
 def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama, corpus_file, tmp_path):
     from conftest import tiny_train_config
 
