@@ -398,25 +398,21 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
 
 
 def export_verified_gguf(native: SmoLM135_Model, path: Path, gguf_type: str, tokenizer=None) -> str:
-    """Write `path` (as a temporary file, renamed once transformers' GGUF loader has read it back with
-    the native logits, and greedy tokens at f32 and q8_0); returns the sentence saying what was checked."""
+    """Write `path` and read it back with transformers' GGUF loader: the native logits, and greedy tokens at f32
+    and q8_0; returns the sentence saying what was checked. `export` calls it inside its temporary folder, which
+    is removed whole when a check fails."""
     tokenizer = tokenizer or GPT2TextTokenizer()
-    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_gguf(native, tokenizer, staging, gguf_type, path.stem)
-        ids = tokenizer.encode(VERIFY_TEXT)
-        loaded = reload_gguf(staging, ids, clean_subprocess_env())
-        with torch.no_grad():
-            expected, _ = native(torch.tensor([ids]))  # (1, T, V)
-        limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
-        difference = check_logits_match(expected[0], loaded["logits"], limit)
-        greedy_checked = gguf_type in ("f32", "q8_0")
-        if greedy_checked and loaded["greedy"] != native_greedy(native, ids):
-            raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
-                            f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    write_gguf(native, tokenizer, path, gguf_type, path.stem)
+    ids = tokenizer.encode(VERIFY_TEXT)
+    loaded = reload_gguf(path, ids, clean_subprocess_env())
+    with torch.no_grad():
+        expected, _ = native(torch.tensor([ids]))  # (1, T, V)
+    limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
+    difference = check_logits_match(expected[0], loaded["logits"], limit)
+    greedy_checked = gguf_type in ("f32", "q8_0")
+    if greedy_checked and loaded["greedy"] != native_greedy(native, ids):
+        raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
+                        f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
     greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
     return (f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF loader; "
             f"max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
