@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,6 +41,15 @@ def probe_cache(tmp_path_factory):
         os.environ.pop(CACHE_DIR_ENV, None)
     else:
         os.environ[CACHE_DIR_ENV] = before
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """tmp_path_factory for a module's shared fixtures, whose folders go when the module's tests are done: a
+    tiny run's checkpoints take 85 MB each, and kept to the end of the session they add up to gigabytes."""
+    base = tmp_path_factory.mktemp(request.module.__name__)
+    yield SimpleNamespace(mktemp=lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base)))
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def random_rotary_model(seed: int = 0, config=None):

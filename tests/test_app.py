@@ -161,14 +161,14 @@ def test_model_panel_names_file_parameters_steps_and_validation_loss(native_mode
 
 
 @pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
+def hf_folder(module_tmp):
     """A tiny stock transformers model with the offline GPT-2 tokenizer, saved as a folder."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
     from smolm135.tokenizer import END_OF_TEXT, gpt2_bpe_files
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
-    folder = tmp_path_factory.mktemp("space") / "tiny-hf"
+    folder = module_tmp.mktemp("space") / "tiny-hf"
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
     GPT2TokenizerFast(vocab=str(encoder_json), merges=str(vocab_bpe), bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
@@ -224,12 +224,12 @@ MARKER = "remote_code_ran.txt"
 
 
 @pytest.fixture(scope="module")
-def own_export(native_model, trained_run, tmp_path_factory):
+def own_export(native_model, trained_run, module_tmp):
     """A folder convert_to_hf.py writes (unverified: the export's own tests verify it)."""
     from convert_to_hf import write_hf_folder
     from smolm135.checkpoint import load_checkpoint
 
-    folder = tmp_path_factory.mktemp("exports") / "smolm135-tiny-hf"
+    folder = module_tmp.mktemp("exports") / "smolm135-tiny-hf"
     write_hf_folder(native_model.model, load_checkpoint(trained_run[2]["final_model_path"]).facts, folder)
     return folder
 
@@ -315,8 +315,8 @@ def stop_app(process, log):
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
-    space = tmp_path_factory.mktemp("space")
+def server(trained_run, module_tmp):
+    space = module_tmp.mktemp("space")
     checkpoint = Path(trained_run[2]["final_model_path"])
     (space / "models").mkdir()
     shutil.copy(checkpoint, space / "models" / checkpoint.name)
@@ -326,17 +326,17 @@ def server(trained_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def empty_server(tmp_path_factory):
-    space = tmp_path_factory.mktemp("empty-space")
+def empty_server(module_tmp):
+    space = module_tmp.mktemp("empty-space")
     process, url, log = start_app(space, space / "server.log")
     yield url
     stop_app(process, log)
 
 
 @pytest.fixture(scope="module")
-def chat_server(tmp_path_factory):
+def chat_server(module_tmp):
     """The page for a model with a chat template: an untrained tiny rotary model with the tiny chat tokenizer."""
-    space = tmp_path_factory.mktemp("chat-space")
+    space = module_tmp.mktemp("chat-space")
     (space / "models").mkdir()
     save_tiny_chat_checkpoint(space / "models" / "final_model_20250101-000000.pt")
     process, url, log = start_app(space, space / "server.log")

@@ -48,8 +48,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(corpus_file, tmp_path_factory) -> Path:
-    out_dir = tmp_path_factory.mktemp("uninterrupted")
+def uninterrupted(corpus_file, module_tmp) -> Path:
+    out_dir = module_tmp.mktemp("uninterrupted")
     subprocess.run(trainer_command(corpus_file, out_dir), check=True, capture_output=True, timeout=600)
     (final,) = final_models(out_dir)
     return final

@@ -72,17 +72,17 @@ def assert_same_losses(got: list, expected: list) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(corpus_file, tmp_path_factory):
+def one_process(corpus_file, module_tmp):
     """The reference: one process, 8 sequences per step, 6 steps."""
-    out_dir = tmp_path_factory.mktemp("one_process")
+    out_dir = module_tmp.mktemp("one_process")
     train(TrainConfig(**recipe(corpus_file, out_dir)))
     return history(out_dir)
 
 
 @pytest.fixture(scope="module")
-def two_processes(corpus_file, tmp_path_factory):
+def two_processes(corpus_file, module_tmp):
     """torchrun, 2 processes x 4 sequences, stopped after 3 of the 6 steps."""
-    out_dir = tmp_path_factory.mktemp("two_processes")
+    out_dir = module_tmp.mktemp("two_processes")
     result = run(torchrun(recipe(corpus_file, out_dir, batch_size=GLOBAL_BATCH // 2, max_steps=3)))
     assert result.returncode == 0, result.stderr[-3000:]
     return out_dir, result

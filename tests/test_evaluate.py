@@ -83,10 +83,10 @@ def test_bits_per_byte_counts_each_utf8_byte_once_and_not_the_separators(small_m
 
 
 @pytest.fixture(scope="module")
-def checkpoints(trained_run, tmp_path_factory):
+def checkpoints(trained_run, module_tmp):
     """The trained tiny model of the shared run, the same model untrained, and a text to score them on."""
     cfg, model, summary, out_dir = trained_run
-    folder = tmp_path_factory.mktemp("models")
+    folder = module_tmp.mktemp("models")
     torch.manual_seed(1)
     fresh = SmoLM135_Model(model.config)
     untrained = save_atomic(Checkpoint(fresh.state_dict(), fresh.config.to_dict()), folder / "untrained.pt")

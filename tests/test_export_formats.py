@@ -30,17 +30,17 @@ REPO_ID = "you/llama-hf"
 
 
 @pytest.fixture(scope="module")
-def rotary_checkpoint(tmp_path_factory) -> Path:
+def rotary_checkpoint(module_tmp) -> Path:
     model = random_rotary_model()
     facts = TrainingFacts(data_name="generated.txt", step=3, history={"train": [[1, 10.0], [3, 9.0]], "val": []})
     return save_atomic(Checkpoint.from_facts(model, facts, converted_from="test"),
-                       tmp_path_factory.mktemp("ckpt") / "final_model_20260101_000000.pt")
+                       module_tmp.mktemp("ckpt") / "final_model_20260101_000000.pt")
 
 
 @pytest.fixture(scope="module")
-def llama_export(rotary_checkpoint, tmp_path_factory):
+def llama_export(rotary_checkpoint, module_tmp):
     """The command line, as a user runs it: export with three GGUF files, verify, push (to a recorder)."""
-    folder = tmp_path_factory.mktemp("exports") / "llama-hf"
+    folder = module_tmp.mktemp("exports") / "llama-hf"
     RecordingHfApi.calls = []
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):

@@ -68,8 +68,8 @@ def tiny_rotary():
 
 
 @pytest.fixture(scope="module", params=["f32", "q8_0"])
-def gguf_in_llama_cpp(request, tiny_rotary, tmp_path_factory):
-    path = tmp_path_factory.mktemp("gguf") / f"tiny-{request.param}.gguf"
+def gguf_in_llama_cpp(request, tiny_rotary, module_tmp):
+    path = module_tmp.mktemp("gguf") / f"tiny-{request.param}.gguf"
     write_gguf(tiny_rotary, GPT2TextTokenizer(), path, request.param, path.stem)
     llm = load_llama_cpp(path)
     yield request.param, llm

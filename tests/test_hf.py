@@ -183,15 +183,15 @@ def test_hf_tokenizer_ids_equal_tiktoken(hf_tokenizer, text):
 
 
 @pytest.fixture(scope="module")
-def export(trained_run, tmp_path_factory):
+def export(trained_run, module_tmp):
     """The command line, as a user runs it: newest model, convert, verify, push (to a recorder)."""
     _, _, summary, run_dir = trained_run
-    folder = tmp_path_factory.mktemp("export") / "smolm135-tiny-hf"
+    folder = module_tmp.mktemp("export") / "smolm135-tiny-hf"
     RecordingHfApi.calls = []
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))  # the fresh process's module cache
+        patch.setenv("HF_HOME", str(module_tmp.mktemp("hf_home")))  # the fresh process's module cache
         main(["--search-dir", str(run_dir), "--output-dir", str(folder), "--push-to-hub", REPO_ID, "--private",
               "--token", "hf_test_token", "--commit-message", "first upload"])
     return SimpleNamespace(folder=folder, printed=printed.getvalue(), calls=list(RecordingHfApi.calls),

@@ -26,10 +26,10 @@ def tiny_config(**overrides) -> SmoLM135Config:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(module_tmp):
     """A tiny model saved as transformers saves it (what an export holds besides code, tokenizer and card)."""
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_hf")
+    path = module_tmp.mktemp("tiny_hf")
     SmoLM135ForCausalLM(tiny_config()).save_pretrained(path)
     return path
 

@@ -74,8 +74,8 @@ def good_state():
 
 
 @pytest.fixture(scope="module")
-def small_vocab_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("text") / "small_vocab.txt"
+def small_vocab_file(module_tmp) -> Path:
+    path = module_tmp.mktemp("text") / "small_vocab.txt"
     path.write_text(make_small_vocab_text(), encoding="utf-8")
     return path
 

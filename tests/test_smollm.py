@@ -138,10 +138,10 @@ def save_tiny_llama(folder, text: str, seed: int = 0, **overrides):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
+def tiny_llama(module_tmp):
     from conftest import make_corpus_text
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
+    folder = module_tmp.mktemp("tiny-llama")
     hf_model, hf_tokenizer = save_tiny_llama(folder, make_corpus_text(400))
     return folder, hf_model, hf_tokenizer
 
@@ -377,13 +377,13 @@ def test_token_cache_is_keyed_by_tokenizer_and_stores_the_smallest_id_type(tmp_p
 
 
 @pytest.fixture(scope="module")
-def pretrained_run(tiny_llama, corpus_file, tmp_path_factory):
+def pretrained_run(tiny_llama, corpus_file, module_tmp):
     """Three steps of training that start from the tiny Llama folder."""
     from conftest import tiny_train_config
 
     from Model_smollm135_trainer import train
 
-    out_dir = tmp_path_factory.mktemp("from-llama")
+    out_dir = module_tmp.mktemp("from-llama")
     cfg = tiny_train_config(corpus_file, out_dir, preset="smolm135", init_from=str(tiny_llama[0]), max_steps=3,
                             eval_every=3, checkpoint_every=3, sample_every=3)
     model, summary = train(cfg)
