@@ -35,6 +35,7 @@ from smolm135.run import (
     Run,
     check_corpus_fits,
     find_resume_checkpoint,
+    fresh_tokenizer,
     load_training_data,
     new_model,
     resume,
@@ -118,7 +119,8 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     precision = run_on_main(distributed, lambda: choose_precision(cfg.dtype, device, cfg.model, cfg.seq_len),
                             send_result_to_all=True)
     dtype = precision.dtype
-    corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, start.tokenizer)
+    tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
+    corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)
     check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
     model = new_model(cfg, device)
     model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)

@@ -12,7 +12,7 @@ training steps only (the trainer's `elapsed_seconds`), not start-up, tokenizing 
 seconds the steps really took are printed beside it: on a shared machine the load changes between the
 calibration and the run (one run here took half its budget, another a third more), so compare recipes at
 the seconds printed, not only the budget. At the end the whole validation split (the last 10%
-of the corpus; its first 65,536 tokens) is scored in windows of the training length
+of the corpus, whatever the tokenizer) is scored in windows of the training length
 (`scoring.validation_bits_per_byte`), and the
 curve of the trainer's validation loss over the run is printed, in bits per byte, with the seconds at
 each point.
@@ -33,17 +33,16 @@ from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
 from smolm135.errors import run_cli
 from smolm135.runtime import pick_device, pick_dtype
 from smolm135.scoring import validation_bits_per_byte
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
 from smolm135.train_config import TrainConfig
 
 CALIBRATION_STEPS = 6
-VALIDATION_TOKENS = 1 << 16  # scored at the end: a third of Shakespeare's validation split, about a minute
 
 
-def gpt(n_layer: int, n_embd: int, intermediate_size: int, block_size: int = 128) -> ModelConfig:
-    """A GPT of the given shape with 64-dimensional heads (the GPT-2 vocabulary, learned positions, tied head)."""
+def gpt(n_layer: int, n_embd: int, intermediate_size: int, block_size: int = 128, **config) -> ModelConfig:
+    """A GPT of the given shape with 64-dimensional heads (learned positions, tied head; by default the GPT-2
+    vocabulary)."""
     return ModelConfig(block_size=block_size, n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
-                       intermediate_size=intermediate_size)
+                       intermediate_size=intermediate_size, **config)
 
 
 # Recipes are data: the TrainConfig fields each sets. Precision is the trainer's --dtype auto (bf16 autocast
@@ -67,6 +66,15 @@ RECIPES: dict[str, dict] = {
                               warmup_fraction=0.08),
     "d64-muon": dict(preset="d64", model=gpt(4, 64, 192), optimizer="muon", lr=3e-3, batch_size=8,
                      seq_len=128, warmup_fraction=0.05),
+    # a 4,096-token BPE learned from the corpus (--tokenizer corpus): the head's cost falls twelvefold
+    "bpe4k-d128": dict(preset="bpe4k-d128", model=gpt(4, 128, 384, vocab_size=4096), tokenizer="corpus",
+                       optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
+    "bpe4k-d256": dict(preset="bpe4k-d256", model=gpt(4, 256, 768, vocab_size=4096), tokenizer="corpus",
+                       optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
+    "bpe4k-d384": dict(preset="bpe4k-d384", model=gpt(4, 384, 1024, vocab_size=4096), tokenizer="corpus",
+                       optimizer="muon", lr=4e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
+    "bpe4k-6x256": dict(preset="bpe4k-6x256", model=gpt(6, 256, 768, vocab_size=4096), tokenizer="corpus",
+                        optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
     "d192-muon": dict(preset="d192", model=gpt(4, 192, 512), optimizer="muon", lr=3e-3, batch_size=8,
                       seq_len=128, warmup_fraction=0.05),
 }
@@ -95,13 +103,14 @@ def run_recipe(name: str, minutes: float, data: str, device: str) -> dict:
         print(f"{name}: {per_step:.2f} s per step in calibration -> {steps} steps for {minutes:g} minutes", flush=True)
         cfg = recipe_config(name, steps, data, str(Path(folder) / "run"), device)
         model, summary = train(cfg)
-        history = load_checkpoint(summary["final_model_path"]).progress.history
-        corpus = load_corpus(data, Path(folder) / "run" / "cache", show_progress=False)
+        final = load_checkpoint(summary["final_model_path"])
+        history, tokenizer = final.progress.history, final.build_tokenizer()
+        corpus = load_corpus(data, Path(folder) / "run" / "cache", show_progress=False, tokenizer=tokenizer)
         _, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
         torch_device = pick_device(device)
         bpb = validation_bits_per_byte(model, val_tokens, cfg.seq_len, torch_device,
-                                       pick_dtype(cfg.dtype, torch_device), END_OF_TEXT_ID,
-                                       get_tokenizer().decode_bytes, VALIDATION_TOKENS)
+                                       pick_dtype(cfg.dtype, torch_device), tokenizer.document_separator_id,
+                                       tokenizer.text_bytes)
     bytes_per_token = bpb.text_bytes / bpb.tokens
     curve = [(step, loss / math.log(2) / bytes_per_token) for step, loss in history["val"]]
     return {"recipe": name, "steps": steps, "seconds": summary["seconds"], "budget": minutes * 60,

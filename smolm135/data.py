@@ -36,7 +36,7 @@ from . import sources
 from .disk import process_alive
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD, Source
-from .tokenizer import END_OF_TEXT, GPT2TextTokenizer, token_dtype
+from .tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, token_dtype, train_byte_level_bpe
 
 DEFAULT_DATA = "input.txt"
 EMPTY_DATA = "--data is empty: pass a text, .jsonl or .parquet file, a folder or glob of them, or hf:NAME"
@@ -441,6 +441,68 @@ def _advise_random_access(tokens: np.memmap) -> None:
     mapping = getattr(tokens, "_mmap", None)
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         mapping.madvise(mmap.MADV_RANDOM)
+
+
+# ------------------------------------------------------------------ a tokenizer learned from the corpus
+
+TOKENIZER_TEXT_BYTES = 64 << 20  # at most this much text trains a corpus tokenizer (well under a minute)
+# The split is by tokens, the tokenizer's text by bytes: stopping this much short of the split keeps the
+# validation text out of the tokenizer whatever the bytes per token at the end of the corpus.
+TOKENIZER_SPLIT_MARGIN = 0.95
+
+
+def corpus_tokenizer(data: str, cache_dir: str | os.PathLike, vocab_size: int, val_fraction: float,
+                     text_field: str = DEFAULT_TEXT_FIELD) -> JsonTokenizer:
+    """A byte-level BPE of `vocab_size` tokens learned from the beginning of `data`, never from its last
+    `val_fraction` (the validation text), cached in `cache_dir` by content and size like the token cache."""
+    files = resolve_sources(data)
+    key = _hash_sources(files, text_field, f"bpe-{vocab_size}-held-out-{val_fraction}")
+    path = Path(cache_dir) / f"tokenizer_{key[:20]}.json"
+    if path.exists():
+        try:
+            return JsonTokenizer(**json.loads(path.read_text(encoding="utf-8")))
+        except Exception:  # noqa: BLE001 - a damaged file (any error of json, tokenizers or the fields) is rebuilt
+            pass
+    name = files[0].name if len(files) == 1 else f"{len(files)} files"
+    tokenizer = train_byte_level_bpe(_tokenizer_training_text(files, text_field, val_fraction), vocab_size,
+                                     origin=f"a byte-level BPE learned from {name}")
+    record = tokenizer.to_record()
+    del record["kind"]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        raise UserError(f"could not write the tokenizer {path}: {error.strerror or error}; free some disk space "
+                        f"or choose another --out-dir") from None
+    return tokenizer
+
+
+def _tokenizer_training_text(files: list[Source], text_field: str, val_fraction: float) -> list[str]:
+    """At most TOKENIZER_TEXT_BYTES of the corpus's beginning, all before its validation split. The end of a
+    stream is known only on reaching it, so a little more is read; whether the corpus ended there (then it is
+    all of it) or not (then it is longer), its first (1 - val_fraction) x margin lies before the split."""
+    before_split = (1 - val_fraction) * TOKENIZER_SPLIT_MARGIN
+    read_limit = min(4 * TOKENIZER_TEXT_BYTES, TOKENIZER_TEXT_BYTES / before_split)
+    pieces, sizes, n_read = [], [], 0
+    with tqdm(disable=True) as bar:
+        for piece in _text_pieces(files, _ReplacementCounter(), bar, text_field):
+            if piece is not None:
+                pieces.append(piece)
+                sizes.append(len(piece.encode("utf-8")))
+                n_read += sizes[-1]
+                if n_read >= read_limit:
+                    break
+    keep = min(TOKENIZER_TEXT_BYTES, int(n_read * before_split))
+    kept = []
+    for piece, size in zip(pieces, sizes):
+        if size >= keep:  # the last one, cut in proportion (a few bytes either way do not matter here)
+            kept.append(piece[:len(piece) * keep // size])
+            break
+        kept.append(piece)
+        keep -= size
+    return kept
 
 
 # ------------------------------------------------------------------ batches

@@ -24,7 +24,7 @@ from .checkpoint import (
     save_atomic,
     save_training_checkpoint,
 )
-from .data import Corpus, available_cpus, load_corpus, split_train_val
+from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
 from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
 from .runtime import Distributed, main_process_first, run_on_main
@@ -204,7 +204,7 @@ class StartingPoint:
 def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog) -> tuple[TrainConfig, StartingPoint]:
     """A checkpoint brings its tokenizer; a pretrained --init-from (when there is no checkpoint of this run to
     resume) brings its weights, config and tokenizer, and the recipe's model becomes its config. Without
-    either, the model is the preset's and reads GPT-2."""
+    either, the model is the preset's, and its tokenizer (None here) is `fresh_tokenizer`'s."""
     pretrained = None
     if cfg.init_from and is_pretrained_source(cfg.init_from):
         if checkpoint is None:
@@ -215,8 +215,17 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
     if pretrained is not None:
         tokenizer = pretrained.tokenizer
     else:
-        tokenizer = checkpoint.build_tokenizer() if checkpoint is not None else GPT2TextTokenizer()
+        tokenizer = checkpoint.build_tokenizer() if checkpoint is not None else None
     return cfg, StartingPoint(checkpoint, pretrained, tokenizer)
+
+
+def fresh_tokenizer(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):
+    """The tokenizer of a model trained from scratch (see TOKENIZERS): a corpus BPE is learned by the main
+    process, and the others read it from the cache."""
+    if not cfg.learns_tokenizer:
+        return GPT2TextTokenizer()
+    return main_process_first(distributed, lambda: corpus_tokenizer(
+        cfg.data, layout.cache_dir, cfg.model.vocab_size, cfg.val_fraction, cfg.text_field))
 
 
 def adopt_model(cfg: TrainConfig, model_config: ModelConfig, source: str) -> TrainConfig:

@@ -122,11 +122,12 @@ def score_documents(logits_fn: LogitsFn, documents: Iterable[str], encode: Calla
 
 
 def validation_bits_per_byte(model, tokens: np.ndarray, context: int, device: torch.device, dtype: torch.dtype,
-                             separator_id: int, decode_bytes: Callable[[list[int]], bytes],
+                             separator_id: int, text_bytes: Callable[[np.ndarray], int],
                              max_tokens: int | None = None) -> Score:
     """A native model's score on a tokenized split (the trainer's validation tokens, (N,)), in windows of
     `context` that do not overlap, as training sees text; separators are context only, as in
-    score_documents. `max_tokens` scores only the split's beginning (the (B, T, vocab) logits are the cost)."""
+    score_documents. `max_tokens` scores only the split's beginning (the (B, T, vocab) logits are the cost);
+    `text_bytes` counts the bytes of text some ids spell (the tokenizer's `text_bytes`)."""
     from .runtime import autocast
 
     tokens = np.asarray(tokens[:max_tokens] if max_tokens else tokens, dtype=np.int64)
@@ -141,4 +142,4 @@ def validation_bits_per_byte(model, tokens: np.ndarray, context: int, device: to
 
     nats, count = score_tokens(logits, tokens, scored, context, context, device)
     model.train(was_training)
-    return Score(nats, count, len(decode_bytes(tokens[scored].tolist())))
+    return Score(nats, count, text_bytes(tokens[scored]))

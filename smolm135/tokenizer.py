@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -114,12 +115,13 @@ class JsonTokenizer:
     kind = "tokenizer.json"
 
     def __init__(self, tokenizer_json: str, eos_token: str | None = None, bos_token: str | None = None,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, origin: str | None = None):
         from tokenizers import Tokenizer
 
         self.tokenizer_json = tokenizer_json
         self.backend = Tokenizer.from_str(tokenizer_json)
         self.eos_token, self.bos_token, self.chat_template = eos_token, bos_token, chat_template
+        self.origin = origin  # where it came from, in words (None: with the pretrained model)
         self.n_vocab = self.backend.get_vocab_size(with_added_tokens=True)
         self.eos_token_id = self.token_id(eos_token)
         # Documents are joined by the end-of-text token where the vocabulary has one (SmolLM: <|endoftext|>,
@@ -132,7 +134,8 @@ class JsonTokenizer:
 
     @property
     def description(self) -> str:
-        return f"the model's own tokenizer ({self.n_vocab:,} tokens)"
+        origin = self.origin or "the model's own tokenizer"
+        return f"{origin} ({self.n_vocab:,} tokens)"
 
     @property
     def has_chat_template(self) -> bool:
@@ -172,7 +175,25 @@ class JsonTokenizer:
 
     def to_record(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
-                "bos_token": self.bos_token, "chat_template": self.chat_template}
+                "bos_token": self.bos_token, "chat_template": self.chat_template, "origin": self.origin}
+
+
+SMALLEST_BPE_VOCABULARY = 257  # a byte-level BPE's alphabet (every byte) and <|endoftext|>, before any merge
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, origin: str) -> JsonTokenizer:
+    """A byte-level BPE of at most `vocab_size` tokens learned from `texts`, as GPT-2's was built: GPT-2's
+    pre-tokenization, all 256 bytes in the alphabet (so any text encodes, nothing is unknown) and
+    `<|endoftext|>` as token 0, which separates documents and ends generation."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    return JsonTokenizer(backend.to_str(), eos_token=END_OF_TEXT, bos_token=END_OF_TEXT, origin=origin)
 
 
 def render_chat(chat_template: str, messages: list[dict], **special_tokens) -> str:
@@ -206,7 +227,7 @@ def tokenizer_from_record(record: dict | None):
         return GPT2TextTokenizer()
     if record.get("kind") == JsonTokenizer.kind:
         return JsonTokenizer(record["tokenizer_json"], record.get("eos_token"), record.get("bos_token"),
-                             record.get("chat_template"))
+                             record.get("chat_template"), record.get("origin"))
     raise ValueError(f"unknown tokenizer record kind {record.get('kind')!r}")
 
 

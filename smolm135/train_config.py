@@ -6,13 +6,18 @@ import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 
-from smollm135_model import PRESETS, ModelConfig, known_fields
+from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD
+from .tokenizer import SMALLEST_BPE_VOCABULARY
 
 OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
+# A model trained from scratch reads GPT-2's tokens (gpt2) or a byte-level BPE of its vocabulary size learned
+# from the corpus (corpus); auto takes GPT-2's where the model's vocabulary holds it. A checkpoint or a
+# pretrained model brings its own.
+TOKENIZERS = ("auto", "gpt2", "corpus")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class TrainConfig:
 
     data: str = DEFAULT_DATA
     text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
+    tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
     max_steps: int = 5000
@@ -64,6 +70,12 @@ class TrainConfig:
     def __post_init__(self):
         if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
             object.__setattr__(self, "model", PRESETS[self.preset])
+
+    @property
+    def learns_tokenizer(self) -> bool:
+        """Whether a model trained from scratch reads a BPE learned from the corpus rather than GPT-2's."""
+        small_vocabulary = self.model is not None and self.model.vocab_size < GPT2_VOCAB_SIZE
+        return self.tokenizer == "corpus" or (self.tokenizer == "auto" and small_vocabulary)
 
     @property
     def final_lr(self) -> float:
@@ -124,6 +136,18 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
     elif cfg.min_lr is not None and not (_is_number(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
+    if cfg.tokenizer not in TOKENIZERS:
+        problems.append(f"--tokenizer must be one of {', '.join(TOKENIZERS)} (got {cfg.tokenizer})")
+    elif cfg.tokenizer != "auto" and cfg.init_from:
+        problems.append(f"--tokenizer {cfg.tokenizer} is for models trained from scratch: the --init-from model "
+                        f"brings its own tokenizer; leave --tokenizer out")
+    elif cfg.tokenizer == "gpt2" and cfg.model is not None and cfg.model.vocab_size < GPT2_VOCAB_SIZE:
+        problems.append(f"--tokenizer gpt2 needs a vocabulary of {GPT2_VOCAB_SIZE:,} tokens, the {cfg.preset} "
+                        f"model has {cfg.model.vocab_size:,}: use --tokenizer corpus (or auto)")
+    elif cfg.learns_tokenizer and not cfg.init_from and cfg.model.vocab_size < SMALLEST_BPE_VOCABULARY:
+        problems.append(f"a tokenizer learned from the corpus needs a vocabulary of at least "
+                        f"{SMALLEST_BPE_VOCABULARY} tokens (every byte and <|endoftext|>), the {cfg.preset} model "
+                        f"has {cfg.model.vocab_size}: choose a preset with a larger vocab_size")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
@@ -167,6 +191,8 @@ _HELP = {
     "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
             "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
     "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
+    "tokenizer": "of a model trained from scratch: auto (GPT-2's where the model's vocabulary holds it, else "
+                 "corpus), gpt2, or corpus (a byte-level BPE of the model's vocabulary size learned from --data)",
     "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",
     "preset": f"model size: {', '.join(PRESETS)}",
     "batch_size": "sequences per micro-batch per process",

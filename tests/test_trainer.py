@@ -75,10 +75,14 @@ def test_checkpoints_keep_only_the_newest(trained_run):
     assert sorted(p.name for p in (out_dir / "checkpoints").glob("step_*.pt")) == ["step_0000020.pt", "step_0000030.pt"]
 
 
-def test_token_ids_outside_the_vocabulary_are_refused(corpus_file, tmp_path):
-    small = replace(smollm135_model.PRESETS["tiny"], vocab_size=256)
-    with pytest.raises(UserError, match="outside the model's vocabulary of 256"):
-        train(tiny_train_config(corpus_file, tmp_path, preset="small-vocab", model=small))
+@pytest.mark.parametrize("vocab_size, tokenizer, message", [
+    (4096, "gpt2", "--tokenizer gpt2 needs a vocabulary of 50,257 tokens"),
+    (256, "auto", "needs a vocabulary of at least 257 tokens"),
+])
+def test_a_vocabulary_too_small_for_the_tokenizer_is_refused(corpus_file, tmp_path, vocab_size, tokenizer, message):
+    small = replace(smollm135_model.PRESETS["tiny"], vocab_size=vocab_size)
+    with pytest.raises(UserError, match=message):
+        train(tiny_train_config(corpus_file, tmp_path, preset="small-vocab", model=small, tokenizer=tokenizer))
 
 
 def run_trainer(*args, cwd):
