@@ -127,7 +127,7 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     if start.pretrained is not None:
         model.load_state_dict(start.pretrained.state_dict)  # the optimizer below starts fresh, at step 0
     run = Run(cfg, layout, timestamp, distributed, device, dtype, log, corpus, train_tokens, val_tokens, model,
-              step_model=model, optimizer=configure_optimizer(model, cfg, device),
+              step_model=model, optimizer=configure_optimizer(model, cfg, device, dtype),
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), progress=Progress())
     describe(run)
     if precision.reason:

@@ -461,8 +461,8 @@ def corpus_tokenizer(data: str, cache_dir: str | os.PathLike, vocab_size: int, v
     if path.exists():
         try:
             return JsonTokenizer(**json.loads(path.read_text(encoding="utf-8")))
-        except Exception:  # noqa: BLE001 - a damaged file (any error of json, tokenizers or the fields) is rebuilt
-            pass
+        except Exception as error:  # noqa: BLE001 - any error of json, tokenizers or the fields: learn it again
+            print(f"the cached tokenizer {path.name} is damaged ({type(error).__name__}): learning it again")
     name = files[0].name if len(files) == 1 else f"{len(files)} files"
     tokenizer = train_byte_level_bpe(_tokenizer_training_text(files, text_field, val_fraction), vocab_size,
                                      origin=f"a byte-level BPE learned from {name}")

@@ -35,6 +35,44 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_embeddings_and_norms():
     assert {names[i] for i in adamw_params} >= {"transformer.wte.weight", "transformer.wpe.weight"}
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_our_muon_in_bf16_is_torchs_to_the_bit_and_in_fp32_close_to_it(nesterov):
+    from smolm135.optim import Muon
+
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(48, 16, generator=generator), torch.randn(16, 40, generator=generator)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+    options = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+
+    def trained(make):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads):
+                param.grad = grad.clone()
+            optimizer.step()
+        return [p.detach() for p in params], optimizer.state_dict()
+
+    reference, reference_state = trained(lambda params: torch.optim.Muon(params, **options))
+    ours_bf16, ours_state = trained(lambda params: Muon(params, orthogonalize_dtype=torch.bfloat16, **options))
+    ours_fp32, _ = trained(lambda params: Muon(params, orthogonalize_dtype=torch.float32, **options))
+    assert all(torch.equal(a, b) for a, b in zip(ours_bf16, reference))
+    assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(ours_state["state"].values(), reference_state["state"].values()))
+    for a, b in zip(ours_fp32, reference):  # bf16 rounds each iteration's products: close, not equal
+        torch.testing.assert_close(a, b, rtol=0, atol=0.02)
+        assert not torch.equal(a, b)
+
+
+def test_muon_orthogonalizes_in_fp32_unless_the_run_trains_in_bf16():
+    model = SmoLM135_Model(PRESETS["tiny"])
+    cfg = TrainConfig(preset="tiny", optimizer="muon")
+    for dtype, expected in [(torch.float32, torch.float32), (torch.float16, torch.float32),
+                            (torch.bfloat16, torch.bfloat16)]:
+        muon, _ = configure_optimizer(model, cfg, torch.device("cpu"), dtype).optimizers
+        assert muon.orthogonalize_dtype == expected
+
+
 def test_muon_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
