@@ -357,8 +357,10 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
         write_hf_folder(native, facts, staging, model_id, license, gguf_files, tokenizer,
                         name=model_id.split("/")[-1] if model_id else output_dir.resolve().name)
         check = verify_hf_folder(staging, native, tokenizer=tokenizer)
-        for gguf_type, file_name in zip(gguf_types, gguf_files):
-            say(export_verified_gguf(native, staging / file_name, gguf_type, tokenizer))
+        if gguf_types:
+            for sentence in export_verified_ggufs(native, [staging / name for name in gguf_files], gguf_types,
+                                                  tokenizer):
+                say(sentence)
         if output_dir.exists():
             os.replace(output_dir, replaced)  # a previous export: moved aside until the new one is in place
         os.replace(staging, output_dir)
@@ -397,25 +399,32 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
     return output_dir
 
 
-def export_verified_gguf(native: SmoLM135_Model, path: Path, gguf_type: str, tokenizer=None) -> str:
-    """Write `path` and read it back with transformers' GGUF loader: the native logits, and greedy tokens at f32
-    and q8_0; returns the sentence saying what was checked. `export` calls it inside its temporary folder, which
-    is removed whole when a check fails."""
+def export_verified_ggufs(native: SmoLM135_Model, paths: list[Path], gguf_types: tuple[str, ...],
+                          tokenizer=None) -> list[str]:
+    """Write each of `paths` in its type, and read them back with transformers' GGUF loader: the native
+    logits, and greedy tokens at f32 and q8_0; returns the sentences saying what was checked. `export` calls it
+    inside its temporary folder, which is removed whole when a check fails."""
     tokenizer = tokenizer or GPT2TextTokenizer()
-    write_gguf(native, tokenizer, path, gguf_type, path.stem)
+    for path, gguf_type in zip(paths, gguf_types):
+        write_gguf(native, tokenizer, path, gguf_type, path.stem)
     ids = tokenizer.encode(VERIFY_TEXT)
-    loaded = reload_gguf(path, ids, clean_subprocess_env())
+    loaded = reload_gguf(paths, ids, clean_subprocess_env())
     with torch.no_grad():
         expected, _ = native(torch.tensor([ids]))  # (1, T, V)
-    limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
-    difference = check_logits_match(expected[0], loaded["logits"], limit)
-    greedy_checked = gguf_type in ("f32", "q8_0")
-    if greedy_checked and loaded["greedy"] != native_greedy(native, ids):
-        raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
-                        f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
-    greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
-    return (f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF loader; "
-            f"max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
+    greedy_types = {"f32", "q8_0"}
+    expected_greedy = native_greedy(native, ids) if greedy_types & set(gguf_types) else None
+    sentences = []
+    for path, gguf_type in zip(paths, gguf_types):
+        limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
+        difference = check_logits_match(expected[0], loaded[path.name]["logits"], limit)
+        greedy_checked = gguf_type in greedy_types
+        if greedy_checked and loaded[path.name]["greedy"] != expected_greedy:
+            raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
+                            f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
+        greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
+        sentences.append(f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' "
+                         f"GGUF loader; max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
+    return sentences
 
 
 # ------------------------------------------------------------------ the Hub

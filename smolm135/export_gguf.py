@@ -162,27 +162,37 @@ def write_gguf(native: SmoLM135_Model, tokenizer, path: Path, gguf_type: str, na
 _RELOAD_SCRIPT = r"""
 import sys, torch
 from transformers import AutoModelForCausalLM
-folder, name, ids, steps, out_path = sys.argv[1:6]
+folder, ids, steps, out_path, *names = sys.argv[1:]
 ids = torch.tensor([[int(i) for i in ids.split(",")]])
-model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-with torch.no_grad():
-    logits = model(ids).logits
-    greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(steps), do_sample=False,
-                            min_new_tokens=int(steps))
-torch.save({"logits": logits[0], "greedy": greedy[0, ids.shape[1]:].tolist()}, out_path)
+results = {}
+for name in names:
+    print(f"reading {name}", file=sys.stderr, flush=True)  # the last one named is the one that failed
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(ids).logits
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(steps),
+                                do_sample=False, min_new_tokens=int(steps))
+    results[name] = {"logits": logits[0], "greedy": greedy[0, ids.shape[1]:].tolist()}
+torch.save(results, out_path)
 """
 
 
-def reload_gguf(path: Path, input_ids: list[int], env: dict, steps: int = GREEDY_STEPS) -> dict:
-    """(T, V) logits for `input_ids` and `steps` greedy tokens, from transformers' GGUF loader in a new process."""
+def reload_gguf(paths: list[Path], input_ids: list[int], env: dict, steps: int = GREEDY_STEPS) -> dict[str, dict]:
+    """For each file (all in one folder), its (T, V) logits for `input_ids` and `steps` greedy tokens, from
+    transformers' GGUF loader in one new process (starting one and importing transformers takes longer than
+    reading a small model)."""
     with tempfile.TemporaryDirectory() as workdir:
         out_path = Path(workdir) / "out.pt"
-        result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, str(path.parent.resolve()), path.name,
-                                 ",".join(map(str, input_ids)), str(steps), str(out_path)],
+        result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, str(paths[0].parent.resolve()),
+                                 ",".join(map(str, input_ids)), str(steps), str(out_path), *(p.name for p in paths)],
                                 cwd=workdir, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise UserError(f"{path} did not load through transformers' GGUF loader; its output ends with:\n{tail}")
+            output = (result.stderr or result.stdout).strip().splitlines()
+            failed = next((line.split(" ", 1)[1] for line in reversed(output) if line.startswith("reading ")),
+                          paths[0].name)
+            tail = "\n".join(output[-15:])
+            raise UserError(f"{paths[0].parent / failed} did not load through transformers' GGUF loader; its "
+                            f"output ends with:\n{tail}")
         return torch.load(out_path, weights_only=True)
 
 

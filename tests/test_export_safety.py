@@ -116,12 +116,12 @@ def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypa
     output = tmp_path / "out-hf"
     skip_verification(monkeypatch)
 
-    def broken_gguf(native, path, gguf_type, tokenizer=None):
-        assert path.parent.name != output.name  # written inside the temporary folder, not the target
-        path.write_bytes(b"GGUF half-written")
-        raise convert_to_hf.UserError(f"{path.name}: greedy decoding differs")
+    def broken_gguf(native, paths, gguf_types, tokenizer=None):
+        assert paths[0].parent.name != output.name  # written inside the temporary folder, not the target
+        paths[0].write_bytes(b"GGUF half-written")
+        raise convert_to_hf.UserError(f"{paths[0].name}: greedy decoding differs")
 
-    monkeypatch.setattr(convert_to_hf, "export_verified_gguf", broken_gguf)
+    monkeypatch.setattr(convert_to_hf, "export_verified_ggufs", broken_gguf)
     with pytest.raises(convert_to_hf.UserError, match="greedy"):
         export(native, state, output, gguf_types=("q8_0",))
     assert list(tmp_path.iterdir()) == []
