@@ -60,8 +60,9 @@ APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MODEL_ENV_VAR = "SMOLM135_MODEL"  # lets a Space, which cannot pass arguments, name a Hub model
 # The README's quick-start training command (a test keeps the two identical).
-TRAIN_COMMAND = ("python Model_smollm135_trainer.py --preset tiny --max-steps 250 --warmup-steps 25 --lr 2e-3 "
-                 "--eval-every 50 --sample-every 250 --checkpoint-every 125")
+TRAIN_COMMAND = ("python Model_smollm135_trainer.py --preset cpu-scratch --optimizer muon --max-steps 720 "
+                 "--warmup-steps 50 --lr 6e-3 --batch-size 16 --seq-len 128 --eval-every 120 --eval-batches 8 "
+                 "--sample-every 720 --checkpoint-every 720")
 EXAMPLE_PROMPTS = (
     "To be, or not to be",
     "ROMEO:\nBut, soft! what light",

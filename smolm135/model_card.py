@@ -108,7 +108,8 @@ def tokenizer_sentence(tokenizer) -> tuple[str, str]:
     """The card's words for the tokenizer, and for the vocabulary row of the architecture table."""
     own = getattr(tokenizer, "tokenizer_json", None) is not None
     if own:
-        return (f"The tokenizer is the one the model started with ({tokenizer.n_vocab:,} tokens, `tokenizer.json` "
+        origin = tokenizer.origin or "the one the model started with"  # a learned one names its corpus: escaped
+        return (f"The tokenizer is {escape_markdown(origin)} ({tokenizer.n_vocab:,} tokens, `tokenizer.json` "
                 f"in this folder).", f"{tokenizer.n_vocab:,} tokens")
     return (f"The tokenizer is GPT-2's byte-level BPE (`{END_OF_TEXT}` = {END_OF_TEXT_ID}).",
             f"GPT-2's {GPT2_VOCAB_SIZE:,} tokens padded to a multiple of {VOCAB_PADDING_MULTIPLE}")

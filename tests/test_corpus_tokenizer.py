@@ -104,3 +104,13 @@ def test_a_wrong_tokenizer_choice_is_one_line(corpus_file, tmp_path):
                                  str(corpus_file), "--device", "cpu", "--no-progress", *args], capture_output=True,
                                 text=True, cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_the_learned_tokenizer_goes_into_the_export_and_its_card(small_vocab_run, tmp_path):
+    from convert_to_hf import convert
+
+    _, summary = small_vocab_run
+    folder = convert(summary["final_model_path"], tmp_path / "hf", say=lambda _: None)  # verified in a fresh process
+    assert (folder / "tokenizer.json").is_file()
+    card = (folder / "README.md").read_text()  # text from a file is escaped in markdown
+    assert "The tokenizer is a byte\\-level BPE learned from corpus\\.txt (" in card

@@ -30,7 +30,9 @@ def test_grouped_query_preset_matches_smollm_attention_layout():
 def test_vocabulary_is_gpt2_padded_to_a_multiple_of_64():
     assert padded_vocab_size(50257) == 50304 == config.vocab_size
     assert all(p.vocab_size % 64 == 0 for p in PRESETS.values())
-    assert all(p.vocab_size >= 50257 for name, p in PRESETS.items() if not name.startswith("smollm"))
+    # GPT-2's tokens fit every preset but SmolLM's (their own tokenizer) and cpu-scratch's (one learned from the corpus)
+    assert all(p.vocab_size >= 50257 for name, p in PRESETS.items()
+               if not name.startswith("smollm") and name != "cpu-scratch")
 
 
 def test_input_and_output_embeddings_are_tied(tiny_model):
