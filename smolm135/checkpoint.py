@@ -37,6 +37,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .disk import process_alive, write_failure
 from .errors import UserError
+from .optim import PARTS_KEY
 from .tokenizer import tokenizer_from_record
 
 FORMAT_NAME = "smolm135-checkpoint"
@@ -344,7 +345,7 @@ class Checkpoint:
         An optimizer made of several (`optim.OptimizerPair`) is checked one part at a time."""
         saved = self.optimizer_state_dict
         parts = getattr(optimizer, "optimizers", (optimizer,))
-        saved_parts = saved["optimizers"] if "optimizers" in saved else [saved]
+        saved_parts = saved[PARTS_KEY] if PARTS_KEY in saved else [saved]
         saved_sizes = [[len(group["params"]) for group in part["param_groups"]] for part in saved_parts]
         sizes = [[len(group["params"]) for group in part.param_groups] for part in parts]
         if saved_sizes != sizes:
@@ -476,8 +477,8 @@ def state_problems(state: dict) -> list[str]:
                                                       and _count(point[0]) and _is_number(point[1])
                                                       for point in v.get(kind, [])) for kind in ("train", "val")),
         "optimizer_state_dict": lambda v: _is_optimizer_state(v) or (
-            isinstance(v, dict) and isinstance(v.get("optimizers"), list) and len(v) == 1
-            and bool(v["optimizers"]) and all(_is_optimizer_state(part) for part in v["optimizers"])),
+            isinstance(v, dict) and isinstance(v.get(PARTS_KEY), list) and len(v) == 1
+            and bool(v[PARTS_KEY]) and all(_is_optimizer_state(part) for part in v[PARTS_KEY])),
         "grad_scaler_state_dict": lambda v: isinstance(v, dict),
         "data_position": lambda v: isinstance(v, dict) and _count(v.get("seed")) and _count(v.get("global_batch_size"), 1)
         and _count(v.get("seq_len"), 1) and isinstance(v.get("corpus_key"), (str, type(None))),

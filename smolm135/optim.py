@@ -116,6 +116,10 @@ def muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
+# An OptimizerPair's state dict holds one state dict per optimizer under this key (checkpoint.py reads it too).
+PARTS_KEY = "optimizers"
+
+
 class OptimizerPair:
     """Two optimizers over disjoint parameters that the loop drives as one: one step, one zero_grad, their
     param_groups side by side (so the schedule sets every learning rate), and one state_dict of plain
@@ -142,10 +146,10 @@ class OptimizerPair:
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+        return {PARTS_KEY: [optimizer.state_dict() for optimizer in self.optimizers]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        saved = state_dict.get("optimizers")
+        saved = state_dict.get(PARTS_KEY)
         if not isinstance(saved, list) or len(saved) != len(self.optimizers):
             raise UserError("the checkpoint's optimizer state is not Muon + AdamW: resume with the --optimizer "
                             "it was trained with, or pass --resume never to start fresh")
