@@ -61,6 +61,8 @@ RECIPES: dict[str, dict] = {
     # --tokenizer auto for a vocabulary that small). The others change one thing each.
     "cpu-scratch": dict(preset="cpu-scratch", optimizer="muon", lr=6e-3, batch_size=16, seq_len=128,
                         warmup_fraction=0.07),
+    "cpu-scratch-hot": dict(preset="cpu-scratch", optimizer="muon", lr=1e-2, min_lr=0.0, batch_size=16, seq_len=128,
+                            warmup_fraction=0.07),
     "cpu-scratch-adamw": dict(preset="cpu-scratch", optimizer="adamw", lr=3e-3, batch_size=16, seq_len=128,
                               warmup_fraction=0.07),
     "cpu-scratch-d192": dict(preset="cpu-scratch-d192", model=gpt(4, 192, 512, vocab_size=4096), optimizer="muon",
