@@ -2,6 +2,7 @@
 then the page in headless Chromium (skipped where Chromium or playwright is missing)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -279,29 +280,36 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_app(space_dir: Path, log_path: Path):
-    """`python app.py` with no arguments in a folder laid out like a Space (app.py beside its model).
-    The project's other modules come from the repository through PYTHONPATH; HF_HUB_OFFLINE proves it needs
-    no network."""
+@contextlib.contextmanager
+def running_app(space_dir: Path):
+    """`python app.py` with no arguments in a folder laid out like a Space (app.py beside its model), its
+    output in server.log there; yields its URL once it answers, and stops it afterwards. The project's other
+    modules come from the repository through PYTHONPATH; HF_HUB_OFFLINE proves it needs no network."""
     shutil.copy(REPO_ROOT / "app.py", space_dir / "app.py")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop(app.MODEL_ENV_VAR, None)
+    log_path = space_dir / "server.log"
     log = open(log_path, "w")
     process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--device", "cpu"], cwd=space_dir,
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process, url, log
-        except httpx.TransportError:
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while not answers(url):
+            if process.poll() is not None or time.monotonic() >= deadline:
+                pytest.fail(f"app.py did not answer on {url}; its output:\n{log_path.read_text()}")
             time.sleep(0.2)  # a poll interval; the loop ends at the first answer
-    stop_app(process, log)
-    pytest.fail(f"app.py did not answer on {url}; its output:\n{log_path.read_text()}")
+        yield url
+    finally:
+        stop_app(process, log)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def stop_app(process, log):
@@ -320,17 +328,14 @@ def server(trained_run, module_tmp):
     checkpoint = Path(trained_run[2]["final_model_path"])
     (space / "models").mkdir()
     shutil.copy(checkpoint, space / "models" / checkpoint.name)
-    process, url, log = start_app(space, space / "server.log")
-    yield url
-    stop_app(process, log)
+    with running_app(space) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def empty_server(module_tmp):
-    space = module_tmp.mktemp("empty-space")
-    process, url, log = start_app(space, space / "server.log")
-    yield url
-    stop_app(process, log)
+    with running_app(module_tmp.mktemp("empty-space")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +344,8 @@ def chat_server(module_tmp):
     space = module_tmp.mktemp("chat-space")
     (space / "models").mkdir()
     save_tiny_chat_checkpoint(space / "models" / "final_model_20250101-000000.pt")
-    process, url, log = start_app(space, space / "server.log")
-    yield url
-    stop_app(process, log)
+    with running_app(space) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
