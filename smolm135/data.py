@@ -36,7 +36,14 @@ from . import sources
 from .disk import process_alive
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD, Source
-from .tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, token_dtype, train_byte_level_bpe
+from .tokenizer import (
+    END_OF_TEXT,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    token_dtype,
+    tokenizer_from_record,
+    train_byte_level_bpe,
+)
 
 DEFAULT_DATA = "input.txt"
 EMPTY_DATA = "--data is empty: pass a text, .jsonl or .parquet file, a folder or glob of them, or hf:NAME"
@@ -460,20 +467,23 @@ def corpus_tokenizer(data: str, cache_dir: str | os.PathLike, vocab_size: int, v
     path = Path(cache_dir) / f"tokenizer_{key[:20]}.json"
     if path.exists():
         try:
-            return JsonTokenizer(**json.loads(path.read_text(encoding="utf-8")))
+            cached = tokenizer_from_record(json.loads(path.read_text(encoding="utf-8")))
+            if isinstance(cached, JsonTokenizer):
+                return cached
+            print(f"the cached tokenizer {path.name} is not a learned one: learning it again")
         except Exception as error:  # noqa: BLE001 - any error of json, tokenizers or the fields: learn it again
             print(f"the cached tokenizer {path.name} is damaged ({type(error).__name__}): learning it again")
     name = files[0].name if len(files) == 1 else f"{len(files)} files"
     tokenizer = train_byte_level_bpe(_tokenizer_training_text(files, text_field, val_fraction), vocab_size,
                                      origin=f"a byte-level BPE learned from {name}")
-    record = tokenizer.to_record()
-    del record["kind"]
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
+        remove_leftovers(path.parent, (path.name,))
+        tmp.write_text(json.dumps(tokenizer.to_record()), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as error:
+        tmp.unlink(missing_ok=True)
         raise UserError(f"could not write the tokenizer {path}: {error.strerror or error}; free some disk space "
                         f"or choose another --out-dir") from None
     return tokenizer

@@ -11,7 +11,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError
 from .sources import DEFAULT_TEXT_FIELD
-from .tokenizer import SMALLEST_BPE_VOCABULARY
+from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
 OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
 # A model trained from scratch reads GPT-2's tokens (gpt2) or a byte-level BPE of its vocabulary size learned
@@ -146,7 +146,7 @@ def validate(cfg: TrainConfig) -> None:
                         f"model has {cfg.model.vocab_size:,}: use --tokenizer corpus (or auto)")
     elif cfg.learns_tokenizer and not cfg.init_from and cfg.model.vocab_size < SMALLEST_BPE_VOCABULARY:
         problems.append(f"a tokenizer learned from the corpus needs a vocabulary of at least "
-                        f"{SMALLEST_BPE_VOCABULARY} tokens (every byte and <|endoftext|>), the {cfg.preset} model "
+                        f"{SMALLEST_BPE_VOCABULARY} tokens (every byte and {END_OF_TEXT}), the {cfg.preset} model "
                         f"has {cfg.model.vocab_size}: choose a preset with a larger vocab_size")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")

@@ -51,6 +51,8 @@ TRAINER_CASES = [
     (["--data", "  "], "--data is empty"),
     (["--dtype", "float8"], "--dtype must be auto"),
     (["--preset", "huge"], "unknown preset"),
+    (["--tokenizer", "bpe"], "--tokenizer must be one of auto, gpt2, corpus"),
+    (["--tokenizer", "corpus", "--init-from", "smollm2-135m"], "brings its own tokenizer"),
 ]
 CONTINUE_CASES = [
     (["--steps", "0"], "--steps must be a positive whole number"),

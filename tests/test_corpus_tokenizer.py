@@ -97,15 +97,6 @@ def test_the_recorded_tokenizer_serves_evaluate_and_continue(small_vocab_run, tm
     assert "a byte-level BPE learned from corpus.txt" in continued.stdout
 
 
-def test_a_wrong_tokenizer_choice_is_one_line(corpus_file, tmp_path):
-    for args, message in [(["--tokenizer", "bpe"], "--tokenizer must be one of auto, gpt2, corpus"),
-                          (["--tokenizer", "corpus", "--init-from", "smollm2-135m"], "brings its own tokenizer")]:
-        result = subprocess.run([sys.executable, str(REPO_ROOT / "Model_smollm135_trainer.py"), "--data",
-                                 str(corpus_file), "--device", "cpu", "--no-progress", *args], capture_output=True,
-                                text=True, cwd=tmp_path, timeout=120)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
-
-
 def test_the_learned_tokenizer_goes_into_the_export_and_its_card(small_vocab_run, tmp_path):
     from convert_to_hf import convert
 
