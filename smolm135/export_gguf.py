@@ -20,7 +20,7 @@ import torch
 from smollm135_model import SmoLM135_Model
 
 from .errors import UserError
-from .llama_names import check_rotary, native_to_parts
+from .llama_names import check_rotary, llama_cpp_rotated_heads, native_to_parts, permute_for_llama_cpp
 from .tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -36,12 +36,6 @@ def gguf_file_name(folder_name: str, gguf_type: str) -> str:
 
 
 # ------------------------------------------------------------------ tensors
-
-
-def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """(heads * hs, in) in Hugging Face's rotate-half order -> llama.cpp's interleaved pairs, per head."""
-    return (weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
 
 
 def _encode(data: np.ndarray, gguf_type: str):
@@ -144,10 +138,9 @@ def write_gguf(native: SmoLM135_Model, tokenizer, path: Path, gguf_type: str, na
     add_tokenizer(writer, tokenizer, cfg.vocab_size)
     state = {k: v.detach().float() for k, v in native.state_dict().items()}
     for part, tensor in native_to_parts(state, cfg):
-        if part.gguf.endswith("attn_q.weight"):
-            tensor = permute_for_llama_cpp(tensor, cfg.n_head)
-        elif part.gguf.endswith("attn_k.weight"):
-            tensor = permute_for_llama_cpp(tensor, cfg.n_kv_head)
+        heads = llama_cpp_rotated_heads(part.gguf, cfg)
+        if heads:
+            tensor = permute_for_llama_cpp(tensor, heads)
         data, kind = _encode(tensor.contiguous().numpy(), gguf_type)
         writer.add_tensor(part.gguf, data, raw_dtype=kind)
     writer.write_header_to_file()

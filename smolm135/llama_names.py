@@ -81,6 +81,36 @@ def llama_to_native(take, cfg: ModelConfig) -> dict:
     return native
 
 
+def gguf_to_llama_names(cfg: ModelConfig) -> dict[str, str]:
+    """llama.cpp's tensor names -> transformers' (the output head's too, which a tied model's file lacks)."""
+    names = {part.gguf: part.llama for name in weight_names(cfg) for part in name.parts}
+    return {**names, "output.weight": "lm_head.weight"}
+
+
+# llama.cpp rotates interleaved pairs (x0, x1), (x2, x3), ... of each head where transformers rotates its two
+# halves against each other; its converter permutes the rows of q and k to match, and a reader permutes back.
+
+def llama_cpp_rotated_heads(gguf_name: str, cfg: ModelConfig) -> int | None:
+    """How many heads' rows llama.cpp permutes in this tensor (q: the query heads, k: the key heads), or None."""
+    if gguf_name.endswith("attn_q.weight"):
+        return cfg.n_head
+    if gguf_name.endswith("attn_k.weight"):
+        return cfg.n_kv_head
+    return None
+
+
+def permute_for_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(heads * hs, in) in Hugging Face's rotate-half order -> llama.cpp's interleaved pairs, per head."""
+    return (weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def permute_from_llama_cpp(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `permute_for_llama_cpp`: llama.cpp's interleaved pairs -> rotate-half order."""
+    return (weight.reshape(n_heads, weight.shape[0] // n_heads // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
 def check_rotary(cfg: ModelConfig, what: str) -> None:
     """Only rotary models have the Llama layout; learned positions have no place in it."""
     if cfg.position_embedding != "rotary":

