@@ -33,3 +33,11 @@ def test_the_scripts_behind_gpu_sh_and_generation_run_in_quick_mode_on_a_cpu(cap
     ratios = generation.main(cpu + ["--new-tokens", "4"])
     assert ratios["float32"] > 0
     assert "projected 5,000-step run" in capsys.readouterr().out
+
+
+def test_the_gguf_load_benchmark_finds_the_same_weights_on_both_sides(capsys):
+    from bench import gguf_load
+
+    measured = gguf_load.main(["--quick", "--device", "cpu", "--repeats", "1"])
+    assert measured["same_weights"] and measured["load"] > 0
+    assert "the same fp32 weights on both sides: yes" in capsys.readouterr().out
