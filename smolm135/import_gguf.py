@@ -8,6 +8,7 @@ the rows of q and k go back from llama.cpp's rotary order to transformers' (smol
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,14 +57,18 @@ def field_value(reader, key: str, default=None):
 def llama_config(reader, path: Path):
     """The file's llama.* metadata as the attributes of a transformers LlamaConfig, for the checks and the
     mapping that a Hugging Face folder's config goes through (smolm135/pretrained.py)."""
-    def need(key: str):
-        value = field_value(reader, f"llama.{key}")
+    def need(key: str, kind: type = int, default=None):
+        value = field_value(reader, f"llama.{key}", default)
         if value is None:
             raise UserError(f"{path} lacks the metadata llama.{key}: it was not written by a llama.cpp converter")
+        if (isinstance(value, bool) or not isinstance(value, (kind, int)) or (kind is int and value <= 0)
+                or not math.isfinite(value)):
+            wanted = "a positive whole number" if kind is int else "a number"
+            raise UserError(f"{path} has llama.{key} = {value!r}, not {wanted}: the file is damaged")
         return value
 
     heads, hidden = need("attention.head_count"), need("embedding_length")
-    head_dim = field_value(reader, "llama.attention.key_length", hidden // heads)
+    head_dim = need("attention.key_length", default=hidden // heads or 1)
     rope_type = field_value(reader, "llama.rope.scaling.type", "none")
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embedding is None:
@@ -71,15 +76,20 @@ def llama_config(reader, path: Path):
     return SimpleNamespace(
         model_type="llama", hidden_act="silu", attention_bias=False, mlp_bias=False,
         hidden_size=hidden, num_attention_heads=heads, head_dim=head_dim,
-        num_key_value_heads=field_value(reader, "llama.attention.head_count_kv", heads),
+        num_key_value_heads=need("attention.head_count_kv", default=heads),
         num_hidden_layers=need("block_count"), intermediate_size=need("feed_forward_length"),
         max_position_embeddings=need("context_length"), vocab_size=int(embedding.shape[-1]),
-        rms_norm_eps=need("attention.layer_norm_rms_epsilon"), initializer_range=0.02,
+        rms_norm_eps=need("attention.layer_norm_rms_epsilon", float), initializer_range=0.02,
         tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
         rope_parameters={"rope_type": "default" if rope_type == "none" else rope_type,
-                         "rope_theta": field_value(reader, "llama.rope.freq_base", 10_000.0),
-                         "partial_rotary_factor": field_value(reader, "llama.rope.dimension_count", head_dim) / head_dim},
+                         "rope_theta": need("rope.freq_base", float, default=10_000.0),
+                         "partial_rotary_factor": need("rope.dimension_count", default=head_dim) / head_dim},
     )
+
+
+def stored_parameters(reader) -> int:
+    """How many numbers the file's tensors hold (read from their headers: nothing is dequantized)."""
+    return sum(int(tensor.n_elements) for tensor in reader.tensors)
 
 
 def llama_tensors(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
+from .checkpoint import PARAMETER_BOUND_FACTOR, approximate_parameters
 from .errors import UserError
 from .llama_names import llama_to_native
 from .tokenizer import JsonTokenizer
@@ -167,6 +168,16 @@ def llama_config_to_native(hf_config, source: str) -> ModelConfig:
     )
 
 
+def check_config_fits_weights(cfg: ModelConfig, stored: int, source: str) -> None:
+    """A config may not describe far more parameters than its files hold: mapping the weights builds the
+    config's shapes first, and a damaged or hostile one (10^9 layers, a vocabulary of 10^13) would ask for
+    more time and memory than any machine has. The bound is the one checkpoints are held to."""
+    described = approximate_parameters(cfg)
+    if described > PARAMETER_BOUND_FACTOR * stored + 10**6:
+        raise UserError(f"{source} describes a model of about {described:,} parameters but holds {stored:,} "
+                        f"numbers of weights: the files are damaged or not what they claim to be")
+
+
 def llama_state_dict_to_native(hf_state: dict, cfg: ModelConfig, source: str) -> dict:
     """LlamaForCausalLM names -> native names, by the table in smolm135/llama_names.py."""
     remaining = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}  # older files
@@ -232,9 +243,11 @@ def load_hf_folder(folder: Path, description: str | None = None) -> PretrainedMo
     cfg = llama_config_to_native(hf_config, source)
     if not (folder / "tokenizer.json").is_file():
         raise UserError(f"{folder} has no tokenizer.json: the model's own tokenizer is needed to train on it")
+    weights = _read_weights(folder)
+    check_config_fits_weights(cfg, sum(tensor.numel() for tensor in weights.values()), source)
     hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer = tokenizer_from_transformers(hf_tokenizer, cfg, source)
-    state = llama_state_dict_to_native(_read_weights(folder), cfg, source)
+    state = llama_state_dict_to_native(weights, cfg, source)
     return PretrainedModel(cfg, state, tokenizer, description or source)
 
 
@@ -261,11 +274,12 @@ def load_gguf(path: Path, description: str) -> PretrainedModel:
         raise UserError("reading a .gguf file needs the package gguf: pip install gguf")
     from transformers import AutoTokenizer
 
-    from .import_gguf import llama_config, llama_tensors, open_gguf
+    from .import_gguf import llama_config, llama_tensors, open_gguf, stored_parameters
 
     source = str(path)
     reader = open_gguf(path)
     cfg = llama_config_to_native(llama_config(reader, path), source)
+    check_config_fits_weights(cfg, stored_parameters(reader), source)
     state = llama_state_dict_to_native(llama_tensors(reader, cfg), cfg, source)
     hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     return PretrainedModel(cfg, state, tokenizer_from_transformers(hf_tokenizer, cfg, source), description)

@@ -253,6 +253,21 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_llama, tmp_p
         load_pretrained(str(folder))
 
 
+def test_a_config_far_larger_than_its_weights_is_refused_before_anything_is_built(tiny_llama, tmp_path):
+    import json
+    import shutil
+
+    from smolm135.errors import UserError
+    from smolm135.pretrained import load_pretrained
+
+    folder = tmp_path / "hostile"
+    shutil.copytree(tiny_llama[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
+    with pytest.raises(UserError, match="describes a model of about [0-9,]+ parameters but holds [0-9,]+ numbers"):
+        load_pretrained(str(folder))  # mapping its shapes first would take hours and all the memory
+
+
 def test_hub_id_offline_is_refused_naming_the_offline_choices(monkeypatch):
     from huggingface_hub import constants
 
@@ -356,6 +371,45 @@ def test_gguf_reads_back_as_written_and_as_transformers_reads_it(tmp_path, gguf_
             assert torch.equal(tensor, native.state_dict()[name]), name
     text = "ROMEO: 1234 tokens, <|im_end|> and <think> too"
     assert loaded.tokenizer.encode(text) == tokenizer.encode(text)
+
+
+def metadata_gguf(path: Path, block_count) -> Path:
+    """A small llama .gguf whose metadata says `block_count` and whose tensors are an embedding alone."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    if isinstance(block_count, str):
+        writer.add_string("llama.block_count", block_count)
+    else:
+        writer.add_block_count(block_count)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "c", "d"])
+    writer.add_tensor("token_embd.weight", np.zeros((4, 64), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("block_count, named", [
+    (10**9, "describes a model of about [0-9,]+ parameters but holds 256 numbers"),
+    ("two", "has llama.block_count = 'two', not a positive whole number"),
+    (2, "lacks the weight model.layers.0.input_layernorm.weight"),
+])
+def test_gguf_metadata_that_its_tensors_do_not_back_is_refused_in_one_line(tmp_path, block_count, named):
+    from smolm135.errors import UserError
+    from smolm135.pretrained import load_pretrained
+
+    with pytest.raises(UserError, match=named) as refused:
+        load_pretrained(str(metadata_gguf(tmp_path / "m.gguf", block_count)))
+    assert "\n" not in str(refused.value)
 
 
 def test_missing_gguf_file_is_refused():
