@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.corpus_formats import host_line
 from Model_smollm135_trainer import train
-from smollm135_model import ModelConfig
+from smollm135_model import PRESETS, ModelConfig
 from smolm135.checkpoint import load_checkpoint
 from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
 from smolm135.errors import run_cli
@@ -65,6 +65,10 @@ RECIPES: dict[str, dict] = {
                             warmup_fraction=0.07),
     "cpu-scratch-adamw": dict(preset="cpu-scratch", optimizer="adamw", lr=3e-3, batch_size=16, seq_len=128,
                               warmup_fraction=0.07),
+    "cpu-scratch-v2k": dict(preset="cpu-scratch-v2k", model=replace(PRESETS["cpu-scratch"], vocab_size=2048),
+                            optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
+    "cpu-scratch-v8k": dict(preset="cpu-scratch-v8k", model=replace(PRESETS["cpu-scratch"], vocab_size=8192),
+                            optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
     "cpu-scratch-d192": dict(preset="cpu-scratch-d192", model=gpt(4, 192, 512, vocab_size=4096), optimizer="muon",
                              lr=6e-3, batch_size=8, seq_len=128, warmup_fraction=0.05),
     # the recipe before the learned tokenizer: 4 x 128 with GPT-2's vocabulary, whose output matmul
