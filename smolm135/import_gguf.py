@@ -2,7 +2,7 @@
 
 transformers' GGUF loader reads the same file, but parses its metadata three times (for the config, the weights
 and the tokenizer), and that metadata is mostly the vocabulary: for SmolLM2's 49,152 tokens and their merges,
-about 5 s per parse on 2 cores of an AMD EPYC, 42 s to load the built-in SmolLM2-135M-Instruct in all. Here the
+about 5 s per parse on 2 cores of an AMD EPYC (bench/README.md, host B: loading the built-in GGUF). Here the
 file is parsed once; the `gguf` package dequantizes each tensor (the same function transformers calls) and
 the rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/llama_names.py).
 """
@@ -92,7 +92,7 @@ def stored_parameters(reader) -> int:
     return sum(int(tensor.n_elements) for tensor in reader.tensors)
 
 
-def llama_tensors(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def llama_tensors(reader, cfg: ModelConfig, path: Path) -> dict[str, torch.Tensor]:
     """Every tensor dequantized to fp32 under transformers' name (one not in the Llama layout keeps its own,
     for the caller to refuse), q and k in transformers' rotary order."""
     from gguf import dequantize
@@ -101,8 +101,15 @@ def llama_tensors(reader, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     tensors = {}
     for tensor in reader.tensors:
         shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dimensions fastest first
-        # a copy: an fp32 tensor's array is a view of the read-only file mapping
-        weight = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)).reshape(shape)
+        try:  # a copy: an fp32 tensor's array is a view of the read-only file mapping
+            values = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            weight = torch.from_numpy(values).reshape(shape)
+        except NotImplementedError:
+            raise UserError(f"{path} stores {tensor.name} as {tensor.tensor_type.name}, which the installed gguf "
+                            f"package cannot dequantize: pip install --upgrade gguf") from None
+        except (ValueError, RuntimeError) as error:
+            raise UserError(f"{path}: the tensor {tensor.name} does not fit the shape {shape} its header gives "
+                            f"({type(error).__name__}): the file is damaged") from None
         heads = llama_cpp_rotated_heads(tensor.name, cfg)
         tensors[names.get(tensor.name, tensor.name)] = permute_from_llama_cpp(weight, heads) if heads else weight
     return tensors

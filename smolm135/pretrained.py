@@ -280,6 +280,6 @@ def load_gguf(path: Path, description: str) -> PretrainedModel:
     reader = open_gguf(path)
     cfg = llama_config_to_native(llama_config(reader, path), source)
     check_config_fits_weights(cfg, stored_parameters(reader), source)
-    state = llama_state_dict_to_native(llama_tensors(reader, cfg), cfg, source)
+    state = llama_state_dict_to_native(llama_tensors(reader, cfg, path), cfg, source)
     hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     return PretrainedModel(cfg, state, tokenizer_from_transformers(hf_tokenizer, cfg, source), description)

@@ -412,6 +412,21 @@ def test_gguf_metadata_that_its_tensors_do_not_back_is_refused_in_one_line(tmp_p
     assert "\n" not in str(refused.value)
 
 
+def test_a_gguf_tensor_type_the_gguf_package_cannot_read_is_one_line_naming_the_upgrade(tmp_path, monkeypatch):
+    import gguf
+
+    from smolm135.errors import UserError
+    from smolm135.pretrained import load_pretrained
+
+    def cannot(data, qtype):
+        raise NotImplementedError(f"Dequantization for {qtype.name} is not yet implemented")
+
+    monkeypatch.setattr(gguf, "dequantize", cannot)  # as an older gguf package meets a newer quantization
+    with pytest.raises(UserError, match="stores token_embd.weight as F32, which the installed gguf package cannot "
+                                        "dequantize: pip install --upgrade gguf"):
+        load_pretrained(str(metadata_gguf(tmp_path / "m.gguf", block_count=1)))
+
+
 def test_missing_gguf_file_is_refused():
     from smolm135.errors import UserError
     from smolm135.pretrained import load_pretrained
