@@ -401,6 +401,7 @@ MAX_THREADS = 4096
 # margin): building the model allocates what the config says, and a hostile vocab_size of 10^13 would ask
 # for petabytes. The estimate below is an upper bound of the architecture's count, not the exact count.
 PARAMETER_BOUND_FACTOR = 2
+PARAMETER_BOUND_MARGIN = 10**6
 
 
 def _is_optimizer_state(value) -> bool:
@@ -454,6 +455,13 @@ def approximate_parameters(config: ModelConfig) -> int:
     return (config.vocab_size + config.block_size) * config.n_embd + config.n_layer * (per_layer + 4 * config.n_embd)
 
 
+def parameters_beyond_weights(config: ModelConfig, stored: int) -> int | None:
+    """The parameters `config` describes (`approximate_parameters`) when that is more than the bound allows for
+    weights holding `stored` numbers; None when the config fits them."""
+    described = approximate_parameters(config)
+    return described if described > PARAMETER_BOUND_FACTOR * stored + PARAMETER_BOUND_MARGIN else None
+
+
 def state_problems(state: dict) -> list[str]:
     """Every field of a loaded checkpoint dict that is of the wrong kind, as short phrases (empty: usable)."""
     weights = state["model_state_dict"]
@@ -463,8 +471,8 @@ def state_problems(state: dict) -> list[str]:
     problems = model_config_problems(state["model_config"])
     if not problems:
         stored = sum(tensor.numel() for tensor in weights.values())
-        described = approximate_parameters(ModelConfig.from_dict(state["model_config"]))
-        if described > PARAMETER_BOUND_FACTOR * stored + 10**6:
+        described = parameters_beyond_weights(ModelConfig.from_dict(state["model_config"]), stored)
+        if described:
             problems.append(f"model_config describes about {described:,} parameters, but the weights hold "
                             f"{stored:,}")
     kinds = {

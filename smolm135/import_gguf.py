@@ -18,7 +18,13 @@ import torch
 from smollm135_model import ModelConfig
 
 from .errors import UserError
-from .llama_names import gguf_to_llama_names, llama_cpp_rotated_heads, permute_from_llama_cpp
+from .llama_names import (
+    GGUF_EMBEDDING,
+    GGUF_OUTPUT,
+    gguf_to_llama_names,
+    llama_cpp_rotated_heads,
+    permute_from_llama_cpp,
+)
 
 
 def open_gguf(path: Path):
@@ -70,9 +76,9 @@ def llama_config(reader, path: Path):
     heads, hidden = need("attention.head_count"), need("embedding_length")
     head_dim = need("attention.key_length", default=hidden // heads or 1)
     rope_type = field_value(reader, "llama.rope.scaling.type", "none")
-    embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    embedding = next((t for t in reader.tensors if t.name == GGUF_EMBEDDING), None)
     if embedding is None:
-        raise UserError(f"{path} holds no token embedding (token_embd.weight): it is not a complete model")
+        raise UserError(f"{path} holds no token embedding ({GGUF_EMBEDDING}): it is not a complete model")
     return SimpleNamespace(
         model_type="llama", hidden_act="silu", attention_bias=False, mlp_bias=False,
         hidden_size=hidden, num_attention_heads=heads, head_dim=head_dim,
@@ -80,7 +86,7 @@ def llama_config(reader, path: Path):
         num_hidden_layers=need("block_count"), intermediate_size=need("feed_forward_length"),
         max_position_embeddings=need("context_length"), vocab_size=int(embedding.shape[-1]),
         rms_norm_eps=need("attention.layer_norm_rms_epsilon", float), initializer_range=0.02,
-        tie_word_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+        tie_word_embeddings=not any(t.name == GGUF_OUTPUT for t in reader.tensors),
         rope_parameters={"rope_type": "default" if rope_type == "none" else rope_type,
                          "rope_theta": need("rope.freq_base", float, default=10_000.0),
                          "partial_rotary_factor": need("rope.dimension_count", default=head_dim) / head_dim},

@@ -29,12 +29,17 @@ class WeightName:
     parts: tuple[Part, ...]
 
 
+# llama.cpp's names of the token embedding and of an untied output head: a GGUF file is tied when it has no head.
+GGUF_EMBEDDING = "token_embd.weight"
+GGUF_OUTPUT = "output.weight"
+
+
 def weight_names(cfg: ModelConfig) -> list[WeightName]:
     """Every native weight of a rotary model with the Llama and GGUF tensors it is made of (the output head
     only when it is not tied to the embedding)."""
     q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     one = lambda native, llama, gguf, rows: WeightName(native, (Part(llama, gguf, rows),))  # noqa: E731
-    names = [one("transformer.wte.weight", "model.embed_tokens.weight", "token_embd.weight", cfg.vocab_size)]
+    names = [one("transformer.wte.weight", "model.embed_tokens.weight", GGUF_EMBEDDING, cfg.vocab_size)]
     for i in range(cfg.n_layer):
         ours, hf, blk = f"transformer.h.{i}.", f"model.layers.{i}.", f"blk.{i}."
         names += [
@@ -53,7 +58,7 @@ def weight_names(cfg: ModelConfig) -> list[WeightName]:
         ]
     names.append(one("transformer.ln_f.weight", "model.norm.weight", "output_norm.weight", cfg.n_embd))
     if not cfg.tie_word_embeddings:
-        names.append(one("lm_head.weight", "lm_head.weight", "output.weight", cfg.vocab_size))
+        names.append(one("lm_head.weight", "lm_head.weight", GGUF_OUTPUT, cfg.vocab_size))
     return names
 
 
@@ -82,9 +87,8 @@ def llama_to_native(take, cfg: ModelConfig) -> dict:
 
 
 def gguf_to_llama_names(cfg: ModelConfig) -> dict[str, str]:
-    """llama.cpp's tensor names -> transformers' (the output head's too, which a tied model's file lacks)."""
-    names = {part.gguf: part.llama for name in weight_names(cfg) for part in name.parts}
-    return {**names, "output.weight": "lm_head.weight"}
+    """llama.cpp's tensor names -> transformers', for the tensors `cfg` has."""
+    return {part.gguf: part.llama for name in weight_names(cfg) for part in name.parts}
 
 
 # llama.cpp rotates interleaved pairs (x0, x1), (x2, x3), ... of each head where transformers rotates its two

@@ -25,7 +25,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
-from .checkpoint import PARAMETER_BOUND_FACTOR, approximate_parameters
+from .checkpoint import parameters_beyond_weights
 from .errors import UserError
 from .llama_names import llama_to_native
 from .tokenizer import JsonTokenizer
@@ -172,8 +172,8 @@ def check_config_fits_weights(cfg: ModelConfig, stored: int, source: str) -> Non
     """A config may not describe far more parameters than its files hold: mapping the weights builds the
     config's shapes first, and a damaged or hostile one (10^9 layers, a vocabulary of 10^13) would ask for
     more time and memory than any machine has. The bound is the one checkpoints are held to."""
-    described = approximate_parameters(cfg)
-    if described > PARAMETER_BOUND_FACTOR * stored + 10**6:
+    described = parameters_beyond_weights(cfg, stored)
+    if described:
         raise UserError(f"{source} describes a model of about {described:,} parameters but holds {stored:,} "
                         f"numbers of weights: the files are damaged or not what they claim to be")
 
