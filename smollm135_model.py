@@ -500,12 +500,12 @@ class SmoLM135_Model(nn.Module):
                 module.matmul_attention_max_length = (
                     MATMUL_ATTENTION_MAX_LENGTH if self.cpu_kernels.training_attention_by_matmuls else 0)
 
-    def _choose_decode_kernels(self) -> None:
+    def _measured_decode_kernels(self) -> dict:
         """On a CPU, once per weight dtype: the decode kernels a short measurement finds fastest here
-        (remembered per host). Outside the project (an exported folder alone), the ones already set."""
+        (remembered per host). Outside the project (an exported folder alone), or on a GPU: none."""
         weight = self.lm_head.weight
         if not self.probe_decode_kernels or weight.device.type != "cpu":
-            return
+            return {}
         if weight.dtype not in self._decode_kernels:
             try:
                 from smolm135.probes import cpu_decode_kernels
@@ -513,7 +513,7 @@ class SmoLM135_Model(nn.Module):
                 self._decode_kernels[weight.dtype] = {}
             else:
                 self._decode_kernels[weight.dtype] = cpu_decode_kernels(self)
-        self.use_cpu_kernels(**self._decode_kernels[weight.dtype])
+        return self._decode_kernels[weight.dtype]
 
     def _init_weights(self, module):
         std = self.config.init_std
@@ -635,9 +635,8 @@ class SmoLM135_Model(nn.Module):
         if max_new_tokens == 0:
             return
 
-        was_training = self.training
+        was_training, kernels_before = self.training, self.cpu_kernels
         self.eval()
-        self._choose_decode_kernels()
         total_length = prompt_length + max_new_tokens
         tokens = input_ids.new_empty(B, total_length)  # (B, prompt + new): the sequence, written in place
         tokens[:, :prompt_length] = input_ids
@@ -646,6 +645,10 @@ class SmoLM135_Model(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         end_ids = end_token_tensor(eos_token_id, input_ids.device)  # (E,), or None: never stop early
         try:
+            # The measured kernels hold for this generation only: any other forward (a training step of a few
+            # rows, an evaluation) takes the kernels it took before, whatever ran earlier in the process, so a
+            # run resumed in a fresh process computes every step exactly as the uninterrupted one did.
+            self.use_cpu_kernels(**self._measured_decode_kernels())
             logits, _ = self(input_ids, kv_cache=kv_cache, logits_to_keep=1)  # (B, 1, V); fills the cache
             for length in range(prompt_length, total_length):
                 next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator,
@@ -662,6 +665,7 @@ class SmoLM135_Model(nn.Module):
                 else:  # the whole sequence again: the reference the cached path must match
                     logits, _ = self(tokens[:, :length + 1], logits_to_keep=1)
         finally:
+            self.use_cpu_kernels(**asdict(kernels_before))
             self.train(was_training)
 
     # ---------------------------------------------------------------- reporting

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 import smollm135_model
 from smollm135_model import (
+    FEW_ROWS,
     MATMUL_ATTENTION_MAX_LENGTH,
     CausalSelfAttention,
+    CpuKernels,
     KVCache,
     Linear,
     build_model,
@@ -249,26 +251,65 @@ def test_every_decode_kernel_choice_generates_the_same_tokens_and_logits(dtype):
         torch.testing.assert_close(logits.float(), plain_logits.float(), **tolerance)
 
 
-def test_generate_asks_the_probe_once_per_weight_dtype_and_takes_its_choice(monkeypatch):
+def probe_choosing_the_alternatives(monkeypatch, asked: list):
+    """A probe that finds both decode alternatives faster here (split products only for fp32 weights)."""
     import smolm135.probes
-
-    asked = []
 
     def probe(model):
         asked.append(model.lm_head.weight.dtype)
         return {"split_products": model.lm_head.weight.dtype == torch.float32, "decode_attention_by_matmuls": True}
 
     monkeypatch.setattr(smolm135.probes, "cpu_decode_kernels", probe)
+
+
+def test_generate_asks_the_probe_once_per_weight_dtype_and_its_choice_holds_while_generating(monkeypatch):
+    asked = []
+    probe_choosing_the_alternatives(monkeypatch, asked)
     model = build_model("tiny")
     prompt = torch.randint(0, 50257, (1, 4))
+
+    def kernels_while_generating() -> CpuKernels:
+        stream = model.generate_stream(prompt, max_new_tokens=2, temperature=0)
+        next(stream)
+        during = model.cpu_kernels
+        stream.close()
+        assert model.cpu_kernels == CpuKernels()  # afterwards, the plain ways again
+        return during
+
     for _ in range(2):
-        model.generate(prompt, max_new_tokens=2, temperature=0)
+        assert kernels_while_generating() == CpuKernels(split_products=True, decode_attention_by_matmuls=True)
     assert asked == [torch.float32]
-    assert model.cpu_kernels.split_products and model.cpu_kernels.decode_attention_by_matmuls
-    model.to(torch.bfloat16).generate(prompt, max_new_tokens=2, temperature=0)
-    assert asked == [torch.float32, torch.bfloat16] and not model.cpu_kernels.split_products
-    model.float().generate(prompt, max_new_tokens=2, temperature=0)
-    assert asked == [torch.float32, torch.bfloat16] and model.cpu_kernels.split_products
+    model.to(torch.bfloat16)
+    assert not kernels_while_generating().split_products and asked == [torch.float32, torch.bfloat16]
+    model.float()
+    assert kernels_while_generating().split_products and asked == [torch.float32, torch.bfloat16]
+
+
+def test_a_training_step_after_a_generation_computes_as_one_before_it(monkeypatch):
+    """A kernel measured for decoding must not follow the model out of generate: a training step of a few rows
+    taken after the trainer's sample would then compute differently from the same step in a run resumed in a
+    fresh process (no sample yet), and the two runs drift apart in the last bits."""
+    probe_choosing_the_alternatives(monkeypatch, [])
+    split_calls = []
+    monkeypatch.setattr(smollm135_model, "few_row_linear",
+                        lambda x, weight: split_calls.append(1) or few_row_linear(x, weight))
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.use_cpu_kernels(training_attention_by_matmuls=True)  # a choice of the run's own: kept
+    tokens = torch.randint(0, 50257, (1, FEW_ROWS))  # so few rows that the split product could take them
+
+    def step() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model(tokens, targets=tokens)[1].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    before = step()
+    model.generate(tokens[:, :2], max_new_tokens=3, temperature=0)
+    assert split_calls, "the generation took the measured kernel"
+    split_calls.clear()
+    after = step()
+    assert split_calls == [] and model.cpu_kernels == CpuKernels(training_attention_by_matmuls=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
 def test_generation_leaves_weights_and_mode_untouched_even_when_a_stream_is_abandoned():
