@@ -115,9 +115,11 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
     cfg, start = starting_point(cfg, checkpoint, log)
-    # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees
-    precision = run_on_main(distributed, lambda: choose_precision(cfg.dtype, device, cfg.model, cfg.seq_len),
-                            send_result_to_all=True)
+    # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees; a
+    # resumed run keeps the one it started with
+    precision = run_on_main(distributed, lambda: choose_precision(
+        cfg.dtype, device, cfg.model, cfg.seq_len, checkpoint.precision if checkpoint else None),
+        send_result_to_all=True)
     dtype = precision.dtype
     tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
     corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)

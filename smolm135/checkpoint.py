@@ -38,6 +38,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 from .disk import process_alive, write_failure
 from .errors import UserError
 from .optim import PARTS_KEY
+from .runtime import DTYPES
 from .tokenizer import tokenizer_from_record
 
 FORMAT_NAME = "smolm135-checkpoint"
@@ -48,7 +49,7 @@ REQUIRED_KEYS = ("model_state_dict", "model_config")
 OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_dict", "grad_scaler_state_dict",
                  "step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history", "data_position",
                  "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from", "final_model",
-                 "num_threads", "tokenizer")
+                 "num_threads", "tokenizer", "precision")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 
 
@@ -257,6 +258,10 @@ class Checkpoint:
     # differently, so a resume computes with the saved number to stay bitwise on the uninterrupted path.
     num_threads: int | None = None
     tokenizer: dict | None = None  # the tokenizer's record (plain strings); None: GPT-2, as before format 3
+    # The precision the run computes in: {"device": "cpu", "dtype": "bfloat16", "attention_by_matmuls": False}.
+    # `--dtype auto` measures it on a CPU, and a measurement can come out otherwise on a later start (another
+    # load, a cleared cache), so a resume takes the recorded one and computes as the uninterrupted run did.
+    precision: dict | None = None
     source: str = "checkpoint"  # where it was read from, for messages; not saved
 
     # ---- reading and writing
@@ -272,7 +277,7 @@ class Checkpoint:
         optional = {"optimizer_state_dict": self.optimizer_state_dict, "rng_state": self.rng_state,
                     "data_position": asdict(self.data_position) if self.data_position else None,
                     "converted_from": self.converted_from, "final_model": self.final_model,
-                    "num_threads": self.num_threads, "tokenizer": self.tokenizer}
+                    "num_threads": self.num_threads, "tokenizer": self.tokenizer, "precision": self.precision}
         return state | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
@@ -298,7 +303,7 @@ class Checkpoint:
             rng_state=state.get("rng_state"), data_name=state.get("data_name"),
             torch_version=state.get("torch_version"), converted_from=state.get("converted_from"),
             final_model=state.get("final_model"), num_threads=state.get("num_threads"),
-            tokenizer=state.get("tokenizer"), source=str(source))
+            tokenizer=state.get("tokenizer"), precision=state.get("precision"), source=str(source))
 
     @classmethod
     def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str,
@@ -499,6 +504,8 @@ def state_problems(state: dict) -> list[str]:
         # a bare file name: a checkpoint never chooses where a run writes
         "final_model": lambda v: isinstance(v, str) and v == Path(v).name and v.endswith(".pt"),
         "num_threads": lambda v: _count(v, 1) and v <= MAX_THREADS,
+        "precision": lambda v: isinstance(v, dict) and set(v) == {"device", "dtype", "attention_by_matmuls"}
+        and isinstance(v["device"], str) and v["dtype"] in DTYPES and isinstance(v["attention_by_matmuls"], bool),
         # plain strings only (tokenizer_from_record reads them); a kind it does not know is refused here
         "tokenizer": lambda v: isinstance(v, dict) and v.get("kind") in ("gpt2", "tokenizer.json")
         and all(isinstance(key, str) and isinstance(item, (str, type(None))) for key, item in v.items())

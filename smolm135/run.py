@@ -27,7 +27,7 @@ from .checkpoint import (
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
 from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
-from .runtime import Distributed, main_process_first, run_on_main
+from .runtime import Distributed, main_process_first, precision_record, run_on_main
 from .tokenizer import GPT2TextTokenizer
 from .train_config import TrainConfig, validate
 from .training_log import RunLog
@@ -92,7 +92,9 @@ class Run:
                           self.optimizer.state_dict(), self.scaler.state_dict(), self.data_position,
                           capture_rng_state(), self.corpus.name, str(torch.__version__),
                           final_model=self.final_model, num_threads=torch.get_num_threads(),
-                          tokenizer=self.tokenizer.to_record())
+                          tokenizer=self.tokenizer.to_record(),
+                          precision=precision_record(self.device, self.dtype,
+                                                     self.model.cpu_kernels.training_attention_by_matmuls))
 
     def save_checkpoint(self) -> Path:
         """The step's checkpoint and latest.pt (rank 0 alone; the others wait and learn of a failure)."""

@@ -166,12 +166,17 @@ class Precision:
     bf16_attention_by_matmuls: bool = False  # CpuKernels.training_attention_by_matmuls
 
 
-def choose_precision(requested: str, device: torch.device, model_config=None, seq_len: int = 128) -> Precision:
+def choose_precision(requested: str, device: torch.device, model_config=None, seq_len: int = 128,
+                     resumed: dict | None = None) -> Precision:
     """The training precision. `auto`: on CUDA bf16 (float16 before Ampere); on a CPU whichever of fp32
     and bf16 autocast trains `model_config` (default: the smolm135 preset) faster on this host, measured
-    once and remembered (smolm135/probes.py); elsewhere fp32."""
+    once and remembered (smolm135/probes.py); elsewhere fp32. `resumed`, the precision record of the run
+    being resumed (`precision_record`), is kept on the same kind of device unless --dtype names another."""
     from . import probes
 
+    if resumed and resumed["device"] == device.type and requested in ("auto", resumed["dtype"]):
+        return Precision(DTYPES[resumed["dtype"]], f"{resumed['dtype']}, as the run being resumed computed"
+                         if requested == "auto" else None, resumed["attention_by_matmuls"])
     if device.type == "cpu" and requested in ("auto", "bfloat16"):
         if model_config is None:
             from smollm135_model import ModelConfig
@@ -181,6 +186,12 @@ def choose_precision(requested: str, device: torch.device, model_config=None, se
             return Precision(measured.dtype, measured.reason, measured.bf16_attention_by_matmuls)
         return Precision(torch.bfloat16, None, measured.bf16_attention_by_matmuls)
     return Precision(pick_dtype(requested, device))
+
+
+def precision_record(device: torch.device, dtype: torch.dtype, attention_by_matmuls: bool) -> dict:
+    """What a checkpoint keeps of the precision a run computes in (see choose_precision's `resumed`)."""
+    return {"device": device.type, "dtype": str(dtype).removeprefix("torch."),
+            "attention_by_matmuls": attention_by_matmuls}
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:

@@ -57,6 +57,7 @@ HOSTILE = {
     "rng state is garbage": _with(rng_state={"torch": "seed"}),
     "final model outside its folder": _with(final_model="../../../etc/evil.pt"),
     "thread count of -1": _with(num_threads=-1),
+    "precision of no known dtype": _with(precision={"device": "cpu", "dtype": "int4", "attention_by_matmuls": 0}),
     "data position is garbage": _with(data_position={"seed": "x"}),
 }
 # only a run that trains reads the optimizer state
