@@ -84,34 +84,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, tmp_path):
     assert 4 <= state["step"] < 10_000
 
 
-def test_auto_resume_logs_the_step_and_never_starts_over(corpus_file, tmp_path):
-    train(tiny_train_config(corpus_file, tmp_path, max_steps=8, checkpoint_every=4))
-    _, summary = train(tiny_train_config(corpus_file, tmp_path, max_steps=12, checkpoint_every=4))
-    assert summary["start_step"] == 8 and summary["steps"] == 12
-    log = open(summary["log_path"]).read()
-    assert "continuing from" in log and "at step 8" in log
-    _, fresh = train(tiny_train_config(corpus_file, tmp_path, max_steps=4, resume="never"))
-    assert fresh["start_step"] == 0
-
-
-def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_started(corpus_file, tmp_path, monkeypatch):
+def test_auto_resume_logs_the_step_keeps_the_precision_and_never_starts_over(corpus_file, tmp_path, monkeypatch):
     """On a CPU with bf16, `--dtype auto` measures; a later start can measure otherwise (another load, a
     cleared cache). A resume keeps the precision the run computed in, so its steps are the uninterrupted
-    run's; an explicit --dtype stays the user's choice."""
+    run's; a fresh start measures again."""
     from smolm135 import probes
 
     answers = [probes.PrecisionChoice(torch.float32, "fp32: bf16 took 1.02x the time of fp32 here"),
-               probes.PrecisionChoice(torch.bfloat16, "bf16: 1.1x faster than fp32 here", True)]
+               probes.PrecisionChoice(torch.float32, "fp32: bf16 took 1.50x the time of fp32 here")]
     monkeypatch.setattr(probes, "cpu_training_precision", lambda model_config, seq_len: answers.pop(0))
-    train(tiny_train_config(corpus_file, tmp_path, max_steps=4, checkpoint_every=4, dtype="auto"))
-    _, summary = train(tiny_train_config(corpus_file, tmp_path, max_steps=6, checkpoint_every=2, dtype="auto"))
+    train(tiny_train_config(corpus_file, tmp_path, max_steps=8, checkpoint_every=4, dtype="auto"))
+    _, summary = train(tiny_train_config(corpus_file, tmp_path, max_steps=12, checkpoint_every=4, dtype="auto"))
+    assert summary["start_step"] == 8 and summary["steps"] == 12
     log = open(summary["log_path"]).read()
+    assert "continuing from" in log and "at step 8" in log
     assert "--dtype auto: float32, as the run being resumed computed" in log and "precision float32" in log
-    assert len(answers) == 1  # the probe was asked once, when the run started, not again on resuming
+    assert len(answers) == 1  # the probe was asked when the run started, not again on resuming
     state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
     assert state["precision"] == {"device": "cpu", "dtype": "float32", "attention_by_matmuls": False}
-    _, explicit = train(tiny_train_config(corpus_file, tmp_path, max_steps=7, dtype="bfloat16"))
-    assert "precision bfloat16" in open(explicit["log_path"]).read()
+    _, fresh = train(tiny_train_config(corpus_file, tmp_path, max_steps=4, resume="never", dtype="auto"))
+    assert fresh["start_step"] == 0 and "bf16 took 1.50x the time" in open(fresh["log_path"]).read() and not answers
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(corpus_file, tmp_path):
