@@ -505,7 +505,8 @@ def state_problems(state: dict) -> list[str]:
         "final_model": lambda v: isinstance(v, str) and v == Path(v).name and v.endswith(".pt"),
         "num_threads": lambda v: _count(v, 1) and v <= MAX_THREADS,
         "precision": lambda v: isinstance(v, dict) and set(v) == {"device", "dtype", "attention_by_matmuls"}
-        and isinstance(v["device"], str) and v["dtype"] in DTYPES and isinstance(v["attention_by_matmuls"], bool),
+        and isinstance(v["device"], str) and v["dtype"] in DTYPES
+        and isinstance(v["attention_by_matmuls"], bool),
         # plain strings only (tokenizer_from_record reads them); a kind it does not know is refused here
         "tokenizer": lambda v: isinstance(v, dict) and v.get("kind") in ("gpt2", "tokenizer.json")
         and all(isinstance(key, str) and isinstance(item, (str, type(None))) for key, item in v.items())

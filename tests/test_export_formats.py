@@ -20,7 +20,7 @@ from smolm135.errors import UserError, run_cli
 from smolm135.export_gguf import write_gguf
 from smolm135.llama_names import llama_to_native, native_to_llama
 from smolm135.model_card import render_model_card
-from smolm135.tokenizer import END_OF_TEXT
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
 from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 from hub_fakes import RecordingHfApi, offline_api, unset_token
@@ -30,11 +30,18 @@ REPO_ID = "you/llama-hf"
 
 
 @pytest.fixture(scope="module")
-def rotary_checkpoint(module_tmp) -> Path:
-    model = random_rotary_model()
+def rotary_tokenizer():
+    """A SmolLM-style tokenizer of a few hundred tokens: each check of an export reads the GGUF file's
+    vocabulary twice through the gguf package, which takes seconds for GPT-2's 50,257 tokens."""
+    return smollm_style_tokenizer(make_corpus_text(200))
+
+
+@pytest.fixture(scope="module")
+def rotary_checkpoint(rotary_tokenizer, module_tmp) -> Path:
+    model = random_rotary_model(config=replace(TINY_ROTARY, vocab_size=padded_vocab_size(rotary_tokenizer.n_vocab)))
     facts = TrainingFacts(data_name="generated.txt", step=3, history={"train": [[1, 10.0], [3, 9.0]], "val": []})
-    return save_atomic(Checkpoint.from_facts(model, facts, converted_from="test"),
-                       module_tmp.mktemp("ckpt") / "final_model_20260101_000000.pt")
+    record = Checkpoint.from_facts(model, facts, converted_from="test", tokenizer=rotary_tokenizer.to_record())
+    return save_atomic(record, module_tmp.mktemp("ckpt") / "final_model_20260101_000000.pt")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,7 @@ def test_name_table_splits_and_joins_back_exactly():
         assert torch.equal(back[name], tensor), name
 
 
-def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama_export):
+def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama_export, rotary_tokenizer):
     folder, messages = llama_export.folder, llama_export.messages
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
@@ -70,7 +77,7 @@ def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama
     assert not list(folder.glob("*.py"))  # no code travels with it
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     generation = json.loads((folder / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == 50256
+    assert generation["eos_token_id"] == list(rotary_tokenizer.end_token_ids)  # its end of turn, of text
     verified = next(m for m in messages if "LlamaForCausalLM" in m)
     assert "plain LlamaForCausalLM" in verified and "pipeline" in verified
     difference = float(verified.split("native model ")[1].split(" ")[0])
@@ -172,10 +179,11 @@ def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export)
     assert "llama-hf-q8_0.gguf" in card and "llama-cli" in card and "ollama" in card
 
 
-def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(llama_export):
+def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(tmp_path):
     from gguf import GGUFReader
 
-    reader = GGUFReader(llama_export.folder / "llama-hf-f32.gguf")
+    path = write_gguf(random_rotary_model(), GPT2TextTokenizer(), tmp_path / "m.gguf", "f32", "m")
+    reader = GGUFReader(path)
     text = lambda key: bytes(reader.fields[key].parts[reader.fields[key].data[0]]).decode()  # noqa: E731
     assert text("general.architecture") == "llama"
     assert text("tokenizer.ggml.model") == "gpt2" and text("tokenizer.ggml.pre") == "gpt-2"
