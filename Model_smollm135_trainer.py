@@ -54,7 +54,7 @@ from smolm135.runtime import (
     teardown_distributed,
 )
 from smolm135.tokenizer import GPT2TextTokenizer
-from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, validate
+from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, parse_train_args, validate
 from smolm135.training_log import RunLog, plot_losses
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_train_args(build_parser(), argv)
     _, summary = train(config_from_args(args))
     if summary["stopped_by"] in ("SIGINT", "SIGTERM"):
         sys.exit(128 + signal.Signals[summary["stopped_by"]].value)  # the shell's convention for signals

@@ -101,6 +101,13 @@ class TrainConfig:
         return cls(**{**known_fields(cls, recipe), "model": model})
 
 
+# The recipe of a run that starts from a pretrained model (--init-from SmolLM2 & co), for every flag the command
+# line leaves out: a short fine-tune at a low learning rate on long windows, measured on 2 CPU cores (the README's
+# fine-tuning quick start), where the seed recipe (5,000 steps of 32 x 128 tokens at 6e-4 after 2,000 warm-up
+# steps) is made for random weights: hours a run on a CPU, and a rate that wears the pretraining away.
+FINE_TUNING = {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4, "eval_every": 25,
+               "eval_batches": 4, "sample_every": 50}
+
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
 _POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
                   "sample_tokens", "eval_every", "eval_batches", "log_every", "keep_checkpoints")
@@ -204,7 +211,9 @@ _HELP = {
     "dtype": "autocast precision: auto (bf16 where supported; float16 with loss scaling on older GPUs), "
              "float32, bfloat16, float16",
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
-    "init_from": "start from this checkpoint (weights, optimizer, step) when there is nothing to resume",
+    "init_from": "when there is nothing to resume: a checkpoint to continue (weights, optimizer, step), or a "
+                 "pretrained model to fine-tune (smollm2-135m-instruct, a .gguf, a Hugging Face folder or Hub id), "
+                 "which takes the fine-tuning recipe for the flags left out",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
@@ -226,7 +235,30 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
             parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name, f"default {default}"))
 
 
+def parse_train_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, with `given` added: the names of the TrainConfig fields it sets. (argparse
+    leaves a value already in the namespace it is given alone when the flag is absent.)"""
+    absent = object()
+    args = parser.parse_args(argv, argparse.Namespace(**{field.name: absent for field in fields(TrainConfig)}))
+    args.given = {name for name, value in vars(args).items() if value is not absent}
+    for name in set(vars(args)) - args.given - {"given"}:
+        setattr(args, name, parser.get_default(name))
+    return args
+
+
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """The recipe of a parsed command line. From a pretrained --init-from, FINE_TUNING fills the flags the
+    command line did not give (`args.given`, from parse_train_args), and says so."""
     values = known_fields(TrainConfig, vars(args))
     values.pop("model", None)  # the model comes from --preset or an override, never from a flag
+    given = getattr(args, "given", None)
+    if given is not None and values.get("init_from"):
+        from .pretrained import is_pretrained_source
+
+        if is_pretrained_source(values["init_from"]):
+            defaults = {name: value for name, value in FINE_TUNING.items() if name not in given}
+            values.update(defaults)
+            if defaults:
+                print("fine-tuning a pretrained model: " + " ".join(f"{_flag(name)} {value}" for name, value
+                      in defaults.items()) + " (the defaults for a pretrained start; give a flag to change one)")
     return TrainConfig(**{**values, **overrides})

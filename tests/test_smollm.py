@@ -584,6 +584,26 @@ def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama,
         train(cfg)
 
 
+def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves_out(tmp_path, capsys):
+    from Model_smollm135_trainer import build_parser
+    from smolm135.train_config import FINE_TUNING, TrainConfig, config_from_args, parse_train_args
+
+    def recipe(*argv):
+        return config_from_args(parse_train_args(build_parser(), list(argv)))
+
+    tuned = recipe("--init-from", "smollm2-135m-instruct", "--lr", "3e-4", "--out-dir", "finetune")
+    assert tuned.lr == 3e-4 and tuned.out_dir == "finetune"
+    assert all(getattr(tuned, name) == value for name, value in FINE_TUNING.items() if name != "lr")
+    said = capsys.readouterr().out
+    assert "--max-steps 50 --batch-size 1 --seq-len 1024" in said and "--lr" not in said
+    checkpoint = tmp_path / "final_model_20260101_000000.pt"
+    checkpoint.touch()
+    seed = TrainConfig()
+    for argv in ([], ["--init-from", str(checkpoint)], ["--max-steps", "7"]):  # no pretrained start: the seed's
+        assert all(getattr(recipe(*argv), name) == getattr(seed, name) for name in FINE_TUNING if name != "max_steps")
+    assert recipe("--max-steps", "7").max_steps == 7 and capsys.readouterr().out == ""
+
+
 def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file, tmp_path):
     import os
     import subprocess
