@@ -11,7 +11,6 @@ logs/training_<ts>.log and logs/training_<ts>.png (the loss curves).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import signal
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from smollm135_model import SmoLM135_Model
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
-from smolm135.errors import UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.generation import continue_text
 from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
@@ -411,8 +410,8 @@ def summarize(run: Run, start_step: int, final_path: Path | None, stopped_by: st
 # ------------------------------------------------------------------ command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(__doc__)
     add_train_arguments(parser)
     return parser
 

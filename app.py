@@ -17,7 +17,6 @@ page at all.
 """
 from __future__ import annotations
 
-import argparse
 import codecs
 import inspect
 import ipaddress
@@ -43,7 +42,7 @@ from smolm135.checkpoint import (
     newest_trained_model,
     read_training_info,
 )
-from smolm135.errors import UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt, start_token_id
 from smolm135.markdown import escape_markdown
 from smolm135.runtime import pick_device
@@ -663,8 +662,8 @@ def slider(knob: Knob) -> gr.Slider:
 # ------------------------------------------------------------------ command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(__doc__)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None, help="a native checkpoint (.pt) to serve "
                         f"(default: the newest {' or '.join(TRAINED_MODEL_GLOBS)})")

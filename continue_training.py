@@ -8,7 +8,6 @@ the trainer's own (`Model_smollm135_trainer.train`); this file only decides wher
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from smolm135.checkpoint import (
     newest_trained_model,
 )
 from smolm135.data import DEFAULT_DATA
-from smolm135.errors import UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.train_config import TrainConfig, add_train_arguments
 
 DEFAULT_EXTRA_STEPS = 50
@@ -90,7 +89,7 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(__doc__)
     parser.add_argument("--checkpoint", default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
     parser.add_argument("--data", default=None, help=f"text to train on (default: {DEFAULT_DATA}, as for the "

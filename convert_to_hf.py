@@ -16,7 +16,6 @@ compares its logits with the native model's (each .gguf through transformers' GG
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -45,7 +44,7 @@ from smolm135.checkpoint import (
     write_training_info,
 )
 from smolm135.disk import WRITE_ERRORS, process_alive, write_failure
-from smolm135.errors import UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.export_gguf import (
     GGUF_TYPES,
     GREEDY_STEPS,
@@ -509,8 +508,8 @@ def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike
 # ------------------------------------------------------------------ command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(__doc__)
     parser.add_argument("--checkpoint", help="native checkpoint to convert (default: the newest final or "
                                              "continued model under --search-dir)")
     parser.add_argument("--search-dir", default=".", help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")

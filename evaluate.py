@@ -21,7 +21,7 @@ import torch
 
 from smolm135.checkpoint import load_checkpoint
 from smolm135.data import resolve_sources
-from smolm135.errors import UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.pretrained import BUILTIN_MODELS, load_pretrained
 from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.scoring import LogitsFn, Score, score_documents
@@ -197,8 +197,8 @@ def comparison_table(results: list[Result]) -> str:
 # ------------------------------------------------------------------ command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandLineParser:
+    parser = CommandLineParser(__doc__)
     parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt), Hugging Face model folder, .gguf file or smollm2-135m-instruct")
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                         help="more models to score on the same text, printed as a table")

@@ -20,7 +20,6 @@ The last line is the throughput ratio load_corpus / tiktoken.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from smolm135 import data
 from smolm135.checkpoint import TRAINING
-from smolm135.errors import run_cli
+from smolm135.errors import CommandLineParser, run_cli
 from smolm135.probes import this_host
 from smolm135.tokenizer import get_tokenizer
 
@@ -208,7 +207,7 @@ def run_benchmark(size_mb: int, steps: int, threads: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(__doc__)
     parser.add_argument("--size-mb", type=int, default=300, help="size of the generated corpus (default 300)")
     parser.add_argument("--steps", type=int, default=60, help="training steps while memory is sampled (default 60)")
     parser.add_argument("--threads", type=int, default=data.available_cpus(), help="tokenizer threads (default: all CPUs)")

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, SmoLM135_Model
+from smolm135.errors import CommandLineParser
 from smolm135.probes import this_host
 from smolm135.runtime import choose_precision, configure_backends, device_description, pick_device, synchronize
 
@@ -19,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(description: str, argv=None, add_arguments: Callable | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+    parser = CommandLineParser(description)
     parser.add_argument("--quick", action="store_true", help="the tiny preset and small inputs: a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 3, or 5 with --quick)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

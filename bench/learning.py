@@ -19,7 +19,6 @@ each point.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from dataclasses import replace
@@ -30,7 +29,7 @@ from Model_smollm135_trainer import train
 from smollm135_model import PRESETS, ModelConfig
 from smolm135.checkpoint import load_checkpoint
 from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
-from smolm135.errors import run_cli
+from smolm135.errors import CommandLineParser, run_cli
 from smolm135.runtime import pick_device, pick_dtype
 from smolm135.scoring import validation_bits_per_byte
 from smolm135.train_config import TrainConfig
@@ -126,7 +125,7 @@ def print_result(result: dict) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(__doc__)
     parser.add_argument("--recipe", nargs="+", default=["muon"], choices=list(RECIPES))
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per recipe")
     parser.add_argument("--data", default=DEFAULT_DATA)

@@ -1,6 +1,8 @@
-"""One exception type for mistakes a user can fix, and the command-line wrapper that prints it."""
+"""One exception type for mistakes a user can fix, the command-line wrapper that prints it, and the argument
+parser whose own errors are one line too."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -29,3 +31,17 @@ def says_errors() -> bool:
     and shares what one process finds), so only the first process of each node prints it: one line per
     node's console instead of one per GPU."""
     return os.environ.get("LOCAL_RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """The scripts' argument parser (the description keeps its line breaks). A flag it does not know or a
+    value of the wrong kind is one line and exit status 2, like every other bad input, where argparse
+    prints its whole usage text first (30 lines for the trainer) and the error last."""
+
+    def __init__(self, description: str | None = None, **kwargs):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        if says_errors():
+            print(f"error: {message} ({self.prog} --help lists the flags)", file=sys.stderr)
+        sys.exit(2)

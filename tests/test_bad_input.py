@@ -8,6 +8,7 @@ import pytest
 import app
 import continue_training
 import convert_to_hf
+import evaluate
 import Model_smollm135_trainer
 from smolm135.errors import run_cli
 
@@ -78,10 +79,20 @@ APP_CASES = [
     (["--host", "192.0.2.1"], "is not an address of this machine"),  # TEST-NET-1: never assigned to a host
     (["--trust-remote-code"], "--trust-remote-code applies to the model named by --model"),
 ]
+# what argparse itself refuses (a value of the wrong kind, a flag no script has): one line too, not its usage text
+PARSER_CASES = [
+    ("trainer", ["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    ("trainer", ["--max-steps", "1.5"], "argument --max-steps: invalid int value: '1.5'"),
+    ("trainer", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("continue", ["--steps", "x"], "argument --steps: invalid int value"),
+    ("convert", ["--gguf", "q4_k"], "argument --gguf: invalid choice: 'q4_k'"),
+    ("app", ["--port", "abc"], "argument --port: invalid int value"),
+    ("evaluate", ["model.pt", "--context", "x"], "argument --context: invalid int value"),
+]
 SCRIPTS = {"trainer": Model_smollm135_trainer.main, "continue": continue_training.main,
-           "convert": convert_to_hf.main, "app": app.main}
+           "convert": convert_to_hf.main, "app": app.main, "evaluate": evaluate.main}
 CASES = ([("trainer", *case) for case in TRAINER_CASES] + [("continue", *case) for case in CONTINUE_CASES]
-         + [("convert", *case) for case in CONVERT_CASES] + [("app", *case) for case in APP_CASES])
+         + [("convert", *case) for case in CONVERT_CASES] + [("app", *case) for case in APP_CASES] + PARSER_CASES)
 
 
 @pytest.mark.parametrize("script, args, message", CASES, ids=[f"{s}{' '.join(a)!r}" for s, a, _ in CASES])

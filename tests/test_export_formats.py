@@ -218,12 +218,6 @@ def test_learned_position_model_to_gguf_is_one_line_pointing_at_rotary_presets(t
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_gguf_type_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--gguf", "q4_k"])
-    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------ the Hub
 
 
