@@ -17,19 +17,20 @@ def run_cli(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as error:
-        if says_errors():
+        if speaks_for_its_node():
             print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        if says_errors():
+        if speaks_for_its_node():
             print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
-def says_errors() -> bool:
-    """Under torchrun every process of a run meets the same UserError (the trainer checks alike everywhere
-    and shares what one process finds), so only the first process of each node prints it: one line per
-    node's console instead of one per GPU."""
+def speaks_for_its_node() -> bool:
+    """Whether this process prints what every process of a run would print alike before they share a main
+    one (a UserError: the trainer checks alike everywhere and shares what one process finds; a note on the
+    command line). Under torchrun only the first process of each node does: one line per node's console
+    instead of one per GPU."""
     return os.environ.get("LOCAL_RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
 
 
@@ -42,6 +43,6 @@ class CommandLineParser(argparse.ArgumentParser):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def error(self, message: str):
-        if says_errors():
+        if speaks_for_its_node():
             print(f"error: {message} ({self.prog} --help lists the flags)", file=sys.stderr)
         sys.exit(2)

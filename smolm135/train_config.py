@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA, EMPTY_DATA
-from .errors import UserError
+from .errors import UserError, speaks_for_its_node
 from .sources import DEFAULT_TEXT_FIELD
 from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
@@ -258,7 +258,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
         if is_pretrained_source(values["init_from"]):
             defaults = {name: value for name, value in FINE_TUNING.items() if name not in given}
             values.update(defaults)
-            if defaults:
+            if defaults and speaks_for_its_node():
                 print("fine-tuning a pretrained model: " + " ".join(f"{_flag(name)} {value}" for name, value
                       in defaults.items()) + " (the defaults for a pretrained start; give a flag to change one)")
     return TrainConfig(**{**values, **overrides})
