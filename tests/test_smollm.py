@@ -584,7 +584,8 @@ def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama,
         train(cfg)
 
 
-def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves_out(tmp_path, capsys):
+def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves_out(tmp_path, capsys,
+                                                                                     monkeypatch):
     from Model_smollm135_trainer import build_parser
     from smolm135.train_config import FINE_TUNING, TrainConfig, config_from_args, parse_train_args
 
@@ -602,6 +603,9 @@ def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves
     for argv in ([], ["--init-from", str(checkpoint)], ["--max-steps", "7"]):  # no pretrained start: the seed's
         assert all(getattr(recipe(*argv), name) == getattr(seed, name) for name in FINE_TUNING if name != "max_steps")
     assert recipe("--max-steps", "7").max_steps == 7 and capsys.readouterr().out == ""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun, the node's first process says it, not this one
+    assert recipe("--init-from", "smollm2-135m-instruct").lr == FINE_TUNING["lr"] and capsys.readouterr().out == ""
 
 
 def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file, tmp_path):
