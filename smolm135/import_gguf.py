@@ -1,10 +1,13 @@
-"""A llama.cpp GGUF file of the llama architecture -> a Llama config and transformers-named fp32 tensors.
+"""A llama.cpp GGUF file of the llama architecture -> a Llama config, transformers-named fp32 tensors and the
+model's byte-level BPE tokenizer.
 
 transformers' GGUF loader reads the same file, but parses its metadata three times (for the config, the weights
 and the tokenizer), and that metadata is mostly the vocabulary: for SmolLM2's 49,152 tokens and their merges,
 about 5 s per parse on 2 cores of an AMD EPYC (bench/README.md, host B: loading the built-in GGUF). Here the
-file is parsed once; the `gguf` package dequantizes each tensor (the same function transformers calls) and
-the rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/llama_names.py).
+file is parsed once; the `gguf` package dequantizes each tensor (the same function transformers calls), the
+rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/llama_names.py), and the
+tokenizer is the inverse of what smolm135/export_gguf.py writes: llama.cpp's token list, merges and token
+types back into a `tokenizer.json`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 from smollm135_model import ModelConfig
 
 from .errors import UserError
+from .tokenizer import JsonTokenizer, byte_level_spelling
 from .llama_names import (
     GGUF_EMBEDDING,
     GGUF_OUTPUT,
@@ -119,3 +123,51 @@ def llama_tensors(reader, cfg: ModelConfig, path: Path) -> dict[str, torch.Tenso
         heads = llama_cpp_rotated_heads(tensor.name, cfg)
         tensors[names.get(tensor.name, tensor.name)] = permute_from_llama_cpp(weight, heads) if heads else weight
     return tensors
+
+
+# ------------------------------------------------------------------ the tokenizer
+
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types (gguf.TokenType) of added tokens, special or not
+
+
+def string_list(reader, key: str) -> list[str]:
+    """An array of strings of the file's metadata ([] when the file does not have it)."""
+    field = reader.fields.get(key)
+    return [] if field is None else [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+
+
+def gguf_tokenizer(reader, path: Path) -> JsonTokenizer:
+    """The file's byte-level BPE (`tokenizer.ggml.model` gpt2, as SmolLM's and every tokenizer we write) as a
+    tokenizer.json: its tokens in id order, its merges, GPT-2's byte-level split (after digits one by one for
+    the `smollm` pre-tokenizer), its control tokens special and its user-defined ones matched whole, and its
+    end, start and chat template."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = field_value(reader, "tokenizer.ggml.model")
+    tokens = string_list(reader, "tokenizer.ggml.tokens")
+    if kind != "gpt2" or not tokens:
+        raise UserError(f"{path} holds a {kind or 'missing'} tokenizer; only byte-level BPE (gpt2, as SmolLM's) "
+                        f"is read: convert the model from its Hugging Face folder instead")
+    field = reader.fields.get("tokenizer.ggml.token_type")
+    types = [int(field.parts[i][0]) for i in field.data] if field is not None else [0] * len(tokens)
+    # a token outside the byte alphabet is spelled as its UTF-8 bytes, as the BPE model stores them
+    spell, alphabet = byte_level_spelling(), set(byte_level_spelling().values())
+    vocab = {token if set(token) <= alphabet else "".join(spell[b] for b in token.encode("utf-8")): index
+             for index, token in enumerate(tokens)}
+    merges = [tuple(merge.split(" ", 1)) for merge in string_list(reader, "tokenizer.ggml.merges")]
+    backend = Tokenizer(models.BPE(vocab, merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if field_value(reader, "tokenizer.ggml.pre") == "smollm" else byte_level)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(token, normalized=False, special=True)
+                                for token, kind in zip(tokens, types) if kind == _CONTROL and set(token) <= alphabet])
+    backend.add_tokens([AddedToken(token, normalized=False, special=False)
+                        for token, kind in zip(tokens, types) if kind == _USER_DEFINED])
+
+    def token(key: str) -> str | None:
+        index = field_value(reader, f"tokenizer.ggml.{key}")
+        return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
+
+    return JsonTokenizer(backend.to_str(), eos_token=token("eos_token_id"), bos_token=token("bos_token_id"),
+                         chat_template=field_value(reader, "tokenizer.chat_template"))

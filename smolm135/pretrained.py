@@ -268,18 +268,17 @@ def _read_weights(folder: Path) -> dict:
 
 
 def load_gguf(path: Path, description: str) -> PretrainedModel:
-    """A llama.cpp GGUF file: the weights dequantized to fp32 (smolm135/import_gguf.py), the tokenizer
-    rebuilt from the file by transformers (which needs the package gguf for it)."""
+    """A llama.cpp GGUF file, parsed once (smolm135/import_gguf.py): the weights dequantized to fp32 and the
+    tokenizer rebuilt from its metadata."""
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading a .gguf file needs the package gguf: pip install gguf")
-    from transformers import AutoTokenizer
-
-    from .import_gguf import llama_config, llama_tensors, open_gguf, stored_parameters
+    from .import_gguf import gguf_tokenizer, llama_config, llama_tensors, open_gguf, stored_parameters
 
     source = str(path)
     reader = open_gguf(path)
     cfg = llama_config_to_native(llama_config(reader, path), source)
     check_config_fits_weights(cfg, stored_parameters(reader), source)
     state = llama_state_dict_to_native(llama_tensors(reader, cfg, path), cfg, source)
-    hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    return PretrainedModel(cfg, state, tokenizer_from_transformers(hf_tokenizer, cfg, source), description)
+    tokenizer = gguf_tokenizer(reader, path)
+    check_tokenizer_fits(tokenizer, cfg.vocab_size, source)
+    return PretrainedModel(cfg, state, tokenizer, description)

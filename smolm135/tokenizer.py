@@ -181,6 +181,17 @@ class JsonTokenizer:
 SMALLEST_BPE_VOCABULARY = 257  # a byte-level BPE's alphabet (every byte) and <|endoftext|>, before any merge
 
 
+@functools.lru_cache(maxsize=None)
+def byte_level_spelling() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each of the 256 byte values as the printable character a byte-level BPE
+    spells it with. Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) take the
+    characters from U+0100 on, in byte order, so no token holds whitespace or an unprintable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + n) for n, byte in enumerate(others)}}
+
+
 def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, origin: str) -> JsonTokenizer:
     """A byte-level BPE of at most `vocab_size` tokens learned from `texts`, as GPT-2's was built: GPT-2's
     pre-tokenization, all 256 bytes in the alphabet (so any text encodes, nothing is unknown) and

@@ -305,6 +305,48 @@ def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
     assert pretrained.tokenizer.chat_template and pretrained.tokenizer.eos_token == "<|im_end|>"
 
 
+@needs_shipped_gguf
+def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
+    """Our tokenizer from the file's metadata (one parse, no transformers) against transformers' GGUF
+    tokenizer: the same ids for digits, unicode, whitespace, chat markers and added tokens, the same
+    special tokens and chat template."""
+    from transformers import AutoTokenizer
+
+    from smolm135.import_gguf import gguf_tokenizer, open_gguf
+    from smolm135.pretrained import builtin_gguf_path
+
+    from conftest import make_corpus_text
+
+    path = builtin_gguf_path("smollm2-135m-instruct")
+    ours = gguf_tokenizer(open_gguf(path), path)
+    theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    texts = ["In 2024 we had 12,345 apples.", "héllo wörld 🙂 naïve — “quotes” 東京 \r\n\tcode(x) { return x**2; }",
+             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "  two spaces  ", "<think>3.14</think>",
+             "<|endoftext|>a<|endoftext|>", make_corpus_text(100)]
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text[:40]
+        assert ours.decode(ours.encode(text)) == text
+    assert (ours.eos_token, ours.bos_token, ours.n_vocab) == (theirs.eos_token, theirs.bos_token, len(theirs))
+    assert ours.chat_template == theirs.chat_template
+
+
+def test_a_gguf_tokenizer_that_is_not_byte_level_bpe_is_one_line(tmp_path):
+    from gguf import GGUFWriter
+
+    from smolm135.errors import UserError
+    from smolm135.import_gguf import gguf_tokenizer, open_gguf
+
+    writer = GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    writer.add_tokenizer_model("llama")  # sentencepiece, as Llama 2's
+    writer.add_token_list(["<unk>", "<s>", "</s>", "\u2581a"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UserError, match="holds a llama tokenizer; only byte-level BPE"):
+        gguf_tokenizer(open_gguf(tmp_path / "spm.gguf"), tmp_path / "spm.gguf")
+
+
 @pytest.fixture(scope="module")
 def shipped_gguf_bytes():
     from smolm135.pretrained import builtin_gguf_path
