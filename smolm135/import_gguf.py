@@ -21,7 +21,6 @@ import torch
 from smollm135_model import ModelConfig
 
 from .errors import UserError
-from .tokenizer import JsonTokenizer, byte_level_spelling
 from .llama_names import (
     GGUF_EMBEDDING,
     GGUF_OUTPUT,
@@ -29,6 +28,7 @@ from .llama_names import (
     llama_cpp_rotated_heads,
     permute_from_llama_cpp,
 )
+from .tokenizer import JsonTokenizer, byte_level_spelling
 
 
 def open_gguf(path: Path):

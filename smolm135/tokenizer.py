@@ -181,7 +181,7 @@ class JsonTokenizer:
 SMALLEST_BPE_VOCABULARY = 257  # a byte-level BPE's alphabet (every byte) and <|endoftext|>, before any merge
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def byte_level_spelling() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each of the 256 byte values as the printable character a byte-level BPE
     spells it with. Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) take the

@@ -320,7 +320,7 @@ def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
     path = builtin_gguf_path("smollm2-135m-instruct")
     ours = gguf_tokenizer(open_gguf(path), path)
     theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    texts = ["In 2024 we had 12,345 apples.", "héllo wörld 🙂 naïve — “quotes” 東京 \r\n\tcode(x) { return x**2; }",
+    texts = ["In 2024 we had 12,345 apples.", "héllo wörld 🙂 naïve — “quotes” 東京 \r\n\tf(x) { x**2; }",
              "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "  two spaces  ", "<think>3.14</think>",
              "<|endoftext|>a<|endoftext|>", make_corpus_text(100)]
     for text in texts:
