@@ -139,8 +139,9 @@ def string_list(reader, key: str) -> list[str]:
 def gguf_tokenizer(reader, path: Path) -> JsonTokenizer:
     """The file's byte-level BPE (`tokenizer.ggml.model` gpt2, as SmolLM's and every tokenizer we write) as a
     tokenizer.json: its tokens in id order, its merges, GPT-2's byte-level split (after digits one by one for
-    the `smollm` pre-tokenizer), its control tokens special and its user-defined ones matched whole, and its
-    end, start and chat template."""
+    the `smollm` pre-tokenizer, as SmolLM's own tokenizer.json and llama.cpp split; transformers' GGUF loader
+    leaves that step out, and so cuts whitespace before a digit differently), its control tokens special and
+    its user-defined ones matched whole, and its end, start and chat template."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     kind = field_value(reader, "tokenizer.ggml.model")

@@ -309,7 +309,9 @@ def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
 def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
     """Our tokenizer from the file's metadata (one parse, no transformers) against transformers' GGUF
     tokenizer: the same ids for digits, unicode, whitespace, chat markers and added tokens, the same
-    special tokens and chat template."""
+    special tokens and chat template. One difference, where ours follows the published tokenizer and
+    llama.cpp: the file's `smollm` pre-tokenizer splits digits off first, so whitespace before a digit is a
+    piece of its own ("\n\n" then "1"), which transformers' loader splits by GPT-2's rule alone."""
     from transformers import AutoTokenizer
 
     from smolm135.import_gguf import gguf_tokenizer, open_gguf
@@ -328,6 +330,7 @@ def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
         assert ours.decode(ours.encode(text)) == text
     assert (ours.eos_token, ours.bos_token, ours.n_vocab) == (theirs.eos_token, theirs.bos_token, len(theirs))
     assert ours.chat_template == theirs.chat_template
+    assert ours.encode("V.\n\n1. A") == ours.encode("V.\n\n") + ours.encode("1. A")  # as llama.cpp's smollm
 
 
 def test_a_gguf_tokenizer_that_is_not_byte_level_bpe_is_one_line(tmp_path):
