@@ -20,7 +20,15 @@ import torch
 from smollm135_model import SmoLM135_Model
 
 from .errors import UserError
-from .llama_names import check_rotary, llama_cpp_rotated_heads, native_to_parts, permute_for_llama_cpp
+from .llama_names import (
+    GGUF_BYTE_LEVEL_BPE,
+    GGUF_GPT2_SPLIT,
+    GGUF_SMOLLM_SPLIT,
+    check_rotary,
+    llama_cpp_rotated_heads,
+    native_to_parts,
+    permute_for_llama_cpp,
+)
 from .tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -78,7 +86,7 @@ def json_vocabulary(tokenizer: JsonTokenizer) -> tuple[list[str], list[str], str
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     pre = json.dumps(data.get("pre_tokenizer"))
     # SmolLM splits digits one by one before the byte-level split: llama.cpp calls that pre-tokenizer "smollm"
-    return tokens, merges, "smollm" if '"Digits"' in pre else "gpt-2", added
+    return tokens, merges, GGUF_SMOLLM_SPLIT if '"Digits"' in pre else GGUF_GPT2_SPLIT, added
 
 
 def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
@@ -91,7 +99,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
         if tokenizer.chat_template:
             writer.add_chat_template(tokenizer.chat_template)
     else:
-        tokens, merges, pre = *gpt2_vocabulary(), "gpt-2"
+        tokens, merges, pre = *gpt2_vocabulary(), GGUF_GPT2_SPLIT
         bos = eos = tokens.index(END_OF_TEXT)
         added = {eos: True}
     # As llama.cpp's converter types them: an added token is matched whole in text, never built by merges;
@@ -101,7 +109,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     # the embedding's padding rows get tokens no text produces, as llama.cpp's converter names them
     tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
     types += [TokenType.UNUSED] * (vocab_size - len(types))
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(GGUF_BYTE_LEVEL_BPE)
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)

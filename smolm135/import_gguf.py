@@ -22,8 +22,10 @@ from smollm135_model import ModelConfig
 
 from .errors import UserError
 from .llama_names import (
+    GGUF_BYTE_LEVEL_BPE,
     GGUF_EMBEDDING,
     GGUF_OUTPUT,
+    GGUF_SMOLLM_SPLIT,
     gguf_to_llama_names,
     llama_cpp_rotated_heads,
     permute_from_llama_cpp,
@@ -127,8 +129,6 @@ def llama_tensors(reader, cfg: ModelConfig, path: Path) -> dict[str, torch.Tenso
 
 # ------------------------------------------------------------------ the tokenizer
 
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types (gguf.TokenType) of added tokens, special or not
-
 
 def string_list(reader, key: str) -> list[str]:
     """An array of strings of the file's metadata ([] when the file does not have it)."""
@@ -142,33 +142,37 @@ def gguf_tokenizer(reader, path: Path) -> JsonTokenizer:
     the `smollm` pre-tokenizer, as SmolLM's own tokenizer.json and llama.cpp split; transformers' GGUF loader
     leaves that step out, and so cuts whitespace before a digit differently), its control tokens special and
     its user-defined ones matched whole, and its end, start and chat template."""
+    from gguf import Keys, TokenType
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    kind = field_value(reader, "tokenizer.ggml.model")
-    tokens = string_list(reader, "tokenizer.ggml.tokens")
-    if kind != "gpt2" or not tokens:
-        raise UserError(f"{path} holds a {kind or 'missing'} tokenizer; only byte-level BPE (gpt2, as SmolLM's) "
+    model = field_value(reader, Keys.Tokenizer.MODEL)
+    tokens = string_list(reader, Keys.Tokenizer.LIST)
+    if model != GGUF_BYTE_LEVEL_BPE or not tokens:
+        raise UserError(f"{path} holds a {model or 'missing'} tokenizer; only byte-level BPE (gpt2, as SmolLM's) "
                         f"is read: convert the model from its Hugging Face folder instead")
-    field = reader.fields.get("tokenizer.ggml.token_type")
-    types = [int(field.parts[i][0]) for i in field.data] if field is not None else [0] * len(tokens)
+    field = reader.fields.get(Keys.Tokenizer.TOKEN_TYPE)
+    types = [int(field.parts[i][0]) for i in field.data] if field is not None else [TokenType.NORMAL] * len(tokens)
     # a token outside the byte alphabet is spelled as its UTF-8 bytes, as the BPE model stores them
-    spell, alphabet = byte_level_spelling(), set(byte_level_spelling().values())
+    spell = byte_level_spelling()
+    alphabet = set(spell.values())
     vocab = {token if set(token) <= alphabet else "".join(spell[b] for b in token.encode("utf-8")): index
              for index, token in enumerate(tokens)}
-    merges = [tuple(merge.split(" ", 1)) for merge in string_list(reader, "tokenizer.ggml.merges")]
+    merges = [tuple(merge.split(" ", 1)) for merge in string_list(reader, Keys.Tokenizer.MERGES)]
     backend = Tokenizer(models.BPE(vocab, merges))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                             if field_value(reader, "tokenizer.ggml.pre") == "smollm" else byte_level)
+                             if field_value(reader, Keys.Tokenizer.PRE) == GGUF_SMOLLM_SPLIT else byte_level)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(token, normalized=False, special=True)
-                                for token, kind in zip(tokens, types) if kind == _CONTROL and set(token) <= alphabet])
+    # as our writer types added tokens: special ones CONTROL, the others (matched whole) USER_DEFINED
+    backend.add_special_tokens([AddedToken(token, normalized=False, special=True) for token, token_type
+                                in zip(tokens, types) if token_type == TokenType.CONTROL and set(token) <= alphabet])
     backend.add_tokens([AddedToken(token, normalized=False, special=False)
-                        for token, kind in zip(tokens, types) if kind == _USER_DEFINED])
+                        for token, token_type in zip(tokens, types) if token_type == TokenType.USER_DEFINED])
 
     def token(key: str) -> str | None:
-        index = field_value(reader, f"tokenizer.ggml.{key}")
+        index = field_value(reader, key)
         return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
 
-    return JsonTokenizer(backend.to_str(), eos_token=token("eos_token_id"), bos_token=token("bos_token_id"),
-                         chat_template=field_value(reader, "tokenizer.chat_template"))
+    return JsonTokenizer(backend.to_str(), eos_token=token(Keys.Tokenizer.EOS_ID),
+                         bos_token=token(Keys.Tokenizer.BOS_ID),
+                         chat_template=field_value(reader, Keys.Tokenizer.CHAT_TEMPLATE))

@@ -32,6 +32,10 @@ class WeightName:
 # llama.cpp's names of the token embedding and of an untied output head: a GGUF file is tied when it has no head.
 GGUF_EMBEDDING = "token_embd.weight"
 GGUF_OUTPUT = "output.weight"
+# llama.cpp's name of a byte-level BPE tokenizer (tokenizer.ggml.model), and of the two pre-tokenizers our
+# tokenizers use (tokenizer.ggml.pre): GPT-2's split alone, or SmolLM's, which splits digits one by one first.
+GGUF_BYTE_LEVEL_BPE = "gpt2"
+GGUF_GPT2_SPLIT, GGUF_SMOLLM_SPLIT = "gpt-2", "smollm"
 
 
 def weight_names(cfg: ModelConfig) -> list[WeightName]:
