@@ -38,7 +38,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 from .disk import process_alive, write_failure
 from .errors import UserError
 from .optim import PARTS_KEY
-from .runtime import DTYPES
+from .runtime import is_precision_record
 from .tokenizer import tokenizer_from_record
 
 FORMAT_NAME = "smolm135-checkpoint"
@@ -258,9 +258,9 @@ class Checkpoint:
     # differently, so a resume computes with the saved number to stay bitwise on the uninterrupted path.
     num_threads: int | None = None
     tokenizer: dict | None = None  # the tokenizer's record (plain strings); None: GPT-2, as before format 3
-    # The precision the run computes in: {"device": "cpu", "dtype": "bfloat16", "attention_by_matmuls": False}.
-    # `--dtype auto` measures it on a CPU, and a measurement can come out otherwise on a later start (another
-    # load, a cleared cache), so a resume takes the recorded one and computes as the uninterrupted run did.
+    # The precision the run computes in (runtime.precision_record). `--dtype auto` measures it on a CPU, and a
+    # measurement can come out otherwise on a later start (another load, a cleared cache), so a resume takes
+    # the recorded one and computes as the uninterrupted run did.
     precision: dict | None = None
     source: str = "checkpoint"  # where it was read from, for messages; not saved
 
@@ -504,9 +504,7 @@ def state_problems(state: dict) -> list[str]:
         # a bare file name: a checkpoint never chooses where a run writes
         "final_model": lambda v: isinstance(v, str) and v == Path(v).name and v.endswith(".pt"),
         "num_threads": lambda v: _count(v, 1) and v <= MAX_THREADS,
-        "precision": lambda v: isinstance(v, dict) and set(v) == {"device", "dtype", "attention_by_matmuls"}
-        and isinstance(v["device"], str) and v["dtype"] in DTYPES
-        and isinstance(v["attention_by_matmuls"], bool),
+        "precision": is_precision_record,
         # plain strings only (tokenizer_from_record reads them); a kind it does not know is refused here
         "tokenizer": lambda v: isinstance(v, dict) and v.get("kind") in ("gpt2", "tokenizer.json")
         and all(isinstance(key, str) and isinstance(item, (str, type(None))) for key, item in v.items())

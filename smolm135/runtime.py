@@ -194,6 +194,13 @@ def precision_record(device: torch.device, dtype: torch.dtype, attention_by_matm
             "attention_by_matmuls": attention_by_matmuls}
 
 
+def is_precision_record(value) -> bool:
+    """Whether a value read from a checkpoint is a record `precision_record` wrote, one choose_precision can use."""
+    return (isinstance(value, dict) and set(value) == {"device", "dtype", "attention_by_matmuls"}
+            and isinstance(value["device"], str) and value["dtype"] in DTYPES
+            and isinstance(value["attention_by_matmuls"], bool))
+
+
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     """The autocast dtype; float32 means no autocast. On a CPU, `auto` is `choose_precision`'s choice for
     the smolm135 preset."""
