@@ -3,13 +3,27 @@ parser whose own errors are one line too."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from types import ModuleType
 from typing import Callable
 
 
 class UserError(Exception):
     """A problem with the user's input or environment; the message names it and says what to do."""
+
+
+def import_extra(module: str, extra: str, feature: str) -> ModuleType:
+    """`module`, which only the optional `extra` installs (pyproject.toml's optional-dependencies); without it,
+    a UserError naming the install command, not a ModuleNotFoundError traceback."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0]:  # the extra is there, something it needs is not: a real bug
+            raise
+        raise UserError(f"{feature} needs the {module.split('.')[0]} package, an optional extra: "
+                        f"pip install -e \".[{extra}]\" in the project's folder") from None
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-from .errors import UserError
+from .errors import UserError, import_extra
 
 TEXT_SUFFIX = ".txt"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -82,14 +82,16 @@ def is_text_file(source: Source) -> bool:
 
 
 def dataset_source(data: str) -> SavedDataset | HubDataset | None:
-    """`--data` as a Hugging Face dataset (a Hub id or a save_to_disk folder), or None for files."""
+    """`--data` as a Hugging Face dataset (a Hub id or a save_to_disk folder), or None for files. Reading either
+    takes the `datasets` extra, asked for here, before anything is written."""
     if data.startswith(HUB_PREFIX):
+        import_extra("datasets", "datasets", f"--data {data}")
         return hub_dataset(data)
     folder = Path(data)
-    if (folder / "dataset_dict.json").is_file():
-        return SavedDataset(folder / saved_split(folder))
-    if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
-        return SavedDataset(folder)
+    is_dataset_dict = (folder / "dataset_dict.json").is_file()
+    if is_dataset_dict or ((folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()):
+        import_extra("datasets", "datasets", f"--data {data} (a datasets save_to_disk folder)")
+        return SavedDataset(folder / saved_split(folder) if is_dataset_dict else folder)
     return None
 
 

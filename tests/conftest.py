@@ -14,6 +14,34 @@ from smolm135.probes import CACHE_DIR_ENV
 from smolm135.train_config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow"'
+_SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
+# ---------------------------------------------------------------- the default run leaves slow tests out
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts servers, browsers, torchrun, kill loops, fresh interpreters or the "
+                                       f"98 MB GGUF; left out of the default run ({RUN_EVERYTHING} runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without -m, slow tests are left out, unless the command line names single tests (path::name): the
+    default run is the developer's loop, and `-m "slow or not slow"` (as CI runs it) is the whole suite."""
+    names_tests = any("::" in arg for arg in config.args)
+    if config.option.markexpr or names_tests:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    config.stash[_SLOW_LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow tests left out: {RUN_EVERYTHING} runs everything")
 
 
 def make_corpus_text(n_sentences: int = 4000, seed: int = 0) -> str:

@@ -1,6 +1,8 @@
 """Corpora as .jsonl, .jsonl.gz, .parquet and Hugging Face datasets tokenize like the same text as .txt files."""
 import gzip
+import importlib.util
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,6 +120,23 @@ def test_non_text_column_is_a_user_error(tmp_path):
         load_corpus(str(path), tmp_path / "cache", show_progress=False)
 
 
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
+                                    reason='the datasets extra is not installed: pip install -e ".[datasets]"')
+
+
+@pytest.mark.parametrize("data", ["hf:HuggingFaceFW/fineweb-edu", "saved"])
+def test_a_dataset_without_the_datasets_extra_is_one_line_naming_the_install(data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now fails as where it is not installed
+    if data == "saved":
+        data = tmp_path / "saved"
+        data.mkdir()
+        (data / "dataset_dict.json").write_text('{"splits": ["train"]}')
+    with pytest.raises(UserError, match=r'needs the datasets package, an optional extra: pip install -e "\.\[datasets\]"') as error:
+        resolve_sources(str(data))
+    assert "\n" not in str(error.value)
+
+
+@needs_datasets
 def test_saved_dataset_folder_tokenizes_like_text(tmp_path, text_tokens):
     from datasets import Dataset, DatasetDict
 
@@ -132,6 +151,7 @@ def test_saved_dataset_folder_tokenizes_like_text(tmp_path, text_tokens):
         resolve_sources(str(tmp_path / "two"))
 
 
+@needs_datasets
 def test_hub_dataset_is_refused_offline_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="Hub is switched off here") as error:
