@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 
@@ -486,8 +486,11 @@ class SmoLM135_Model(nn.Module):
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
         self.cpu_kernels = CpuKernels()  # the plain ways, until use_cpu_kernels says otherwise
-        self.probe_decode_kernels = True  # generate() measures the decode kernels once per weight dtype
-        self._decode_kernels: dict[torch.dtype, dict] = {}  # weight dtype -> CpuKernels fields measured
+        # What generate() asks, on a CPU, once per weight dtype, for the decode kernels fastest here: a function
+        # of the model returning CpuKernels fields, handed in by the code that runs the model (the project's
+        # probes). None, as in a notebook or an exported folder: the plain ways, and nothing is measured.
+        self.decode_kernel_probe: Callable[[SmoLM135_Model], dict] | None = None
+        self._decode_kernels: dict[torch.dtype, dict] = {}  # weight dtype -> the probe's answer
 
     def use_cpu_kernels(self, **choices) -> None:
         """Take the given CpuKernels choices (split_products=True, ...) from now on; the values stay the same."""
@@ -501,18 +504,13 @@ class SmoLM135_Model(nn.Module):
                     MATMUL_ATTENTION_MAX_LENGTH if self.cpu_kernels.training_attention_by_matmuls else 0)
 
     def _measured_decode_kernels(self) -> dict:
-        """On a CPU, once per weight dtype: the decode kernels a short measurement finds fastest here
-        (remembered per host). Outside the project (an exported folder alone), or on a GPU: none."""
+        """On a CPU, once per weight dtype: the decode kernels `decode_kernel_probe` finds fastest here. Without
+        a probe, or on a GPU: none (the plain ways)."""
         weight = self.lm_head.weight
-        if not self.probe_decode_kernels or weight.device.type != "cpu":
+        if self.decode_kernel_probe is None or weight.device.type != "cpu":
             return {}
         if weight.dtype not in self._decode_kernels:
-            try:
-                from smolm135.probes import cpu_decode_kernels
-            except ImportError:
-                self._decode_kernels[weight.dtype] = {}
-            else:
-                self._decode_kernels[weight.dtype] = cpu_decode_kernels(self)
+            self._decode_kernels[weight.dtype] = self.decode_kernel_probe(self)
         return self._decode_kernels[weight.dtype]
 
     def _init_weights(self, module):

@@ -38,6 +38,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 from .disk import process_alive, write_failure
 from .errors import UserError
 from .optim import PARTS_KEY
+from .probes import hand_decode_probe
 from .runtime import is_precision_record
 from .tokenizer import tokenizer_from_record
 
@@ -340,7 +341,7 @@ class Checkpoint:
 
     def build_model(self) -> SmoLM135_Model:
         """The native model this checkpoint describes, with its weights loaded, in eval mode."""
-        model = SmoLM135_Model(ModelConfig.from_dict(self.model_config))
+        model = hand_decode_probe(SmoLM135_Model(ModelConfig.from_dict(self.model_config)))
         self.load_weights_into(model)
         return model.eval()
 

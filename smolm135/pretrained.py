@@ -28,6 +28,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model
 from .checkpoint import parameters_beyond_weights
 from .errors import UserError
 from .llama_names import llama_to_native
+from .probes import hand_decode_probe
 from .tokenizer import JsonTokenizer
 
 # Built-in names -> (package that ships the file, file name inside it, what the console says about it)
@@ -54,7 +55,7 @@ class PretrainedModel:
 
     def build_model(self) -> SmoLM135_Model:
         """The native model holding these weights (fp32 parameters)."""
-        model = SmoLM135_Model(self.config)
+        model = hand_decode_probe(SmoLM135_Model(self.config))
         model.load_state_dict(self.state_dict)
         return model
 

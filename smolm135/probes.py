@@ -273,6 +273,13 @@ def _bf16_matmul_speedup(cfg) -> float:
 # ------------------------------------------------------------------ decoding kernels
 
 
+def hand_decode_probe(model):
+    """Let `model.generate` take, on a CPU, the decode kernels measured fastest on this host (the model file
+    measures nothing itself, so an exported folder never benchmarks its host). Returns the model."""
+    model.decode_kernel_probe = cpu_decode_kernels
+    return model
+
+
 def cpu_decode_kernels(model) -> dict[str, bool]:
     """Which of the model's equal ways of decoding one token is fastest on this CPU, for its weights' dtype:
     {"split_products": few_row_linear instead of F.linear, "decode_attention_by_matmuls": two matmuls

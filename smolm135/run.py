@@ -27,6 +27,7 @@ from .checkpoint import (
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
 from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
+from .probes import hand_decode_probe
 from .runtime import Distributed, main_process_first, precision_record, run_on_main
 from .tokenizer import GPT2TextTokenizer
 from .train_config import TrainConfig, validate
@@ -156,7 +157,7 @@ def check_corpus_fits(corpus: Corpus, train_tokens, val_tokens, cfg: TrainConfig
 
 def new_model(cfg: TrainConfig, device: torch.device) -> SmoLM135_Model:
     torch.manual_seed(cfg.seed)  # identical initial weights on every process and every fresh run
-    model = SmoLM135_Model(cfg.model).to(device)
+    model = hand_decode_probe(SmoLM135_Model(cfg.model).to(device))
     model.gradient_checkpointing = cfg.grad_checkpointing
     return model
 

@@ -27,7 +27,6 @@ def chat_tokenizer() -> JsonTokenizer:
 def chat_model(tokenizer, **overrides) -> app.NativeTextModel:
     torch.manual_seed(0)
     model = build_model("tiny-rotary", vocab_size=CHAT_VOCAB_SIZE, **overrides).eval()
-    model.probe_decode_kernels = False  # every forward pass a test sees is the generation's own
     info = app.ModelInfo("chat.pt", "native checkpoint", model.num_parameters()["total"], model.config.block_size)
     return app.NativeTextModel(model, info, tokenizer)
 

@@ -211,7 +211,6 @@ def test_cpu_decoding_takes_the_split_product_where_chosen_and_prompts_do_not(mo
     monkeypatch.setattr(smollm135_model, "few_row_linear",
                         lambda x, weight: calls.append(x.shape) or x @ weight.t())
     model = build_model("tiny").eval()
-    model.probe_decode_kernels = False
     model.use_cpu_kernels(split_products=True)
     model.generate(torch.randint(0, 50257, (1, 8)), max_new_tokens=3, temperature=0)
     layers = model.config.n_layer
@@ -232,7 +231,6 @@ def test_cpu_decoding_takes_the_split_product_where_chosen_and_prompts_do_not(mo
 def test_every_decode_kernel_choice_generates_the_same_tokens_and_logits(dtype):
     torch.manual_seed(0)
     model = build_model("tiny", n_kv_head=2).eval().to(dtype)
-    model.probe_decode_kernels = False
     prompt = torch.randint(0, 50257, (2, 6))
     outputs = {}
     for split in (False, True):
@@ -251,21 +249,30 @@ def test_every_decode_kernel_choice_generates_the_same_tokens_and_logits(dtype):
         torch.testing.assert_close(logits.float(), plain_logits.float(), **tolerance)
 
 
-def probe_choosing_the_alternatives(monkeypatch, asked: list):
+def probe_choosing_the_alternatives(asked: list):
     """A probe that finds both decode alternatives faster here (split products only for fp32 weights)."""
-    import smolm135.probes
 
     def probe(model):
         asked.append(model.lm_head.weight.dtype)
         return {"split_products": model.lm_head.weight.dtype == torch.float32, "decode_attention_by_matmuls": True}
 
-    monkeypatch.setattr(smolm135.probes, "cpu_decode_kernels", probe)
+    return probe
 
 
-def test_generate_asks_the_probe_once_per_weight_dtype_and_its_choice_holds_while_generating(monkeypatch):
-    asked = []
-    probe_choosing_the_alternatives(monkeypatch, asked)
+def test_a_model_measures_nothing_unless_a_probe_is_handed_to_it(monkeypatch):
+    import smolm135.probes
+
+    monkeypatch.setattr(smolm135.probes, "cpu_decode_kernels", lambda model: pytest.fail("measured"))
     model = build_model("tiny")
+    assert model.decode_kernel_probe is None
+    model.generate(torch.randint(0, 50257, (1, 4)), max_new_tokens=2, temperature=0)
+    assert smolm135.probes.hand_decode_probe(model).decode_kernel_probe is not None
+
+
+def test_generate_asks_the_probe_once_per_weight_dtype_and_its_choice_holds_while_generating():
+    asked = []
+    model = build_model("tiny")
+    model.decode_kernel_probe = probe_choosing_the_alternatives(asked)
     prompt = torch.randint(0, 50257, (1, 4))
 
     def kernels_while_generating() -> CpuKernels:
@@ -289,12 +296,12 @@ def test_a_training_step_after_a_generation_computes_as_one_before_it(monkeypatc
     """A kernel measured for decoding must not follow the model out of generate: a training step of a few rows
     taken after the trainer's sample would then compute differently from the same step in a run resumed in a
     fresh process (no sample yet), and the two runs drift apart in the last bits."""
-    probe_choosing_the_alternatives(monkeypatch, [])
     split_calls = []
     monkeypatch.setattr(smollm135_model, "few_row_linear",
                         lambda x, weight: split_calls.append(1) or few_row_linear(x, weight))
     torch.manual_seed(0)
     model = build_model("tiny")
+    model.decode_kernel_probe = probe_choosing_the_alternatives([])
     model.use_cpu_kernels(training_attention_by_matmuls=True)  # a choice of the run's own: kept
     tokens = torch.randint(0, 50257, (1, FEW_ROWS))  # so few rows that the split product could take them
 
