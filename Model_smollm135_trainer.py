@@ -29,6 +29,7 @@ from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.generation import continue_text
+from smolm135.loss_plot import plot_losses
 from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
@@ -54,7 +55,7 @@ from smolm135.runtime import (
 )
 from smolm135.tokenizer import GPT2TextTokenizer
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, parse_train_args, validate
-from smolm135.training_log import RunLog, plot_losses
+from smolm135.training_log import RunLog
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
 

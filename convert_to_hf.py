@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from modeling_smolm135 import SmoLM135Config, SmoLM135ForCausalLM
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
+from smollm135_model import PRESETS, SAMPLING, ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING,
@@ -55,12 +55,11 @@ from smolm135.export_gguf import (
     write_gguf,
 )
 from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
-from smolm135.generation import SAMPLING
 from smolm135.llama_names import check_rotary
+from smolm135.loss_plot import plot_losses
 from smolm135.model_card import check_license, render_model_card
 from smolm135.pretrained import load_pretrained
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
-from smolm135.training_log import plot_losses
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"

@@ -37,7 +37,6 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .disk import process_alive, write_failure
 from .errors import UserError
-from .optim import PARTS_KEY
 from .probes import hand_decode_probe
 from .runtime import is_precision_record
 from .tokenizer import tokenizer_from_record
@@ -52,6 +51,9 @@ OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_di
                  "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from", "final_model",
                  "num_threads", "tokenizer", "precision")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
+
+# An optimizer made of several (optim.OptimizerPair) saves one state dict per optimizer under this key.
+PARTS_KEY = "optimizers"
 
 
 class CheckpointError(UserError):

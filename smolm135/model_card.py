@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 
-from smollm135_model import GPT2_VOCAB_SIZE, VOCAB_PADDING_MULTIPLE, ModelConfig
+from smollm135_model import GPT2_VOCAB_SIZE, SAMPLING, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
 from .errors import UserError
 from .export_card import runtimes_section
-from .generation import SAMPLING
 from .markdown import escape_markdown
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .checkpoint import PARTS_KEY
 from .errors import UserError
 from .train_config import TrainConfig, get_lr
 
@@ -114,10 +115,6 @@ def muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     if adjust_lr_fn == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, columns))
     return 1.0
-
-
-# An OptimizerPair's state dict holds one state dict per optimizer under this key (checkpoint.py reads it too).
-PARTS_KEY = "optimizers"
 
 
 class OptimizerPair:
