@@ -43,7 +43,7 @@ from smolm135.checkpoint import (
     save_atomic,
     write_training_info,
 )
-from smolm135.disk import WRITE_ERRORS, process_alive, write_failure
+from smolm135.disk import WRITE_ERRORS, make_room, process_alive, write_failure
 from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.export_gguf import (
     GGUF_TYPES,
@@ -365,8 +365,8 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
         os.replace(staging, output_dir)
     except WRITE_ERRORS as error:
         raise UserError(write_failure(f"the export {output_dir}", output_dir.parent, error, needed)
-                        + "; nothing was changed there: free some space (or choose another --output-dir) and "
-                          "run again") from None
+                        + f"; nothing was changed there: {make_room(error, 'another --output-dir')} and run "
+                          "again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(replaced, ignore_errors=True)

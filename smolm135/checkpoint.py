@@ -35,7 +35,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
-from .disk import process_alive, write_failure
+from .disk import make_room, process_alive, write_failure
 from .errors import UserError
 from .optim import PARTS_KEY
 from .runtime import is_precision_record
@@ -621,8 +621,8 @@ def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
         if not isinstance(cause, OSError):
             raise  # a RuntimeError that no failed write explains is a bug, not a disk problem
         raise UserError(write_failure(str(path), path.parent, cause, _tensor_bytes(state)) + "; the temporary file "
-                        "is removed and any previous checkpoint there is intact: free some space (or choose "
-                        "another --out-dir) and run the same command again") from None
+                        "is removed and any previous checkpoint there is intact: "
+                        f"{make_room(cause, 'another --out-dir')} and run the same command again") from None
     return path
 
 

@@ -1,5 +1,6 @@
 """Exports are written whole or not at all, publish no local paths, and cannot be made to carry markup or
 metadata that came from a flag or a checkpoint."""
+import errno
 import json
 import os
 import resource
@@ -15,6 +16,7 @@ import convert_to_hf
 from convert_to_hf import Verification, export, public_facts
 from smollm135_model import PRESETS
 from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts, load_checkpoint
+from smolm135.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.model_card import HUB_LICENSES, render_model_card
 
@@ -156,7 +158,7 @@ def limit_file_size(n_bytes: int):
     return preexec
 
 
-def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothing_behind(trained, tmp_path):
+def test_a_file_size_limit_hit_during_export_is_one_line_naming_that_limit_and_leaves_nothing_behind(trained, tmp_path):
     checkpoint, _, _ = trained
     out = tmp_path / "exports" / "tiny-hf"
     out.parent.mkdir()
@@ -165,5 +167,23 @@ def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothin
                             preexec_fn=limit_file_size(2_000_000), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "File too large" in lines[0] and "the disk at" in lines[0] and "needs about" in lines[0]
+    assert "File too large" in lines[0] and "the file size limit (ulimit -f) is 2 MB" in lines[0]
+    assert "the disk at" not in lines[0] and "needs about" in lines[0] and "raise the file size limit" in lines[0]
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_write_past_the_file_size_limit_names_that_limit_not_the_free_disk_space(tmp_path):
+    from safetensors import SafetensorError
+
+    # as Python's OSError and as safetensors reports it (in both wordings of its versions)
+    for error in (OSError(errno.EFBIG, "File too large"),
+                  SafetensorError("Error while serializing: I/O error: File too large (os error 27)"),
+                  SafetensorError('IoError(Os { code: 27, kind: FileTooLarge, message: "File too large" })')):
+        sentence = write_failure("the export out", tmp_path, error, 3_000_000)
+        assert sentence.startswith("could not write the export out: File too large (the file size limit "
+                                   "(ulimit -f) is "), sentence
+        assert "free" not in sentence and "the disk at" not in sentence and "needs about 3 MB" in sentence
+        assert make_room(error, "another --output-dir") == "raise the file size limit (ulimit -f unlimited)"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert "the disk at" in write_failure("the export out", tmp_path, full, 3_000_000)
+    assert make_room(full, "another --output-dir") == "free some space (or choose another --output-dir)"
