@@ -43,7 +43,7 @@ from smolm135.checkpoint import (
     save_atomic,
     write_training_info,
 )
-from smolm135.disk import WRITE_ERRORS, make_room, process_alive, write_failure
+from smolm135.disk import WRITE_ERRORS, give_default_mode, make_room, process_alive, write_failure
 from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.export_gguf import (
     GGUF_TYPES,
@@ -233,6 +233,8 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
             SmoLM135Config.register_for_auto_class()
             SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
             hf_model.save_pretrained(output_dir)
+    for weights in output_dir.glob("*.safetensors"):
+        give_default_mode(weights)  # safetensors writes through a temporary file of mode 0600
     build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
 
     write_training_info(output_dir, public_facts(facts))

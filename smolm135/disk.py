@@ -85,6 +85,28 @@ def make_room(error: BaseException, elsewhere: str) -> str:
     return f"free some space (or choose {elsewhere})"
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only read it by setting
+    it, which another thread creating a file at that moment would see)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | os.PathLike) -> None:
+    """Give a file written through a temporary file the mode a plain open(path, "w") gives (0o666 less the
+    umask): mkstemp's and safetensors' temporary files are 0600, and the rename keeps that, so the file
+    would be unreadable to the group and others that can read every other file beside it."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` runs: a temporary file named after a live writer is still being written."""
     try:

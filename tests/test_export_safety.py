@@ -15,12 +15,12 @@ import yaml
 import convert_to_hf
 from convert_to_hf import Verification, export, public_facts
 from smollm135_model import PRESETS
-from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts, load_checkpoint
+from smolm135.checkpoint import TRAINING_INFO_FILE, Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.model_card import HUB_LICENSES, render_model_card
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, random_rotary_model
 
 HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
 
@@ -149,6 +149,26 @@ def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     error = one_error_line(capsys, ["--checkpoint", checkpoint, "--output-dir", str(tmp_path / "afile" / "sub")])
     assert "is a file, not a folder" in error
+
+
+@pytest.mark.slow
+def test_exported_and_checkpointed_files_have_the_mode_a_plain_open_gives(tmp_path, monkeypatch):
+    from smolm135 import probes
+
+    before = os.umask(0o022)
+    try:
+        native = random_rotary_model()
+        skip_verification(monkeypatch)
+        export(native, TrainingFacts(), tmp_path / "out-hf")
+        save_atomic(Checkpoint.from_facts(native, TrainingFacts(), converted_from="test"), tmp_path / "m.pt")
+        monkeypatch.setenv(probes.CACHE_DIR_ENV, str(tmp_path / "probes"))
+        probes.remembered("a question", lambda: {"answer": 1})
+    finally:
+        os.umask(before)
+    written = [*(tmp_path / "out-hf").iterdir(), tmp_path / "m.pt", tmp_path / "probes" / probes.CACHE_FILE]
+    assert "model.safetensors" in [path.name for path in written]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
+        path.name: oct(0o644) for path in written}
 
 
 def limit_file_size(n_bytes: int):
