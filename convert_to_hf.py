@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -331,21 +332,23 @@ def _reload_with_remote_code(folder: Path, text: str) -> dict:
 # ------------------------------------------------------------------ writing the folder whole, or not at all
 
 _STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
+_LEFTOVER = re.compile(rf"(.+)({_STAGING}|{_REPLACED})(\d+)")  # (target name, kind, pid of its export)
 
 
-def tidy_interrupted_exports(output_dir: Path) -> None:
-    """Undo what a killed export left beside `output_dir`: its partial folder is deleted, and a previous
-    export it had moved aside is put back when nothing took its place."""
-    if not output_dir.parent.is_dir():
+def tidy_interrupted_exports(folder: Path) -> None:
+    """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted,
+    and a previous export one had moved aside is put back when nothing took its place."""
+    if not folder.is_dir():
         return
-    for leftover in output_dir.parent.glob(f"{output_dir.name}_*_*"):
-        kind, _, pid = leftover.name[len(output_dir.name):].rpartition("_")
-        if kind + "_" not in (_STAGING, _REPLACED) or not pid.isdigit() or process_alive(int(pid)):
+    for leftover in folder.iterdir():
+        found = _LEFTOVER.fullmatch(leftover.name)
+        if not found or not leftover.is_dir() or process_alive(int(found.group(3))):
             continue
-        if kind + "_" == _REPLACED and not output_dir.exists():
-            os.replace(leftover, output_dir)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
+        target = folder / found.group(1)
+        if found.group(2) == _REPLACED and not target.exists():
+            os.replace(leftover, target)
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
@@ -357,7 +360,7 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
     the folder and the files that passed are in place."""
     check_license(license)
     check_output_dir(output_dir)
-    tidy_interrupted_exports(output_dir)
+    tidy_interrupted_exports(output_dir.parent)
     staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
     replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
     gguf_types = tuple(dict.fromkeys(gguf_types))

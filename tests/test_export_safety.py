@@ -137,11 +137,32 @@ def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch)
     (partial / "model.safetensors").write_bytes(b"half")
     replaced.mkdir()
     write_previous_export(replaced)
-    convert_to_hf.tidy_interrupted_exports(output)
+    convert_to_hf.tidy_interrupted_exports(tmp_path)
     assert not partial.exists() and not replaced.exists() and (output / "config.json").exists()
     skip_verification(monkeypatch)
     export(native, state, output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
+
+
+def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it(tmp_path, monkeypatch):
+    killed = tmp_path / "other-hf_partial_999999999"  # another target's export, killed while writing
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    moved_aside = tmp_path / "gone-hf_replaced_999999998"  # killed after moving its previous export aside
+    moved_aside.mkdir()
+    write_previous_export(moved_aside)
+    running = tmp_path / f"third-hf_partial_{os.getpid()}"  # an export still running
+    running.mkdir()
+    (tmp_path / "notes_partial_draft").mkdir()  # not an export's: no process id
+
+    def stop(*args, **kwargs):
+        raise convert_to_hf.UserError("stopped after tidying")
+
+    monkeypatch.setattr(convert_to_hf, "write_hf_folder", stop)
+    with pytest.raises(convert_to_hf.UserError, match="stopped"):
+        export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone-hf", "notes_partial_draft", running.name]
+    assert (tmp_path / "gone-hf" / "config.json").is_file()
 
 
 def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
