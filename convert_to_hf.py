@@ -40,6 +40,8 @@ from smolm135.checkpoint import (
     load_checkpoint,
     newest_trained_model,
     read_training_info,
+    record_export_files,
+    recorded_export_files,
     run_timestamp,
     save_atomic,
     write_training_info,
@@ -336,8 +338,9 @@ _LEFTOVER = re.compile(rf"(.+)({_STAGING}|{_REPLACED})(\d+)")  # (target name, k
 
 
 def tidy_interrupted_exports(folder: Path) -> None:
-    """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted,
-    and a previous export one had moved aside is put back when nothing took its place."""
+    """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted;
+    a previous export one had moved aside is put back when nothing took its place, else what the user had
+    added to it is carried over to the export that did."""
     if not folder.is_dir():
         return
     for leftover in folder.iterdir():
@@ -348,7 +351,23 @@ def tidy_interrupted_exports(folder: Path) -> None:
         if found.group(2) == _REPLACED and not target.exists():
             os.replace(leftover, target)
             continue
+        if found.group(2) == _REPLACED and target.is_dir():
+            carry_over_added_files(leftover, target)
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def carry_over_added_files(previous: Path, export_dir: Path) -> list[str]:
+    """Move what the user had added to the `previous` export into the new `export_dir` that replaces it, and
+    return their names: everything the previous export did not list as its own (an export from before that
+    list: everything but its GGUF files) and the new one does not write."""
+    ours = recorded_export_files(previous)
+    if ours is None:
+        ours = {gguf_file_name(export_dir.resolve().name, gguf_type) for gguf_type in GGUF_TYPES}
+    added = sorted(entry.name for entry in previous.iterdir()
+                   if entry.name not in ours and not (export_dir / entry.name).exists())
+    for name in added:
+        os.replace(previous / name, export_dir / name)
+    return added
 
 
 def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
@@ -356,8 +375,8 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
            say=print) -> Verification:
     """Write the folder (and a .gguf in it for each of `gguf_types`) beside `output_dir`, verify it there, then
     rename it into place: a failure (a full disk, a kill, a broken folder) leaves no partial folder and any
-    previous export as it was. A .gguf that fails its check is removed and named in a UserError raised after
-    the folder and the files that passed are in place."""
+    previous export as it was. Files the user had added to a previous export are kept. A .gguf that fails its
+    check is removed and named in a UserError raised after the folder and the files that passed are in place."""
     check_license(license)
     check_output_dir(output_dir)
     tidy_interrupted_exports(output_dir.parent)
@@ -381,6 +400,7 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
             if failed:  # the card names the files that are there
                 passed = tuple(file for file in gguf_files if (staging / file).exists())
                 write_model_card(native, facts, staging, model_id, name, license, passed, tokenizer)
+        record_export_files(staging)
         if output_dir.exists():
             os.replace(output_dir, replaced)  # a previous export: moved aside until the new one is in place
         os.replace(staging, output_dir)
@@ -390,7 +410,11 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
                           "again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(replaced, ignore_errors=True)
+    if replaced.exists():
+        kept = carry_over_added_files(replaced, output_dir)
+        shutil.rmtree(replaced, ignore_errors=True)
+        if kept:
+            say(f"kept what you had added to {output_dir} (this export does not write them): {', '.join(kept)}")
     if failed:
         passed = [file for file in gguf_files if (output_dir / file).exists()]
         raise UserError(f"{'; '.join(failed.values())}; removed {', '.join(path.name for path in failed)}, and "

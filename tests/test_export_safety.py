@@ -4,9 +4,11 @@ import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,13 +16,13 @@ import yaml
 
 import convert_to_hf
 from convert_to_hf import Verification, export, public_facts
-from smollm135_model import PRESETS
+from smollm135_model import PRESETS, padded_vocab_size
 from smolm135.checkpoint import TRAINING_INFO_FILE, Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.model_card import HUB_LICENSES, render_model_card
 
-from conftest import REPO_ROOT, random_rotary_model
+from conftest import REPO_ROOT, make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
 
@@ -108,7 +110,8 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     skip_verification(monkeypatch)
     export(native, state, output, license="mit")  # a good export replaces the previous one whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
-    assert not (output / "previous.txt").exists() and (output / "model.safetensors").is_file()
+    assert (output / "model.safetensors").is_file()
+    assert (output / "previous.txt").is_file()  # no export writes it: the user's, kept
     assert "/" not in json.loads((output / "training_info.json").read_text())["train_config"]["out_dir"]
     assert str(tmp_path) not in (output / "README.md").read_text()
 
@@ -163,6 +166,32 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
         export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone-hf", "notes_partial_draft", running.name]
     assert (tmp_path / "gone-hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_export_over_an_earlier_one_keeps_what_the_user_added_and_says_so(tmp_path, monkeypatch):
+    tokenizer = smollm_style_tokenizer(make_corpus_text(200))
+    native = random_rotary_model(config=replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab)))
+    skip_verification(monkeypatch)
+    output = tmp_path / "out-hf"
+    export(native, TrainingFacts(history={"train": [[1, 10.0], [3, 9.0]], "val": []}), output, tokenizer=tokenizer)
+    assert (output / "loss.png").is_file()
+    (output / "notes.md").write_text("my notes")
+    (output / "evals").mkdir()
+    (output / "evals" / "results.json").write_text("{}")
+    said = []
+    export(native, TrainingFacts(), output, tokenizer=tokenizer, say=said.append)
+    assert (output / "notes.md").read_text() == "my notes" and (output / "evals" / "results.json").is_file()
+    assert not (output / "loss.png").exists()  # the earlier export's own file: it plotted another run
+    assert said == [f"kept what you had added to {output} (this export does not write them): evals, notes.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
+    # killed between putting the new export in place and carrying the files over: the next export does it
+    moved_aside = tmp_path / "out-hf_replaced_999999999"
+    os.replace(output, moved_aside)
+    shutil.copytree(moved_aside, output, ignore=shutil.ignore_patterns("notes.md", "evals"))
+    convert_to_hf.tidy_interrupted_exports(tmp_path)
+    assert (output / "notes.md").read_text() == "my notes" and (output / "evals" / "results.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
 
 
 def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
