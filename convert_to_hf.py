@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,17 +40,21 @@ from smolm135.checkpoint import (
     load_checkpoint,
     newest_trained_model,
     read_training_info,
+    record_export_files,
+    recorded_export_files,
     run_timestamp,
     save_atomic,
     write_training_info,
 )
-from smolm135.disk import WRITE_ERRORS, process_alive, write_failure
+from smolm135.disk import WRITE_ERRORS, give_default_mode, make_room, process_alive, write_failure
 from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.export_gguf import (
     GGUF_TYPES,
+    GREEDY_CHECKED_TYPES,
     GREEDY_STEPS,
     RELATIVE_TOLERANCE,
     gguf_file_name,
+    greedy_departures,
     native_greedy,
     reload_gguf,
     write_gguf,
@@ -232,6 +237,8 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
             SmoLM135Config.register_for_auto_class()
             SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
             hf_model.save_pretrained(output_dir)
+    for weights in output_dir.glob("*.safetensors"):
+        give_default_mode(weights)  # safetensors writes through a temporary file of mode 0600
     build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
 
     write_training_info(output_dir, public_facts(facts))
@@ -241,10 +248,16 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
     (output_dir / "loss.png").unlink(missing_ok=True)  # a previous export's plot would describe another run
     if has_plot:
         plot_losses(history, output_dir / "loss.png", f"{name} on {facts.data_name or 'its data'}")
-    card = render_model_card(native.config, native.num_parameters()["total"], facts, model_id or name, name,
-                             license, has_plot, gguf_files, tokenizer)
-    (output_dir / "README.md").write_text(card, encoding="utf-8")
+    write_model_card(native, facts, output_dir, model_id, name, license, gguf_files, tokenizer)
     return output_dir
+
+
+def write_model_card(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None,
+                     name: str, license: str, gguf_files: tuple[str, ...], tokenizer) -> None:
+    """README.md, titled `name`, naming the `gguf_files` beside it and showing loss.png if the folder has it."""
+    card = render_model_card(native.config, native.num_parameters()["total"], facts, model_id or name, name,
+                             license, (output_dir / "loss.png").is_file(), gguf_files, tokenizer)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 # ------------------------------------------------------------------ verification in a fresh process
@@ -320,55 +333,92 @@ def _reload_with_remote_code(folder: Path, text: str) -> dict:
 # ------------------------------------------------------------------ writing the folder whole, or not at all
 
 _STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
+_LEFTOVER = re.compile(rf"(.+)({_STAGING}|{_REPLACED})(\d+)")  # (target name, kind, pid of its export)
 
 
-def tidy_interrupted_exports(output_dir: Path) -> None:
-    """Undo what a killed export left beside `output_dir`: its partial folder is deleted, and a previous
-    export it had moved aside is put back when nothing took its place."""
-    if not output_dir.parent.is_dir():
+def tidy_interrupted_exports(folder: Path) -> None:
+    """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted;
+    a previous export one had moved aside is put back when nothing took its place, else what the user had
+    added to it is carried over to the export that did."""
+    if not folder.is_dir():
         return
-    for leftover in output_dir.parent.glob(f"{output_dir.name}_*_*"):
-        kind, _, pid = leftover.name[len(output_dir.name):].rpartition("_")
-        if kind + "_" not in (_STAGING, _REPLACED) or not pid.isdigit() or process_alive(int(pid)):
+    for leftover in folder.iterdir():
+        found = _LEFTOVER.fullmatch(leftover.name)
+        if not found or not leftover.is_dir() or process_alive(int(found.group(3))):
             continue
-        if kind + "_" == _REPLACED and not output_dir.exists():
-            os.replace(leftover, output_dir)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
+        target = folder / found.group(1)
+        if found.group(2) == _REPLACED and not target.exists():
+            os.replace(leftover, target)
+            continue
+        if found.group(2) == _REPLACED and target.is_dir():
+            carry_over_added_files(leftover, target)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def carry_over_added_files(previous: Path, export_dir: Path) -> list[str]:
+    """Move what the user had added to the `previous` export into the new `export_dir` that replaces it, and
+    return their names: everything the previous export did not list as its own (an export from before that
+    list: everything but its GGUF files) and the new one does not write."""
+    ours = recorded_export_files(previous)
+    if ours is None:
+        ours = {gguf_file_name(export_dir.resolve().name, gguf_type) for gguf_type in GGUF_TYPES}
+    added = sorted(entry.name for entry in previous.iterdir()
+                   if entry.name not in ours and not (export_dir / entry.name).exists())
+    for name in added:
+        os.replace(previous / name, export_dir / name)
+    return added
 
 
 def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
            license: str = "apache-2.0", gguf_types: tuple[str, ...] = (), tokenizer=None,
            say=print) -> Verification:
     """Write the folder (and a .gguf in it for each of `gguf_types`) beside `output_dir`, verify it there, then
-    rename it into place: a failure (a full disk, a kill, a broken export) leaves no partial folder and any
-    previous export as it was."""
+    rename it into place: a failure (a full disk, a kill, a broken folder) leaves no partial folder and any
+    previous export as it was. Files the user had added to a previous export are kept. A .gguf that fails its
+    check is removed and named in a UserError raised after the folder and the files that passed are in place."""
     check_license(license)
     check_output_dir(output_dir)
-    tidy_interrupted_exports(output_dir)
+    tidy_interrupted_exports(output_dir.parent)
     staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
     replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
     gguf_types = tuple(dict.fromkeys(gguf_types))
     gguf_files = tuple(gguf_file_name(output_dir.resolve().name, gguf_type) for gguf_type in gguf_types)
     needed = 4 * native.num_parameters()["total"] * (1 + len(gguf_types)) + EXPORT_OVERHEAD_BYTES  # float32 at most
+    name = model_id.split("/")[-1] if model_id else output_dir.resolve().name
+    failed: dict[Path, str] = {}
     try:
-        write_hf_folder(native, facts, staging, model_id, license, gguf_files, tokenizer,
-                        name=model_id.split("/")[-1] if model_id else output_dir.resolve().name)
+        write_hf_folder(native, facts, staging, model_id, license, gguf_files, tokenizer, name)
         check = verify_hf_folder(staging, native, tokenizer=tokenizer)
         if gguf_types:
-            for sentence in export_verified_ggufs(native, [staging / name for name in gguf_files], gguf_types,
-                                                  tokenizer):
+            ggufs = export_verified_ggufs(native, [staging / file for file in gguf_files], gguf_types, tokenizer)
+            for sentence in ggufs.verified:
                 say(sentence)
+            failed = ggufs.failed
+            for path in failed:
+                path.unlink()
+            if failed:  # the card names the files that are there
+                passed = tuple(file for file in gguf_files if (staging / file).exists())
+                write_model_card(native, facts, staging, model_id, name, license, passed, tokenizer)
+        record_export_files(staging)
         if output_dir.exists():
             os.replace(output_dir, replaced)  # a previous export: moved aside until the new one is in place
         os.replace(staging, output_dir)
     except WRITE_ERRORS as error:
         raise UserError(write_failure(f"the export {output_dir}", output_dir.parent, error, needed)
-                        + "; nothing was changed there: free some space (or choose another --output-dir) and "
-                          "run again") from None
+                        + f"; nothing was changed there: {make_room(error, 'another --output-dir')} and run "
+                          "again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(replaced, ignore_errors=True)
+    if replaced.exists():
+        kept = carry_over_added_files(replaced, output_dir)
+        shutil.rmtree(replaced, ignore_errors=True)
+        if kept:
+            say(f"kept what you had added to {output_dir} (this export does not write them): {', '.join(kept)}")
+    if failed:
+        passed = [file for file in gguf_files if (output_dir / file).exists()]
+        raise UserError(f"{'; '.join(failed.values())}; removed {', '.join(path.name for path in failed)}, and "
+                        f"kept {output_dir}, which passed its checks" + (f", with {', '.join(passed)}, which "
+                                                                         f"passed theirs" if passed else ""))
     return check
 
 
@@ -397,32 +447,60 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
     return output_dir
 
 
+@dataclass(frozen=True)
+class GGUFChecks:
+    verified: list[str]  # for each file that passed: a sentence saying what was checked
+    failed: dict[Path, str]  # each file that did not: why
+
+
 def export_verified_ggufs(native: SmoLM135_Model, paths: list[Path], gguf_types: tuple[str, ...],
-                          tokenizer=None) -> list[str]:
-    """Write each of `paths` in its type, and read them back with transformers' GGUF loader: the native
-    logits, and greedy tokens at f32 and q8_0; returns the sentences saying what was checked. `export` calls it
-    inside its temporary folder, which is removed whole when a check fails."""
+                          tokenizer=None) -> GGUFChecks:
+    """Write each of `paths` in its type, and read them back with transformers' GGUF loader along the native
+    model's greedy continuation of the check text: the prompt's logits within the type's limit, and (at f32 and
+    q8_0) each next token the native one up to near ties. A file that fails is named with why, not raised:
+    `export` keeps the folder and the files that passed."""
     tokenizer = tokenizer or GPT2TextTokenizer()
     for path, gguf_type in zip(paths, gguf_types):
         write_gguf(native, tokenizer, path, gguf_type, path.stem)
-    ids = tokenizer.encode(VERIFY_TEXT)
-    loaded = reload_gguf(paths, ids, clean_subprocess_env())
+    prompt = tokenizer.encode(VERIFY_TEXT)
+    # both models are teacher-forced on the native greedy tokens: a near tie that one breaks the other way
+    # changes that one step, not every step after it
+    teacher_forced = prompt + native_greedy(native, prompt)[:-1]
+    loaded = reload_gguf(paths, teacher_forced, clean_subprocess_env())
     with torch.no_grad():
-        expected, _ = native(torch.tensor([ids]))  # (1, T, V)
-    greedy_types = {"f32", "q8_0"}
-    expected_greedy = native_greedy(native, ids) if greedy_types & set(gguf_types) else None
-    sentences = []
+        expected, _ = native(torch.tensor([teacher_forced]))  # (1, T + steps - 1, V)
+    checks = GGUFChecks([], {})
     for path, gguf_type in zip(paths, gguf_types):
-        limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
-        difference = check_logits_match(expected[0], loaded[path.name]["logits"], limit)
-        greedy_checked = gguf_type in greedy_types
-        if greedy_checked and loaded[path.name]["greedy"] != expected_greedy:
-            raise UserError(f"{path.name}: greedy decoding through transformers' GGUF loader differs from the "
-                            f"native model's within {GREEDY_STEPS} tokens: the export is broken, do not publish it")
-        greedy = f"; the same {GREEDY_STEPS} greedy tokens" if greedy_checked else ""
-        sentences.append(f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' "
-                         f"GGUF loader; max abs logit difference {difference:.3g} (limit {limit:.3g}){greedy}")
-    return sentences
+        try:
+            checks.verified.append(check_gguf(path, gguf_type, expected[0], loaded[path.name], len(prompt)))
+        except UserError as error:
+            checks.failed[path] = f"{path.name}: {error}"
+    return checks
+
+
+def check_gguf(path: Path, gguf_type: str, expected: torch.Tensor, loaded: dict, n_prompt: int) -> str:
+    """One file's check against the native (T + steps - 1, V) logits `expected` (see export_verified_ggufs);
+    UserError saying what failed."""
+    if "error" in loaded:
+        raise UserError(f"it did not load through transformers' GGUF loader ({loaded['error']}): the export is "
+                        f"broken, do not publish it")
+    limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected[:n_prompt].abs().max().item())
+    difference = check_logits_match(expected[:n_prompt], loaded["logits"][:n_prompt], limit)
+    if gguf_type not in GREEDY_CHECKED_TYPES:
+        return (f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF "
+                f"loader; max abs logit difference {difference:.3g} (limit {limit:.3g})")
+    rows, chosen = expected[n_prompt - 1:], loaded["logits"][n_prompt - 1:].argmax(dim=-1)  # (steps, V), (steps,)
+    departures = greedy_departures(rows, chosen.tolist(), limit)
+    if departures:
+        step, shortfall = departures[0]
+        raise UserError(f"greedy decoding through transformers' GGUF loader picks, at token {step + 1} of "
+                        f"{GREEDY_STEPS}, one the native model scores {shortfall:.3g} below its best (more than "
+                        f"the limit {limit:.3g}): the export is broken, do not publish it")
+    near_ties = int((chosen != rows.argmax(dim=-1)).sum())
+    ties = f" (up to {near_ties} near ties within the limit)" if near_ties else ""
+    return (f"verified: {path.name} ({path.stat().st_size:,} bytes) reads back through transformers' GGUF "
+            f"loader; max abs logit difference {difference:.3g} (limit {limit:.3g}); the same {GREEDY_STEPS} "
+            f"greedy tokens{ties}")
 
 
 # ------------------------------------------------------------------ the Hub

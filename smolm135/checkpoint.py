@@ -35,7 +35,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
-from .disk import process_alive, write_failure
+from .disk import make_room, process_alive, write_failure
 from .errors import UserError
 from .probes import hand_decode_probe
 from .runtime import is_precision_record
@@ -51,6 +51,7 @@ OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_di
                  "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from", "final_model",
                  "num_threads", "tokenizer", "precision")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
+_EXPORT_FILES = "export_files"  # training_info.json's list of the files an export wrote (not training facts)
 
 # An optimizer made of several (optim.OptimizerPair) saves one state dict per optimizer under this key.
 PARTS_KEY = "optimizers"
@@ -231,6 +232,25 @@ def write_training_info(folder: Path, facts: TrainingFacts) -> Path:
     path = Path(folder) / TRAINING_INFO_FILE
     path.write_text(json.dumps(facts.to_info(), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def record_export_files(folder: Path) -> None:
+    """List in the folder's training_info.json the names the export wrote in it (itself included): a later
+    export over the folder keeps every other file, which the user added."""
+    path = Path(folder) / TRAINING_INFO_FILE
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info[_EXPORT_FILES] = sorted(entry.name for entry in Path(folder).iterdir())
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def recorded_export_files(folder: Path) -> set[str] | None:
+    """The names an export listed as its own (record_export_files); None when it listed none (an export
+    written before the list, or no export)."""
+    try:
+        names = json.loads((Path(folder) / TRAINING_INFO_FILE).read_text(encoding="utf-8")).get(_EXPORT_FILES)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return set(names) if isinstance(names, list) else None
 
 
 def read_training_info(folder: Path) -> TrainingFacts:
@@ -624,8 +644,8 @@ def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
         if not isinstance(cause, OSError):
             raise  # a RuntimeError that no failed write explains is a bug, not a disk problem
         raise UserError(write_failure(str(path), path.parent, cause, _tensor_bytes(state)) + "; the temporary file "
-                        "is removed and any previous checkpoint there is intact: free some space (or choose "
-                        "another --out-dir) and run the same command again") from None
+                        "is removed and any previous checkpoint there is intact: "
+                        f"{make_room(cause, 'another --out-dir')} and run the same command again") from None
     return path
 
 

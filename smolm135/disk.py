@@ -1,9 +1,12 @@
 """Writes that fail or are cut short: saying why in words a user can act on (which disk, how much space it
-has, how much the write needs; a full disk otherwise surfaces as `unexpected pos` from torch or an IoError
-from safetensors), and telling the temporary files of a killed writer from those of a live one."""
+has, how much the write needs, or the file size limit when that is what was hit; a full disk otherwise
+surfaces as `unexpected pos` from torch or an IoError from safetensors), and telling the temporary files of a
+killed writer from those of a live one."""
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 # safetensors reports the OS error inside its own message, as `I/O error: File too large (os error 27)` or
 # `IoError(Os { code: 28, ..., message: "No space left on device" })` depending on its version
 _RUST_IO_MESSAGE = re.compile(r'message: "([^"]+)"|I/O error: (.+?) \(os error \d+\)')
+_RUST_IO_CODE = re.compile(r"code: (\d+)|\(os error (\d+)\)")
 WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 try:
     from safetensors import SafetensorError
@@ -40,12 +44,30 @@ def reason(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def error_number(error: BaseException) -> int | None:
+    """The OS's errno of a failed write (errno.ENOSPC, errno.EFBIG), whoever raised it; None if it has none."""
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    found = _RUST_IO_CODE.search(str(error))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def file_size_limit() -> str:
+    """This process's file size limit (`ulimit -f`), in words."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else megabytes(soft)
+
+
 def megabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:,.0f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.1f} kB"
 
 
 def write_failure(what: str, where: Path, error: BaseException, needed_bytes: int) -> str:
-    """One sentence: what could not be written, why, the disk, its free space and what the write needs."""
+    """One sentence: what could not be written, why, the disk, its free space and what the write needs; or,
+    when the file outgrew the process's file size limit (EFBIG), that limit, since the disk may have room."""
+    if error_number(error) == errno.EFBIG:
+        return (f"could not write {what}: {reason(error)} (the file size limit (ulimit -f) is {file_size_limit()}; "
+                f"this needs about {megabytes(needed_bytes)})")
     disk = mount_point(where)
     try:
         free = f"{megabytes(shutil.disk_usage(disk).free)} free"
@@ -53,6 +75,36 @@ def write_failure(what: str, where: Path, error: BaseException, needed_bytes: in
         free = "free space unknown"
     return (f"could not write {what}: {reason(error)} (the disk at {disk} has {free}; this needs about "
             f"{megabytes(needed_bytes)})")
+
+
+def make_room(error: BaseException, elsewhere: str) -> str:
+    """What to do about a failed write: raise the file size limit it hit, or free disk space (or write
+    `elsewhere`, e.g. "another --out-dir")."""
+    if error_number(error) == errno.EFBIG:
+        return "raise the file size limit (ulimit -f unlimited)"
+    return f"free some space (or choose {elsewhere})"
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only read it by setting
+    it, which another thread creating a file at that moment would see)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | os.PathLike) -> None:
+    """Give a file written through a temporary file the mode a plain open(path, "w") gives (0o666 less the
+    umask): mkstemp's and safetensors' temporary files are 0600, and the rename keeps that, so the file
+    would be unreadable to the group and others that can read every other file beside it."""
+    os.chmod(path, 0o666 & ~umask())
 
 
 def process_alive(pid: int) -> bool:

@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from .disk import give_default_mode
+
 CACHE_DIR_ENV = "SMOLM135_CACHE_DIR"
 CACHE_FILE = "probes.json"
 # Bumped when a probe measures something different, so old answers are not reused for new questions.
@@ -155,6 +157,7 @@ def _write_answers(path: Path, answers: dict) -> None:
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".probes-", suffix=".tmp",
                                          delete=False, encoding="utf-8") as f:
             json.dump(answers, f, indent=1, sort_keys=True)
+        give_default_mode(f.name)
         os.replace(f.name, path)
     except OSError:
         pass  # a read-only home: the answer still holds for this process

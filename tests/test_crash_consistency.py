@@ -130,7 +130,8 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_completes
                           preexec_fn=limit_file_size(10_000_000))  # checkpoints of the tiny model take ~80 MB
     lines = full.stderr.strip().splitlines()
     assert full.returncode == 2 and len(lines) == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
-    assert "File too large" in lines[0] and "the disk at" in lines[0] and "needs about" in lines[0]
+    assert "File too large" in lines[0] and "the file size limit (ulimit -f) is 10 MB" in lines[0]
+    assert "needs about" in lines[0] and "raise the file size limit" in lines[0]
     assert "temporary file is removed" in lines[0]
     assert temporary_files(out_dir) == []
     assert torch.load(out_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 4

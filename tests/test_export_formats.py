@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
+import convert_to_hf
 from convert_to_hf import convert, hf_folder_to_checkpoint, main, push_to_hub
 from smollm135_model import PRESETS, SmoLM135_Model, padded_vocab_size
 from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.errors import UserError, run_cli
-from smolm135.export_gguf import write_gguf
+from smolm135.export_gguf import GREEDY_STEPS, greedy_departures, native_greedy, write_gguf
 from smolm135.llama_names import llama_to_native, native_to_llama
 from smolm135.model_card import render_model_card
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
@@ -177,6 +178,73 @@ def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export)
     assert not list(folder.glob(".*tmp*"))
     card = (folder / "README.md").read_text()
     assert "llama-hf-q8_0.gguf" in card and "llama-cli" in card and "ollama" in card
+
+
+def test_greedy_tokens_may_differ_only_where_the_native_best_two_are_closer_than_the_limit():
+    rows = torch.tensor([[32.215, 32.189, 0.0], [5.0, 3.0, 1.0]])  # (steps, V): a fine-tuned model's near tie
+    assert greedy_departures(rows, [1, 0], limit=1.8) == []  # q8_0's limit: the tie may go either way
+    assert greedy_departures(rows, [1, 1], limit=1.8) == [(1, 2.0)]  # a token 2.0 below the best may not
+    ((step, shortfall),) = greedy_departures(rows, [1, 0], limit=1e-4)  # f32's limit: no tie that wide
+    assert step == 0 and shortfall == pytest.approx(0.026, abs=1e-3)
+
+
+def near_tie_model(vocab_size: int, second: int, best: int) -> SmoLM135_Model:
+    """A tiny rotary model whose next token is always `best`, a near tie with `second` that q8_0 rounds to an
+    exact one: the blocks add nothing, the head reads one dimension of the last token's embedding, and the two
+    tokens' rows differ by 0.001 in it, less than q8_0's step there."""
+    model = random_rotary_model(config=replace(TINY_ROTARY, vocab_size=vocab_size))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                parameter.zero_()
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.weight[1] = 1.0
+        embedding = model.transformer.wte.weight  # (V, C), tied to the head
+        embedding[:, 1].uniform_(0.1, 0.3)  # every token positive there: the highest row there wins
+        embedding[best] = embedding[second]
+        embedding[[second, best], 2] = 2.0  # their q8_0 blocks' largest value: one scale, 2 / 127, for both
+        embedding[second, 1], embedding[best, 1] = 0.9, 0.901  # 57.15 and 57.21 steps of it: both round to 57
+    return model
+
+
+@pytest.mark.slow
+def test_a_gguf_that_fails_its_check_is_removed_and_named_and_a_near_tie_is_no_failure(rotary_tokenizer, tmp_path,
+                                                                                      monkeypatch, capsys):
+    model = near_tie_model(padded_vocab_size(rotary_tokenizer.n_vocab), second=100, best=101)
+    checkpoint = save_atomic(Checkpoint.from_facts(model, TrainingFacts(), converted_from="test",
+                                                   tokenizer=rotary_tokenizer.to_record()), tmp_path / "model.pt")
+    write_gguf_whole = convert_to_hf.write_gguf
+
+    def write_two_broken(native, tokenizer, path, gguf_type, name):
+        if gguf_type == "bf16":  # another model's weights: logits far from the native ones
+            return write_gguf_whole(random_rotary_model(1, native.config), tokenizer, path, gguf_type, name)
+        write_gguf_whole(native, tokenizer, path, gguf_type, name)
+        if gguf_type == "f16":  # torn: it does not load
+            path.write_bytes(path.read_bytes()[:4096])
+        return path
+
+    monkeypatch.setattr(convert_to_hf, "write_gguf", write_two_broken)
+    folder = tmp_path / "tie-hf"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--checkpoint", str(checkpoint), "--output-dir", str(folder),
+                              "--gguf", "f32", "q8_0", "f16", "bf16"]))
+    printed = capsys.readouterr()
+    assert exit_info.value.code == 2 and printed.err.count("\n") == 1 and "Traceback" not in printed.err, printed.err
+    assert "tie-hf-f16.gguf: it did not load" in printed.err
+    assert "tie-hf-bf16.gguf: the exported model's logits differ" in printed.err
+    assert "removed tie-hf-f16.gguf, tie-hf-bf16.gguf" in printed.err
+    assert "with tie-hf-f32.gguf, tie-hf-q8_0.gguf, which passed theirs" in printed.err
+    files = {path.name for path in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tie-hf-f32.gguf", "tie-hf-q8_0.gguf"} <= files
+    assert not {"tie-hf-f16.gguf", "tie-hf-bf16.gguf"} & files
+    card = (folder / "README.md").read_text()
+    assert "tie-hf-q8_0.gguf" in card and "tie-hf-bf16.gguf" not in card
+    assert native_greedy(model, rotary_tokenizer.encode("any text")) == [101] * GREEDY_STEPS
+    (q8_0,) = [line for line in printed.out.splitlines() if "tie-hf-q8_0.gguf (" in line]
+    assert f"the same {GREEDY_STEPS} greedy tokens (up to {GREEDY_STEPS} near ties within the limit)" in q8_0
+    (f32,) = [line for line in printed.out.splitlines() if "tie-hf-f32.gguf (" in line]
+    assert f32.endswith(f"the same {GREEDY_STEPS} greedy tokens")
 
 
 def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(tmp_path):

@@ -1,6 +1,7 @@
 """llama.cpp reads our GGUF files as we mean them: its tokenizer turns text into our ids (GPT-2's BPE and a
 SmolLM-style tokenizer.json that splits digits one by one), its logits are the native model's within the
-export's limits, and its greedy tokens are the native model's (at q8_0, up to ties closer than its rounding).
+export's limits, and its greedy tokens are the native model's (up to ties closer than the rounding of
+the file's type, by the export's own rule).
 
 Needs llama-cpp-python, the optional extra `llamacpp` (it compiles llama.cpp); skipped without it.
 """
@@ -13,7 +14,7 @@ import torch
 
 from convert_to_hf import MAX_LOGIT_DIFFERENCE
 from smollm135_model import PRESETS, padded_vocab_size
-from smolm135.export_gguf import GREEDY_STEPS, RELATIVE_TOLERANCE, native_greedy, write_gguf
+from smolm135.export_gguf import RELATIVE_TOLERANCE, greedy_departures, native_greedy, write_gguf
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
 from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
@@ -40,16 +41,17 @@ def llama_cpp_tokens(llm, text: str, special: bool = False) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
 
-def llama_cpp_greedy(llm, input_ids: list[int], steps: int = GREEDY_STEPS) -> tuple[np.ndarray, list[int]]:
-    """((T, V) logits of the prompt, `steps` greedy tokens) from llama.cpp, one decode step per token."""
+def llama_cpp_choices(llm, input_ids: list[int], continuation: list[int]) -> tuple[np.ndarray, list[int]]:
+    """((T, V) logits of the prompt, llama.cpp's greedy choice after the prompt and after each token of
+    `continuation` but the last), one decode step per token: teacher-forced, as the export checks its files."""
     llm.reset()
     llm.eval(input_ids)
     prompt_logits = np.array(llm.scores[:len(input_ids)])
-    tokens = []
-    for _ in range(steps):
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        llm.eval(tokens[-1:])
-    return prompt_logits, tokens
+    choices = []
+    for token in continuation:
+        choices.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([token])
+    return prompt_logits, choices
 
 
 # ------------------------------------------------------------------ GPT-2's tokenizer, the model's tokens
@@ -86,19 +88,16 @@ def test_llama_cpp_tokenizes_text_into_our_gpt2_ids(gguf_in_llama_cpp):
 def test_llama_cpp_greedy_tokens_are_the_native_models(gguf_in_llama_cpp, tiny_rotary):
     gguf_type, llm = gguf_in_llama_cpp
     input_ids = GPT2TextTokenizer().encode(PROMPT)
-    logits, greedy = llama_cpp_greedy(llm, input_ids)
-    with torch.no_grad():  # the native logits along llama.cpp's own continuation
-        expected = tiny_rotary(torch.tensor([input_ids + greedy]))[0][0].numpy()  # (T + steps, V)
+    greedy = native_greedy(tiny_rotary, input_ids)
+    logits, choices = llama_cpp_choices(llm, input_ids, greedy)
+    with torch.no_grad():  # the native logits along its own continuation
+        expected = tiny_rotary(torch.tensor([input_ids + greedy]))[0][0]  # (T + steps, V)
     # the export's own limit for this type against transformers' GGUF loader holds for llama.cpp too
-    limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * np.abs(expected).max())
-    assert np.abs(logits - expected[:len(input_ids)]).max() <= limit
-    if gguf_type == "f32":  # the same arithmetic in another order: the very tokens
-        assert greedy == native_greedy(tiny_rotary, input_ids)
-    else:  # q8_0 rounds weights and (in llama.cpp) activations: each token is the native best, or within the
-        # rounding of it, so a near tie may go either way but nothing else may
-        rows = expected[len(input_ids) - 1:-1]  # (steps, V): the logits each greedy token was chosen from
-        shortfall = rows.max(axis=1) - rows[np.arange(len(greedy)), greedy]
-        assert shortfall.max() <= limit, shortfall
+    limit = max(MAX_LOGIT_DIFFERENCE, RELATIVE_TOLERANCE[gguf_type] * expected.abs().max().item())
+    assert np.abs(logits - expected[:len(input_ids)].numpy()).max() <= limit
+    # each choice is the native best, or (q8_0 rounds weights and, in llama.cpp, activations) a near tie with
+    # it: the export's rule
+    assert greedy_departures(expected[len(input_ids) - 1:-1], choices, limit) == []
 
 
 # ------------------------------------------------------------------ a SmolLM-style tokenizer.json

@@ -1,11 +1,14 @@
 """Exports are written whole or not at all, publish no local paths, and cannot be made to carry markup or
 metadata that came from a flag or a checkpoint."""
+import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,13 @@ import yaml
 
 import convert_to_hf
 from convert_to_hf import Verification, export, public_facts
-from smollm135_model import PRESETS
-from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts, load_checkpoint
+from smollm135_model import PRESETS, padded_vocab_size
+from smolm135.checkpoint import TRAINING_INFO_FILE, Checkpoint, TrainingFacts, load_checkpoint, save_atomic
+from smolm135.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.model_card import HUB_LICENSES, render_model_card
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
 
@@ -106,7 +110,8 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     skip_verification(monkeypatch)
     export(native, state, output, license="mit")  # a good export replaces the previous one whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smolm135-tiny-hf"]
-    assert not (output / "previous.txt").exists() and (output / "model.safetensors").is_file()
+    assert (output / "model.safetensors").is_file()
+    assert (output / "previous.txt").is_file()  # no export writes it: the user's, kept
     assert "/" not in json.loads((output / "training_info.json").read_text())["train_config"]["out_dir"]
     assert str(tmp_path) not in (output / "README.md").read_text()
 
@@ -135,10 +140,57 @@ def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch)
     (partial / "model.safetensors").write_bytes(b"half")
     replaced.mkdir()
     write_previous_export(replaced)
-    convert_to_hf.tidy_interrupted_exports(output)
+    convert_to_hf.tidy_interrupted_exports(tmp_path)
     assert not partial.exists() and not replaced.exists() and (output / "config.json").exists()
     skip_verification(monkeypatch)
     export(native, state, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
+
+
+def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it(tmp_path, monkeypatch):
+    killed = tmp_path / "other-hf_partial_999999999"  # another target's export, killed while writing
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    moved_aside = tmp_path / "gone-hf_replaced_999999998"  # killed after moving its previous export aside
+    moved_aside.mkdir()
+    write_previous_export(moved_aside)
+    running = tmp_path / f"third-hf_partial_{os.getpid()}"  # an export still running
+    running.mkdir()
+    (tmp_path / "notes_partial_draft").mkdir()  # not an export's: no process id
+
+    def stop(*args, **kwargs):
+        raise convert_to_hf.UserError("stopped after tidying")
+
+    monkeypatch.setattr(convert_to_hf, "write_hf_folder", stop)
+    with pytest.raises(convert_to_hf.UserError, match="stopped"):
+        export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone-hf", "notes_partial_draft", running.name]
+    assert (tmp_path / "gone-hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_export_over_an_earlier_one_keeps_what_the_user_added_and_says_so(tmp_path, monkeypatch):
+    tokenizer = smollm_style_tokenizer(make_corpus_text(200))
+    native = random_rotary_model(config=replace(PRESETS["tiny-rotary"], vocab_size=padded_vocab_size(tokenizer.n_vocab)))
+    skip_verification(monkeypatch)
+    output = tmp_path / "out-hf"
+    export(native, TrainingFacts(history={"train": [[1, 10.0], [3, 9.0]], "val": []}), output, tokenizer=tokenizer)
+    assert (output / "loss.png").is_file()
+    (output / "notes.md").write_text("my notes")
+    (output / "evals").mkdir()
+    (output / "evals" / "results.json").write_text("{}")
+    said = []
+    export(native, TrainingFacts(), output, tokenizer=tokenizer, say=said.append)
+    assert (output / "notes.md").read_text() == "my notes" and (output / "evals" / "results.json").is_file()
+    assert not (output / "loss.png").exists()  # the earlier export's own file: it plotted another run
+    assert said == [f"kept what you had added to {output} (this export does not write them): evals, notes.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
+    # killed between putting the new export in place and carrying the files over: the next export does it
+    moved_aside = tmp_path / "out-hf_replaced_999999999"
+    os.replace(output, moved_aside)
+    shutil.copytree(moved_aside, output, ignore=shutil.ignore_patterns("notes.md", "evals"))
+    convert_to_hf.tidy_interrupted_exports(tmp_path)
+    assert (output / "notes.md").read_text() == "my notes" and (output / "evals" / "results.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
 
 
@@ -149,6 +201,26 @@ def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
     assert "is a file, not a folder" in error
 
 
+@pytest.mark.slow
+def test_exported_and_checkpointed_files_have_the_mode_a_plain_open_gives(tmp_path, monkeypatch):
+    from smolm135 import probes
+
+    before = os.umask(0o022)
+    try:
+        native = random_rotary_model()
+        skip_verification(monkeypatch)
+        export(native, TrainingFacts(), tmp_path / "out-hf")
+        save_atomic(Checkpoint.from_facts(native, TrainingFacts(), converted_from="test"), tmp_path / "m.pt")
+        monkeypatch.setenv(probes.CACHE_DIR_ENV, str(tmp_path / "probes"))
+        probes.remembered("a question", lambda: {"answer": 1})
+    finally:
+        os.umask(before)
+    written = [*(tmp_path / "out-hf").iterdir(), tmp_path / "m.pt", tmp_path / "probes" / probes.CACHE_FILE]
+    assert "model.safetensors" in [path.name for path in written]
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
+        path.name: oct(0o644) for path in written}
+
+
 def limit_file_size(n_bytes: int):
     def preexec():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
@@ -156,7 +228,7 @@ def limit_file_size(n_bytes: int):
     return preexec
 
 
-def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothing_behind(trained, tmp_path):
+def test_a_file_size_limit_hit_during_export_is_one_line_naming_that_limit_and_leaves_nothing_behind(trained, tmp_path):
     checkpoint, _, _ = trained
     out = tmp_path / "exports" / "tiny-hf"
     out.parent.mkdir()
@@ -165,5 +237,23 @@ def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothin
                             preexec_fn=limit_file_size(2_000_000), env={**os.environ, "HF_HUB_OFFLINE": "1"})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "File too large" in lines[0] and "the disk at" in lines[0] and "needs about" in lines[0]
+    assert "File too large" in lines[0] and "the file size limit (ulimit -f) is 2 MB" in lines[0]
+    assert "the disk at" not in lines[0] and "needs about" in lines[0] and "raise the file size limit" in lines[0]
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_write_past_the_file_size_limit_names_that_limit_not_the_free_disk_space(tmp_path):
+    from safetensors import SafetensorError
+
+    # as Python's OSError and as safetensors reports it (in both wordings of its versions)
+    for error in (OSError(errno.EFBIG, "File too large"),
+                  SafetensorError("Error while serializing: I/O error: File too large (os error 27)"),
+                  SafetensorError('IoError(Os { code: 27, kind: FileTooLarge, message: "File too large" })')):
+        sentence = write_failure("the export out", tmp_path, error, 3_000_000)
+        assert sentence.startswith("could not write the export out: File too large (the file size limit "
+                                   "(ulimit -f) is "), sentence
+        assert "free" not in sentence and "the disk at" not in sentence and "needs about 3 MB" in sentence
+        assert make_room(error, "another --output-dir") == "raise the file size limit (ulimit -f unlimited)"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert "the disk at" in write_failure("the export out", tmp_path, full, 3_000_000)
+    assert make_room(full, "another --output-dir") == "free some space (or choose another --output-dir)"
