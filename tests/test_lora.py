@@ -130,3 +130,48 @@ def test_a_lora_run_stopped_and_resumed_ends_bitwise_equal_to_an_uninterrupted_o
     # the same folder without --lora-rank is refused, not trained on the base alone
     with pytest.raises(UserError, match="LoRA rank 4"):
         train(lora_run_config(corpus_file, tmp_path / "parts", max_steps=6, lora_rank=0))
+
+
+@pytest.mark.slow
+def test_a_lora_run_from_a_checkpoint_without_adapters_adapts_its_weights_from_step_0(corpus_file, tmp_path):
+    from dataclasses import replace
+
+    from conftest import CHAT_VOCAB_SIZE, save_tiny_chat_checkpoint
+    from Model_smollm135_trainer import train
+
+    source = load_checkpoint(save_tiny_chat_checkpoint(tmp_path / "plain.pt"))
+    model = replace(PRESETS["tiny-rotary"], vocab_size=CHAT_VOCAB_SIZE)
+    _, summary = train(lora_run_config(corpus_file, tmp_path / "run", model=model, init_from=source.source,
+                                       max_steps=1))
+    assert summary["start_step"] == 0
+    final = load_checkpoint(summary["final_model_path"])
+    assert final.progress.step == 1 and final.lora is not None
+    assert all(torch.equal(tensor, final.model_state_dict[name]) for name, tensor in source.model_state_dict.items())
+
+
+def test_the_peft_adapter_export_of_a_checkpoint_without_adapters_is_one_line(tmp_path):
+    from conftest import save_tiny_chat_checkpoint
+    from convert_to_hf import main
+
+    path = save_tiny_chat_checkpoint(tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="has no LoRA adapters.*--lora-rank"):
+        main(["--checkpoint", str(path), "--output-dir", str(tmp_path / "hf"), "--peft-adapter",
+              str(tmp_path / "adapter")])
+    assert not (tmp_path / "hf").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_the_export_of_a_lora_checkpoint_is_the_merged_model_and_its_peft_adapter(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from convert_to_hf import convert
+
+    checkpoint, _ = lora_checkpoint()  # GPT-2's tokenizer (no record), which fits the 50,304-row embedding
+    path = save_atomic(checkpoint, tmp_path / "lora.pt")
+    folder = convert(path, tmp_path / "hf", say=lambda _: None, peft_adapter=tmp_path / "adapter")
+    exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    merged = checkpoint.build_model()
+    input_ids = torch.randint(0, merged.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids).logits, merged(input_ids)[0], atol=1e-4, rtol=0)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
