@@ -170,8 +170,11 @@ def mismatch(settings: LoraSettings | None, record: dict | None) -> str | None:
     saved = LoraSettings.from_record(record["settings"]) if record is not None else None
     if saved == settings:
         return None
-    def say(s): return s.describe() if s else "no LoRA (every weight trained)"  # noqa: E704
-    return f"the checkpoint trained with {say(saved)}, this run asks for {say(settings)}"
+    return f"the checkpoint trained with {_training(saved)}, this run asks for {_training(settings)}"
+
+
+def _training(settings: LoraSettings | None) -> str:
+    return settings.describe() if settings else "no LoRA (every weight trained)"
 
 
 def merge_adapters(model: SmoLM135_Model, record: dict) -> None:
