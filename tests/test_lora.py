@@ -175,3 +175,34 @@ def test_the_export_of_a_lora_checkpoint_is_the_merged_model_and_its_peft_adapte
     with torch.no_grad():
         torch.testing.assert_close(exported(input_ids).logits, merged(input_ids)[0], atol=1e-4, rtol=0)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_lora_on_a_pretrained_llama_exports_an_adapter_that_peft_loads_on_that_very_folder(corpus_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import make_corpus_text
+    from convert_to_hf import MAX_LOGIT_DIFFERENCE, write_peft_adapter
+    from Model_smollm135_trainer import train
+    from smolm135.pretrained import load_pretrained
+    from test_smollm import save_tiny_llama
+
+    folder = tmp_path / "llama"
+    save_tiny_llama(folder, make_corpus_text(400))
+    _, summary = train(lora_run_config(corpus_file, tmp_path / "run", preset="smolm135", init_from=str(folder),
+                                       max_steps=2, lora_dropout=0.0))
+    checkpoint = load_checkpoint(summary["final_model_path"])
+    pretrained = load_pretrained(str(folder)).state_dict
+    assert all(torch.equal(tensor, checkpoint.model_state_dict[name]) for name, tensor in pretrained.items())
+    merged = checkpoint.build_model()
+    write_peft_adapter(checkpoint, merged, tmp_path / "adapter", say=lambda _: None)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                                        str(tmp_path / "adapter")).eval()
+    input_ids = torch.randint(0, 300, (1, 20))
+    with torch.no_grad():
+        theirs, ours = adapted(input_ids).logits, merged(input_ids)[0]
+        base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(input_ids).logits
+    # two implementations (transformers' Llama with peft's unmerged adapters, ours merged): the export's limit
+    torch.testing.assert_close(theirs, ours, atol=MAX_LOGIT_DIFFERENCE, rtol=0)
+    assert (ours - base).abs().max() > 10 * MAX_LOGIT_DIFFERENCE  # two steps at 1e-2 moved the adapters
