@@ -39,7 +39,7 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .disk import process_alive, write_failure
 from .errors import UserError
-from .lora import has_adapters, is_adapter_record, load_split_state_dict, merge_adapters, split_state_dict
+from .lora import is_adapter_record, load_weights
 from .optim import PARTS_KEY
 from .runtime import is_precision_record
 from .tokenizer import tokenizer_from_record
@@ -388,18 +388,10 @@ class Checkpoint:
                                   f"({type(error).__name__})") from None
 
     def load_weights_into(self, model: torch.nn.Module) -> None:
-        """The weights into a native model. A model with LoRA adapters (a LoRA run's) takes the base weights
-        and the adapters as they are, or keeps its own adapters where the checkpoint has none; a plain model
-        takes a LoRA checkpoint's adapters merged into the base weights."""
-        weights = clean_state_dict(self.model_state_dict)
+        """The weights into a native model; a LoRA checkpoint's adapters merged, unless the model has adapters
+        of its own to take them (lora.load_weights)."""
         try:
-            if has_adapters(model):
-                adapters = self.lora["state_dict"] if self.lora is not None else split_state_dict(model)[1]
-                load_split_state_dict(model, weights, adapters)
-            else:
-                model.load_state_dict(weights)
-                if self.lora is not None:
-                    merge_adapters(model, self.lora)
+            load_weights(model, clean_state_dict(self.model_state_dict), self.lora)
         except RuntimeError as error:
             raise CheckpointError(f"{self.source}: the weights do not fit the model config stored with them "
                                   f"({str(error).splitlines()[0]})") from None

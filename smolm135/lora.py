@@ -177,6 +177,18 @@ def _training(settings: LoraSettings | None) -> str:
     return settings.describe() if settings else "no LoRA (every weight trained)"
 
 
+def load_weights(model: SmoLM135_Model, base: dict, record: dict | None) -> None:
+    """A checkpoint's base weights and adapters (`record`, None without) into a native model. A model with
+    adapters (a LoRA run's) takes both as they are, or keeps its own adapters where the checkpoint has none
+    (a LoRA run starting on a checkpoint's weights); a plain model takes the adapters merged."""
+    if has_adapters(model):
+        load_split_state_dict(model, base, record["state_dict"] if record is not None else split_state_dict(model)[1])
+    else:
+        model.load_state_dict(base)
+        if record is not None:
+            merge_adapters(model, record)
+
+
 def merge_adapters(model: SmoLM135_Model, record: dict) -> None:
     """Merge a checkpoint's adapters into `model`, which holds its base weights: the model becomes a plain
     one whose projections hold W + (alpha / rank) * B @ A (peft's merge)."""
