@@ -30,6 +30,7 @@ from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, lo
 from smolm135.errors import CommandLineParser, UserError, run_cli
 from smolm135.generation import continue_text
 from smolm135.loss_plot import plot_losses
+from smolm135.lora import LoraSettings, add_adapters, trainable_parameters
 from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
@@ -128,6 +129,9 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
     if start.pretrained is not None:
         model.load_state_dict(start.pretrained.state_dict)  # the optimizer below starts fresh, at step 0
+    lora = LoraSettings.of(cfg)
+    if lora is not None:
+        add_adapters(model, lora, cfg.seed)  # from here on only the adapters train
     run = Run(cfg, layout, timestamp, distributed, device, dtype, log, corpus, train_tokens, val_tokens, model,
               step_model=model, optimizer=configure_optimizer(model, cfg, device, dtype),
               scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), progress=Progress())
@@ -149,6 +153,11 @@ def describe(run: Run) -> None:
     log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
             f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''} with "
             f"{run.tokenizer.description}; {run.global_batch} x {cfg.seq_len} = {run.tokens_per_step:,} tokens per step")
+    lora = LoraSettings.of(cfg)
+    if lora is not None:
+        trainable = trainable_parameters(run.model)
+        log.say(f"{lora.describe()}: {trainable:,} trainable parameters ({trainable / params['total']:.2%}), "
+                f"the rest frozen")
     if run.device.type == "cpu" and params["total"] > 50e6 and run.is_main and cfg.preset.startswith("smolm135"):
         log.say(f"note: the {cfg.preset} model on CPU takes about a minute per step; "
                 f"try --preset tiny for a model that learns in minutes")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from modeling_smolm135 import SmoLM135Config, SmoLM135ForCausalLM
-from smollm135_model import PRESETS, SAMPLING, ModelConfig, SmoLM135_Model
+from smollm135_model import PRESETS, SAMPLING, ModelConfig, SmoLM135_Model, clean_state_dict
 from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
     TRAINING,
@@ -59,9 +59,16 @@ from smolm135.export_gguf import (
     reload_gguf,
     write_gguf,
 )
-from smolm135.export_llama import is_llama_folder, llama_config, reload_in_fresh_process, save_llama_model
+from smolm135.export_llama import (
+    is_llama_folder,
+    llama_config,
+    llama_model_from_native,
+    reload_in_fresh_process,
+    save_llama_model,
+)
 from smolm135.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
+from smolm135.lora import save_peft_adapter
 from smolm135.model_card import check_license, render_model_card
 from smolm135.pretrained import load_pretrained
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
@@ -424,14 +431,19 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
 
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
             model_id: str | None = None, license: str = "apache-2.0", say=print,
-            gguf_types: tuple[str, ...] = ()) -> Path:
+            gguf_types: tuple[str, ...] = (), peft_adapter: str | os.PathLike | None = None) -> Path:
     """Export the checkpoint to a verified Hugging Face folder, and to one verified .gguf file in it for each of
-    `gguf_types`; returns the folder."""
+    `gguf_types`; returns the folder. A LoRA checkpoint is exported with its adapters merged, and with
+    `peft_adapter` its adapters are also written there as a peft folder for the base model."""
     check_license(license)
     if output_dir is not None:
         check_output_dir(Path(output_dir))
+    if peft_adapter is not None:
+        check_output_dir(Path(peft_adapter))
     checkpoint = load_checkpoint(checkpoint_path)
-    native = checkpoint.build_model()
+    if peft_adapter is not None:
+        check_has_adapters(checkpoint)
+    native = checkpoint.build_model()  # a LoRA checkpoint's adapters merged
     if gguf_types:
         check_rotary(native.config, "GGUF export")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(native.config)
@@ -444,6 +456,8 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
     say(f"verified: {output_dir} reloads {how} in a fresh offline process; max abs logit "
         f"difference to the native model {check.max_abs_difference:.3g} over {check.n_tokens} tokens "
         f"(limit {MAX_LOGIT_DIFFERENCE:g}); tokenizer ids equal the model's own tokenizer's")
+    if peft_adapter is not None:
+        write_peft_adapter(checkpoint, native, Path(peft_adapter), say)
     return output_dir
 
 
@@ -451,6 +465,37 @@ def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | 
 class GGUFChecks:
     verified: list[str]  # for each file that passed: a sentence saying what was checked
     failed: dict[Path, str]  # each file that did not: why
+
+
+def check_has_adapters(checkpoint: Checkpoint) -> None:
+    if checkpoint.lora is None:
+        raise UserError(f"--peft-adapter: {checkpoint.source} has no LoRA adapters (it was trained without "
+                        f"--lora-rank); its export alone is the whole model")
+    check_rotary(ModelConfig.from_dict(checkpoint.model_config), "a peft adapter for transformers' Llama")
+
+
+def write_peft_adapter(checkpoint: Checkpoint, merged: SmoLM135_Model, folder: Path, say=print) -> Path:
+    """The checkpoint's adapters as a peft folder for transformers' Llama of its base model, checked: the base
+    with the adapter loaded by peft gives the merged model's logits."""
+    base = SmoLM135_Model(ModelConfig.from_dict(checkpoint.model_config))
+    base.load_state_dict(clean_state_dict(checkpoint.model_state_dict))  # the base weights, unmerged
+    save_peft_adapter(base.eval(), checkpoint.lora, folder)
+    difference = check_logits_match(*peft_adapter_logits(base, merged, folder))
+    say(f"wrote the LoRA adapters to {folder}: PeftModel.from_pretrained(<the base model as LlamaForCausalLM>, "
+        f"\"{folder}\") gives the merged model's logits (max abs difference {difference:.3g})")
+    return folder
+
+
+def peft_adapter_logits(base: SmoLM135_Model, merged: SmoLM135_Model, folder: Path, length: int = 16):
+    """(T, V) logits of the merged native model and of transformers' Llama of `base` with the adapter folder
+    loaded by peft, for `length` tokens."""
+    from peft import PeftModel
+
+    input_ids = torch.arange(length).remainder(base.config.vocab_size)[None]  # (1, T)
+    llama = llama_model_from_native(base, llama_config(base.config, None, None, None))
+    adapted = PeftModel.from_pretrained(llama, str(folder)).eval()
+    with torch.no_grad():
+        return merged(input_ids)[0][0], adapted(input_ids).logits[0]
 
 
 def export_verified_ggufs(native: SmoLM135_Model, paths: list[Path], gguf_types: tuple[str, ...],
@@ -602,6 +647,9 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
                         help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
                              f"TYPE: {', '.join(GGUF_TYPES)})")
+    parser.add_argument("--peft-adapter", metavar="DIR", help="a LoRA checkpoint: also write its adapters as a "
+                        "peft folder, for PeftModel.from_pretrained on transformers' Llama of the base model (the "
+                        "export itself holds the adapters merged)")
     parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
                                                             "native checkpoint")
     parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
@@ -625,7 +673,8 @@ def main(argv: list[str] | None = None) -> Path:
     # a push with no token is known before the export, not after minutes of writing and checking it
     token = hub_token(args.push_to_hub, args.token, "nothing was exported") if args.push_to_hub else None
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else find_newest_model(args.search_dir)
-    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license, gguf_types=tuple(args.gguf))
+    folder = convert(checkpoint_path, args.output_dir, args.push_to_hub, args.license, gguf_types=tuple(args.gguf),
+                     peft_adapter=args.peft_adapter)
     if args.push_to_hub:
         url = push_to_hub(folder, args.push_to_hub, token, args.private, args.commit_message)
         print(f"pushed {folder} to {url}")

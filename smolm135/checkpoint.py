@@ -16,6 +16,8 @@ Format versions (`format_version` in the file):
      sequence length and corpus key, which a resume compares with its own.
   3  adds `tokenizer`: the record of the tokenizer the model reads (`smolm135.tokenizer.tokenizer_from_record`),
      GPT-2's or a pretrained model's own tokenizer.json. Versions 1 and 2 used GPT-2.
+  4  adds `lora`: a LoRA run's settings and adapters (smolm135/lora.py); `model_state_dict` then holds the
+     base weights, unmerged. A reader of version 3 would load the base alone, so the version says it cannot.
 """
 from __future__ import annotations
 
@@ -37,19 +39,20 @@ from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from .disk import make_room, process_alive, write_failure
 from .errors import UserError
+from .lora import is_adapter_record, load_weights
 from .probes import hand_decode_probe
 from .runtime import is_precision_record
 from .tokenizer import tokenizer_from_record
 
 FORMAT_NAME = "smolm135-checkpoint"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 REQUIRED_KEYS = ("model_state_dict", "model_config")
 # Everything else is optional: a checkpoint converted back from a Hugging Face folder has no optimizer,
 # no RNG state and (without training_info.json) no step; a missing key reads as its default below.
 OPTIONAL_KEYS = ("format", "format_version", "train_config", "optimizer_state_dict", "grad_scaler_state_dict",
                  "step", "tokens_seen", "elapsed_seconds", "nonfinite_in_a_row", "history", "data_position",
                  "rng_state", "train_loss", "val_loss", "data_name", "torch_version", "converted_from", "final_model",
-                 "num_threads", "tokenizer", "precision")
+                 "num_threads", "tokenizer", "precision", "lora")
 TRAINING_INFO_FILE = "training_info.json"  # a checkpoint's training facts, beside an exported model's weights
 _EXPORT_FILES = "export_files"  # training_info.json's list of the files an export wrote (not training facts)
 
@@ -285,6 +288,9 @@ class Checkpoint:
     # measurement can come out otherwise on a later start (another load, a cleared cache), so a resume takes
     # the recorded one and computes as the uninterrupted run did.
     precision: dict | None = None
+    # A LoRA run's adapters (lora.adapter_record): settings and tensors; model_state_dict holds the base weights,
+    # and a plain model built from the checkpoint gets them merged (`load_weights_into`)
+    lora: dict | None = None
     source: str = "checkpoint"  # where it was read from, for messages; not saved
 
     # ---- reading and writing
@@ -300,7 +306,8 @@ class Checkpoint:
         optional = {"optimizer_state_dict": self.optimizer_state_dict, "rng_state": self.rng_state,
                     "data_position": asdict(self.data_position) if self.data_position else None,
                     "converted_from": self.converted_from, "final_model": self.final_model,
-                    "num_threads": self.num_threads, "tokenizer": self.tokenizer, "precision": self.precision}
+                    "num_threads": self.num_threads, "tokenizer": self.tokenizer, "precision": self.precision,
+                    "lora": self.lora}
         return state | {key: value for key, value in optional.items() if value is not None}
 
     @classmethod
@@ -326,7 +333,8 @@ class Checkpoint:
             rng_state=state.get("rng_state"), data_name=state.get("data_name"),
             torch_version=state.get("torch_version"), converted_from=state.get("converted_from"),
             final_model=state.get("final_model"), num_threads=state.get("num_threads"),
-            tokenizer=state.get("tokenizer"), precision=state.get("precision"), source=str(source))
+            tokenizer=state.get("tokenizer"), precision=state.get("precision"), lora=state.get("lora"),
+            source=str(source))
 
     @classmethod
     def from_facts(cls, model: SmoLM135_Model, facts: TrainingFacts, converted_from: str,
@@ -403,8 +411,10 @@ class Checkpoint:
                                   f"({type(error).__name__})") from None
 
     def load_weights_into(self, model: torch.nn.Module) -> None:
+        """The weights into a native model; a LoRA checkpoint's adapters merged, unless the model has adapters
+        of its own to take them (lora.load_weights)."""
         try:
-            model.load_state_dict(clean_state_dict(self.model_state_dict))
+            load_weights(model, clean_state_dict(self.model_state_dict), self.lora)
         except RuntimeError as error:
             raise CheckpointError(f"{self.source}: the weights do not fit the model config stored with them "
                                   f"({str(error).splitlines()[0]})") from None
@@ -528,6 +538,7 @@ def state_problems(state: dict) -> list[str]:
         "final_model": lambda v: isinstance(v, str) and v == Path(v).name and v.endswith(".pt"),
         "num_threads": lambda v: _count(v, 1) and v <= MAX_THREADS,
         "precision": is_precision_record,
+        "lora": is_adapter_record,
         # plain strings only (tokenizer_from_record reads them); a kind it does not know is refused here
         "tokenizer": lambda v: isinstance(v, dict) and v.get("kind") in ("gpt2", "tokenizer.json")
         and all(isinstance(key, str) and isinstance(item, (str, type(None))) for key, item in v.items())

@@ -18,7 +18,8 @@ from .train_config import TrainConfig, get_lr
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
                         dtype: torch.dtype = torch.float32):
-    """The optimizer --optimizer names, over the model's parameters; `dtype` is the training precision."""
+    """The optimizer --optimizer names, over the model's trainable parameters (a LoRA run's adapters alone:
+    frozen weights get no moments); `dtype` is the training precision."""
     if cfg.optimizer == "muon":
         return muon_with_adamw(model, cfg, device, dtype)
     return adamw(model, cfg, device)
@@ -26,10 +27,14 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.
 
 def adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only: decaying norm gains would only fight the normalisation."""
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    vectors = [p for p in model.parameters() if p.dim() < 2]
+    matrices = [p for p in trainable(model) if p.dim() >= 2]
+    vectors = [p for p in trainable(model) if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused_adamw(device))
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def fused_adamw(device: torch.device) -> bool | None:
@@ -54,9 +59,9 @@ def muon_with_adamw(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     to the output head) and for the norm gains. Muon orthogonalizes in bf16 where the run trains in bf16
     (the host multiplies it fast), else in fp32."""
     in_blocks = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
-    matrices = [p for p in model.parameters() if id(p) in in_blocks]
-    embeddings = [p for p in model.parameters() if id(p) not in in_blocks and p.dim() >= 2]
-    vectors = [p for p in model.parameters() if p.dim() < 2]
+    matrices = [p for p in trainable(model) if id(p) in in_blocks]
+    embeddings = [p for p in trainable(model) if id(p) not in in_blocks and p.dim() >= 2]
+    vectors = [p for p in trainable(model) if p.dim() < 2]
     muon = Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
                 adjust_lr_fn="match_rms_adamw", orthogonalize_dtype=dtype if dtype == torch.bfloat16 else torch.float32)
     rest = torch.optim.AdamW([{"params": embeddings, "weight_decay": cfg.weight_decay},

@@ -26,6 +26,7 @@ from .checkpoint import (
 )
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
+from .lora import LoraSettings, adapter_record, mismatch, split_state_dict
 from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
 from .probes import hand_decode_probe
 from .runtime import Distributed, main_process_first, precision_record, run_on_main
@@ -88,14 +89,17 @@ class Run:
     # ---- checkpoints
 
     def to_checkpoint(self) -> Checkpoint:
-        """The run as it stands, as a checkpoint record."""
-        return Checkpoint(self.model.state_dict(), self.model.config.to_dict(), self.cfg.to_dict(), self.progress,
+        """The run as it stands, as a checkpoint record (a LoRA run's: the base weights and the adapters apart)."""
+        weights, adapters = split_state_dict(self.model)
+        lora = LoraSettings.of(self.cfg)
+        return Checkpoint(weights, self.model.config.to_dict(), self.cfg.to_dict(), self.progress,
                           self.optimizer.state_dict(), self.scaler.state_dict(), self.data_position,
                           capture_rng_state(), self.corpus.name, str(torch.__version__),
                           final_model=self.final_model, num_threads=torch.get_num_threads(),
                           tokenizer=self.tokenizer.to_record(),
                           precision=precision_record(self.device, self.dtype,
-                                                     self.model.cpu_kernels.training_attention_by_matmuls))
+                                                     self.model.cpu_kernels.training_attention_by_matmuls),
+                          lora=adapter_record(lora, adapters) if lora else None)
 
     def save_checkpoint(self) -> Path:
         """The step's checkpoint and latest.pt (rank 0 alone; the others wait and learn of a failure)."""
@@ -251,6 +255,15 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if differences:
         raise UserError(f"checkpoint {checkpoint.source} was trained with a different model "
                         f"({'; '.join(differences)}): use the same --preset, or --resume never to start fresh")
+    lora = LoraSettings.of(run.cfg)
+    if lora and checkpoint.lora is None and checkpoint.started_from != run.cfg.init_from:
+        checkpoint.load_weights_into(run.model)  # an --init-from checkpoint without adapters: the base to adapt
+        run.log.say(f"LoRA adapters start on the weights of {checkpoint.source}, with a fresh optimizer at step 0")
+        return
+    lora_difference = mismatch(lora, checkpoint.lora)
+    if lora_difference:
+        raise UserError(f"checkpoint {checkpoint.source}: {lora_difference}: give the run the same --lora-* "
+                        f"flags, or pass --resume never to start fresh")
     use_threads_of(run, checkpoint)
     run.restore(checkpoint)
     progress = run.progress

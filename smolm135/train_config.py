@@ -10,6 +10,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError, speaks_for_its_node
+from .lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from .sources import DEFAULT_TEXT_FIELD
 from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
@@ -62,6 +63,11 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast dtype)
     compile: bool = False
     grad_checkpointing: bool = False
+    # LoRA (smolm135/lora.py): a rank above 0 trains low-rank adapters on --lora-targets, the base weights frozen
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapters' update is scaled by alpha / rank
+    lora_dropout: float = 0.0
+    lora_targets: str = ",".join(BLOCK_PROJECTIONS)
     seed: int = 1337
     resume: str = "auto"  # auto | never | PATH
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
@@ -169,6 +175,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if not cfg.data.strip():
         problems.append(EMPTY_DATA)
+    problems += lora_problems(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.model is None:
@@ -217,6 +224,12 @@ _HELP = {
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
+    "lora_rank": "train LoRA adapters of this rank on --lora-targets, every other weight frozen (default 0: train "
+                 "every weight)",
+    "lora_alpha": "scale of the LoRA update: alpha / rank (default 16)",
+    "lora_dropout": "dropout on the LoRA adapters' input while training (default 0)",
+    "lora_targets": f"the block projections LoRA adapts, comma-separated (default {','.join(BLOCK_PROJECTIONS)}: "
+                    f"attention and MLP)",
 }
 
 

@@ -1,5 +1,6 @@
 """The benchmarks' shared pieces keep working: the reference holds our weights, and a step runs on both."""
 
+import pytest
 import torch
 
 from bench.harness import llama_state_dict, model_pair, token_batch, training_step
@@ -41,3 +42,13 @@ def test_the_gguf_load_benchmark_finds_the_same_weights_on_both_sides(capsys):
     measured = gguf_load.main(["--quick", "--device", "cpu", "--repeats", "1"])
     assert measured["same_weights"] and measured["load"] > 0
     assert "the same fp32 weights on both sides: yes" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_lora_benchmark_times_and_measures_both_sides_in_quick_mode(capsys):
+    from bench import lora
+
+    ratios = lora.main(["--quick", "--device", "cpu", "--repeats", "1", "--batch-size", "2", "--seq-len", "16"])
+    assert set(ratios) == {"step time", "step peak memory", "total peak memory"}
+    assert all(value > 0 for value in ratios.values())
+    assert "65,536 trainable parameters" in capsys.readouterr().out  # rank 8 on the 4 tiny-rotary blocks
