@@ -263,3 +263,25 @@ def test_a_model_without_a_chat_template_refuses_conversations(tmp_path):
         train(tiny_train_config(data, tmp_path / "out"))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out" / "checkpoints").exists() or not any((tmp_path / "out" / "checkpoints").iterdir())
+
+
+# ------------------------------------------------------------------ evaluate.py on conversations
+
+
+def test_evaluate_scores_conversations_on_their_answers(chat_tokenizer, tmp_path):
+    import evaluate
+
+    records = conversations(6)
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
+    checkpoint = save_tiny_chat_checkpoint(tmp_path / "chat.pt")
+    lines = []
+    [result] = evaluate.evaluate([str(checkpoint)], str(data), device="cpu", dtype="float32", show_progress=False,
+                                 say=lines.append)
+    answers = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
+    assert result.score.text_bytes == sum(len(answer.encode()) for answer in answers)
+    assert result.score.tokens == sum(int(ConversationEncoder(chat_tokenizer).encode(
+        Conversation(r["messages"], "")).assistant.sum()) for r in records)
+    assert "bits per assistant byte" in lines[0]
+    with pytest.raises(UserError, match="has no column 'text'"):
+        evaluate.evaluate([str(checkpoint)], str(data), device="cpu", dtype="float32", show_progress=False,
+                          data_format="text")
