@@ -285,3 +285,17 @@ def test_evaluate_scores_conversations_on_their_answers(chat_tokenizer, tmp_path
     with pytest.raises(UserError, match="has no column 'text'"):
         evaluate.evaluate([str(checkpoint)], str(data), device="cpu", dtype="float32", show_progress=False,
                           data_format="text")
+
+
+def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):
+    pytest.importorskip("chatterbot_corpus")
+    from smolm135.chat_corpus import write_chatterbot_jsonl
+
+    path = write_chatterbot_jsonl(tmp_path / "chatterbot.jsonl")
+    assert detect_shape([path]).name == "messages"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(records) > 1000
+    for record in records:  # user first, turns alternate, an answer last, every content a string
+        roles = [message["role"] for message in record["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        assert all(isinstance(message["content"], str) and message["content"] for message in record["messages"])
