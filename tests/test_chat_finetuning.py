@@ -299,3 +299,12 @@ def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):
         roles = [message["role"] for message in record["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
         assert all(isinstance(message["content"], str) and message["content"] for message in record["messages"])
+
+
+def test_format_and_loss_on_flags_name_their_choices():
+    from smolm135.train_config import TrainConfig, validate
+
+    with pytest.raises(UserError) as error:
+        validate(TrainConfig(preset="tiny", format="xml", loss_on="user"))
+    assert "--format must be one of auto, text, chat (got xml)" in str(error.value)
+    assert "--loss-on must be one of assistant, all (got user)" in str(error.value)
