@@ -33,20 +33,23 @@ def train_batch(chat: ChatData, seed: int, step: int, global_batch: int, local: 
     return window_batch(chat.train, rows[local], device)
 
 
-def evaluation_rows(chat: ChatData, max_rows: int) -> int:
-    """Held-out rows scored at each evaluation: all of them, up to --eval-batches global batches."""
-    return min(len(chat.val), max_rows)
+def evaluation_rows(chat: ChatData, max_rows: int) -> np.ndarray:
+    """The held-out rows scored at each evaluation: all of them, or `max_rows` (--eval-batches global
+    batches) spread evenly over them: rows are packed longest conversations first, so the first rows alone
+    would judge the model on long conversations only."""
+    n_rows = len(chat.val)
+    return np.arange(n_rows) if n_rows <= max_rows else np.arange(max_rows) * n_rows // max_rows
 
 
 @torch.no_grad()
 def assistant_loss(model, chat: ChatData, batch_size: int, max_rows: int, device, dtype,
                    rank: int = 0, world_size: int = 1) -> float:
-    """Mean loss per assistant token over the first `max_rows` held-out rows (`evaluation_rows`), each
-    process scoring every world_size-th row. It sums over every assistant token (end-of-turn included) and
+    """Mean loss per assistant token over the held-out rows `evaluation_rows` picks, each process scoring
+    every world_size-th of them. It sums over every assistant token (end-of-turn included) and
     divides once, so the figure does not depend on how the rows are batched or shared out."""
     was_training = model.training
     model.eval()
-    mine = np.arange(rank, evaluation_rows(chat, max_rows), world_size)
+    mine = evaluation_rows(chat, max_rows)[rank::world_size]
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # nats, tokens
     for start in range(0, len(mine), batch_size):
         x, y, documents = window_batch(chat.val, mine[start:start + batch_size], device)  # (B, T) each
@@ -64,7 +67,7 @@ def assistant_loss(model, chat: ChatData, batch_size: int, max_rows: int, device
 def bits_per_answer_byte(chat: ChatData, loss: float, max_rows: int) -> float:
     """A loss per assistant token over the evaluated held-out rows as bits per UTF-8 byte of the answers
     (their text; the end-of-turn tokens are scored but add no bytes): comparable across tokenizers."""
-    rows = slice(0, evaluation_rows(chat, max_rows))
+    rows = evaluation_rows(chat, max_rows)
     tokens = int((chat.val.targets[rows] != IGNORE_INDEX).sum())
     return loss / math.log(2) * tokens / max(1, int(chat.val.answer_bytes[rows].sum()))
 

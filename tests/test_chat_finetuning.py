@@ -308,3 +308,13 @@ def test_format_and_loss_on_flags_name_their_choices():
         validate(TrainConfig(preset="tiny", format="xml", loss_on="user"))
     assert "--format must be one of auto, text, chat (got xml)" in str(error.value)
     assert "--loss-on must be one of assistant, all (got user)" in str(error.value)
+
+
+def test_evaluation_scores_every_held_out_row_or_rows_spread_over_them_all():
+    from types import SimpleNamespace
+
+    from smolm135.chat_training import evaluation_rows
+
+    chat = SimpleNamespace(val=[None] * 10)  # rows are packed longest first: the first ones alone would mislead
+    assert evaluation_rows(chat, 16).tolist() == list(range(10))
+    assert evaluation_rows(chat, 4).tolist() == [0, 2, 5, 7]
