@@ -25,6 +25,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from smollm135_model import SmoLM135_Model
+from smolm135.chat_training import (
+    answer_sample,
+    assistant_loss,
+    conversation_shape,
+    load_conversations,
+    refuse_without_template,
+    train_batch,
+)
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError, run_cli
@@ -122,9 +130,15 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
         cfg.dtype, device, cfg.model, cfg.seq_len, checkpoint.precision if checkpoint else None),
         send_result_to_all=True)
     dtype = precision.dtype
+    shape = conversation_shape(cfg)  # None: --data is text
+    refuse_without_template(cfg, shape, start.tokenizer)
     tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
-    corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)
-    check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
+    chat = None
+    if shape is None:
+        corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)
+        check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
+    else:
+        chat, corpus, train_tokens, val_tokens = load_conversations(cfg, shape, tokenizer)
     model = new_model(cfg, device)
     model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
     if start.pretrained is not None:
@@ -134,7 +148,8 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
         add_adapters(model, lora, cfg.seed)  # from here on only the adapters train
     run = Run(cfg, layout, timestamp, distributed, device, dtype, log, corpus, train_tokens, val_tokens, model,
               step_model=model, optimizer=configure_optimizer(model, cfg, device, dtype),
-              scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), progress=Progress())
+              scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), progress=Progress(),
+              chat=chat)
     describe(run)
     if precision.reason:
         log.say(f"--dtype auto: {precision.reason}")
@@ -150,9 +165,17 @@ def describe(run: Run) -> None:
     log.say(f"smolm135 preset {cfg.preset}: {params['total']:,} parameters ({params['non_embedding']:,} "
             f"non-embedding) on {device_description(run.device)}, precision {str(run.dtype).replace('torch.', '')}"
             + (f", {run.distributed.world_size} processes" if run.distributed.enabled else ""))
-    log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
-            f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''} with "
-            f"{run.tokenizer.description}; {run.global_batch} x {cfg.seq_len} = {run.tokens_per_step:,} tokens per step")
+    if run.chat is None:
+        log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
+                f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''} with "
+                f"{run.tokenizer.description}; {run.global_batch} x {cfg.seq_len} = {run.tokens_per_step:,} tokens "
+                f"per step")
+    else:
+        for line in run.chat.summary(cfg.seq_len):
+            log.say(line)
+        log.say(f"conversations rendered by the chat template of {run.tokenizer.description}, loss on "
+                f"{'the assistant' if cfg.loss_on == 'assistant' else 'every token'}; {run.global_batch} x "
+                f"{cfg.seq_len} = {run.tokens_per_step:,} tokens per step")
     lora = LoraSettings.of(cfg)
     if lora is not None:
         trainable = trainable_parameters(run.model)
@@ -227,19 +250,24 @@ def forward_backward(run: Run, stop_requested: bool) -> tuple[float, float, floa
     step's one host sync, as the three travel together. The scaler scales the loss for float16 (whose
     small gradients would otherwise flush to zero) and divides the gradients back before clipping."""
     cfg, distributed, device = run.cfg, run.distributed, run.device
-    offsets = batch_offsets(len(run.train_tokens), cfg.seq_len, run.global_batch, cfg.seed, TRAIN_STREAM,
-                            run.progress.step)
+    if run.chat is None:
+        offsets = batch_offsets(len(run.train_tokens), cfg.seq_len, run.global_batch, cfg.seed, TRAIN_STREAM,
+                                run.progress.step)
     loss_sum = torch.zeros((), device=device)
     for micro in range(cfg.grad_accum):
         # this process's share of the global batch: the same rows whatever the process count
         rows = local_rows(micro, distributed.rank, distributed.world_size, cfg.batch_size)
-        x, y = get_batch(run.train_tokens, offsets[rows], cfg.seq_len, device)  # (B, T) each
+        documents = None  # packed conversations: which one each position belongs to (B, T)
+        if run.chat is not None:
+            x, y, documents = train_batch(run.chat, cfg.seed, run.progress.step, run.global_batch, rows, device)
+        else:
+            x, y = get_batch(run.train_tokens, offsets[rows], cfg.seq_len, device)  # (B, T) each
         last_micro = micro == cfg.grad_accum - 1
         # under DDP, gradients are all-reduced only once per step, after the last micro-batch
         sync = run.step_model.no_sync() if distributed.enabled and not last_micro else contextlib.nullcontext()
         with sync:
             with autocast(device, run.dtype):
-                _, loss = run.step_model(x, y, return_logits=False)
+                _, loss = run.step_model(x, y, return_logits=False, document_ids=documents)
             run.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
     run.scaler.unscale_(run.optimizer)  # a no-op unless float16
@@ -310,9 +338,10 @@ def after_step(run: Run, report: StepReport, stop: StopRequest) -> str | None:
     done = step == cfg.max_steps
     if done:
         run.choose_final_model()  # recorded in the last checkpoint: a re-run can finish the final write
-    if step % cfg.eval_every == 0 or done:
-        evaluate_and_record(run)
-    if run.is_main and (step % cfg.sample_every == 0 or done):
+    evaluates = step % cfg.eval_every == 0 or done
+    if evaluates:
+        evaluate_and_record(run)  # of conversations: with the sample
+    if run.is_main and (step % cfg.sample_every == 0 or done) and not (evaluates and run.chat is not None):
         log_sample(run, step)
     stopped_by = None
     if report.stop_votes > 0 and not done:
@@ -327,6 +356,9 @@ def evaluate(run: Run) -> float:
     """Mean loss over a fixed validation set: --eval-batches global batches, the same rows at every
     evaluation and for every split into processes and micro-steps; each process evaluates its share."""
     cfg, distributed, model = run.cfg, run.distributed, run.step_model
+    if run.chat is not None:  # the loss per assistant token of the held-out conversations
+        return assistant_loss(model, run.chat, cfg.batch_size, cfg.eval_batches * run.global_batch, run.device,
+                              run.dtype, distributed.rank, distributed.world_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=run.device)
@@ -348,6 +380,12 @@ def evaluate(run: Run) -> float:
 def evaluate_and_record(run: Run) -> None:
     val_loss = evaluate(run)
     run.progress.history["val"].append([run.progress.step, val_loss])
+    if run.chat is not None:
+        run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} per assistant token "
+                    f"({run.bits_per_byte(val_loss):.4f} bits per assistant byte)")
+        if run.is_main:  # a held-out question answered, at every evaluation
+            log_sample(run, run.progress.step)
+        return
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} "
                 f"({run.bits_per_byte(val_loss):.4f} bits per byte)")
 
@@ -356,7 +394,12 @@ def log_sample(run: Run, step: int) -> None:
     """The step's sample in the log. A sample only shows how training goes: whatever makes it fail (odd
     weights, a tokenizer it cannot please) is one line in the log, and training goes on."""
     try:
-        run.log.say(f"step {step} sample:\n{sample_text(run.model, run.cfg, run.device, step, run.tokenizer)}\n")
+        if run.chat is not None:
+            text = answer_sample(run.model, run.tokenizer, run.chat.sample_messages, run.cfg.sample_tokens,
+                                 seed=run.cfg.seed + step)
+        else:
+            text = sample_text(run.model, run.cfg, run.device, step, run.tokenizer)
+        run.log.say(f"step {step} sample:\n{text}\n")
     except Exception as error:  # noqa: BLE001 (deliberately broad: see above)
         reason = (str(error).splitlines() or [""])[0][:200]
         run.log.say(f"step {step}: no sample ({type(error).__name__}: {reason}); training goes on")

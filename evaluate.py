@@ -40,6 +40,7 @@ class ScoringModel:
     context_length: int
     parameters: int
     tokenizer_name: str
+    tokenizer: object = None  # one of smolm135.tokenizer's: what renders conversations (its chat template)
 
 
 # ------------------------------------------------------------------ loading
@@ -81,7 +82,7 @@ def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dt
             return model(x)[0]
 
     return ScoringModel(name, logits, tokenizer.encode, tokenizer.document_separator_id, model.config.block_size,
-                        model.num_parameters()["total"], tokenizer_name)
+                        model.num_parameters()["total"], tokenizer_name, tokenizer)
 
 
 def transformers_scoring_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
@@ -108,7 +109,18 @@ def transformers_scoring_model(spec: str, device: torch.device, dtype: torch.dty
 
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     return ScoringModel(spec, logits, encode, start_id, int(context), model.num_parameters(),
-                        type(tokenizer).__name__.replace("TokenizerFast", "").replace("Tokenizer", "") or "own")
+                        type(tokenizer).__name__.replace("TokenizerFast", "").replace("Tokenizer", "") or "own",
+                        chat_tokenizer_of(tokenizer, spec))
+
+
+def chat_tokenizer_of(hf_tokenizer, spec: str):
+    """A transformers tokenizer with a chat template as one of ours (what renders conversations); else None."""
+    if not getattr(hf_tokenizer, "chat_template", None) or not hasattr(hf_tokenizer, "backend_tokenizer"):
+        return None
+    from smolm135.tokenizer import JsonTokenizer
+
+    return JsonTokenizer(hf_tokenizer.backend_tokenizer.to_str(), eos_token=hf_tokenizer.eos_token,
+                         bos_token=hf_tokenizer.bos_token, chat_template=hf_tokenizer.chat_template, origin=spec)
 
 
 # ------------------------------------------------------------------ text
@@ -142,9 +154,14 @@ class Result:
 
 def evaluate(models: list[str], data: str, context: int | None = None, stride: int | None = None,
              text_field: str = DEFAULT_TEXT_FIELD, device: str = "auto", dtype: str = "auto",
-             batch_windows: int | None = None, show_progress: bool = True, say=print) -> list[Result]:
+             batch_windows: int | None = None, show_progress: bool = True, say=print,
+             data_format: str = "auto") -> list[Result]:
     """Score each model on the same text. `context` defaults to each model's context length, `stride` to
-    half the context."""
+    half the context. Conversations (`data_format` auto finds them by their columns) are scored on their
+    answers instead: bits per byte of the assistant's text (smolm135/chat_scoring.py)."""
+    shape = conversations_in(data, data_format)
+    if shape is not None:
+        return evaluate_conversations(models, data, shape, context, device, dtype, show_progress, say)
     texts = read_documents(data, text_field)
     if not any(texts):
         raise UserError(f"data {data} holds no text to score")
@@ -163,6 +180,48 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
                                 batch_windows, show_progress, desc=f"scoring {spec}")
         result = Result(spec, model.parameters, model.tokenizer_name, window, step, score)
         say(result_line(result))
+        results.append(result)
+        del model
+    return results
+
+
+def conversations_in(data: str, data_format: str):
+    """The shape of --data's conversations per --format, or None when it is text."""
+    from smolm135.chat_data import detect_shape
+
+    if data_format == "text":
+        return None
+    files = resolve_sources(data)
+    if not all(isinstance(source, Path) for source in files):
+        return None
+    return detect_shape(files, data_format)
+
+
+def evaluate_conversations(models: list[str], data: str, shape, context: int | None, device: str, dtype: str,
+                           show_progress: bool, say) -> list[Result]:
+    """Each model's loss on the answers of --data's conversations, rendered by its own chat template."""
+    from smolm135.chat_scoring import score_conversations
+
+    torch_device = pick_device(device)
+    configure_backends(torch_device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    results = []
+    for spec in models:
+        model = load_any_model(spec, torch_device, torch_dtype)
+        if model.tokenizer is None or not model.tokenizer.has_chat_template:
+            raise UserError(f"--data {data} holds conversations, but {spec} has no chat template to render them: "
+                            f"score a chat model, or pass --format text to score a text column")
+        window = context or model.context_length
+        if not 1 < window <= model.context_length:
+            raise UserError(f"--context {window} does not fit {spec}, whose context length is "
+                            f"{model.context_length}: pass --context between 2 and {model.context_length}")
+        score, fitting = score_conversations(model.logits, model.tokenizer, resolve_sources(data), shape, window,
+                                             torch_device, show_progress=show_progress, desc=f"scoring {spec}")
+        result = Result(spec, model.parameters, model.tokenizer_name, window, window, score)
+        say(f"{spec}: {score.bits_per_byte:.4f} bits per assistant byte | loss {score.loss:.4f} per assistant "
+            f"token | {score.tokens:,} assistant tokens, {score.text_bytes:,} bytes of answers"
+            + (f" | {fitting.cut} conversation(s) cut, {fitting.dropped} left out at the context of {window}"
+               if fitting.cut or fitting.dropped else ""))
         results.append(result)
         del model
     return results
@@ -204,6 +263,10 @@ def build_parser() -> CommandLineParser:
                         help="more models to score on the same text, printed as a table")
     parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob")
     parser.add_argument("--text-field", default=DEFAULT_TEXT_FIELD, help="the column holding the text (default text)")
+    parser.add_argument("--format", default="auto", choices=["auto", "text", "chat"], dest="data_format",
+                        help="what --data holds: auto (conversations when a table has a 'messages' column, "
+                             "'prompt' and 'completion', or 'instruction' and 'output'; else text), text, or chat: "
+                             "conversations are scored on their answers (bits per assistant byte)")
     parser.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's context)")
     parser.add_argument("--stride", type=int, default=None,
                         help="tokens a window advances; each token is scored once, with at least context - stride "
@@ -222,7 +285,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if not models:
         raise UserError("name at least one model to score: python evaluate.py MODEL --data FILE")
     results = evaluate(models, args.data, args.context, args.stride, args.text_field, args.device, args.dtype,
-                       args.batch_windows, args.progress)
+                       args.batch_windows, args.progress, data_format=args.data_format)
     if len(results) > 1 or args.compare:
         print()
         print(comparison_table(results))

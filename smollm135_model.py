@@ -235,6 +235,19 @@ def causal_mask(query_length: int, key_length: int, device=None) -> torch.Tensor
     return torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(key_length - query_length)
 
 
+def packed_positions_and_mask(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """document_ids (B, T), equal along each of the texts packed into a row -> (position_ids (B, T), attn_mask
+    (B, 1, T, T)): positions restart at 0 where a text starts, and a query attends causally to its own
+    text's keys only (a block-diagonal causal mask), so a packed text computes as it would alone."""
+    B, T = document_ids.shape
+    index = torch.arange(T, device=document_ids.device)  # (T,)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)  # (B, T): where a text starts
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    text_start = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T): index of the own text's start
+    same_text = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    return index - text_start, (same_text & causal_mask(T, T, document_ids.device))[:, None]
+
+
 class CausalSelfAttention(nn.Module):
     # the equal alternatives to SDPA a CPU may take (see CpuKernels; off until a probe turns them on)
     decode_by_matmuls = False
@@ -529,7 +542,8 @@ class SmoLM135_Model(nn.Module):
     # ---------------------------------------------------------------- forward
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, position_ids=None, attn_mask=None,
-                logits_to_keep: int = 0, return_logits: bool = True, hidden_states: list | None = None):
+                logits_to_keep: int = 0, return_logits: bool = True, hidden_states: list | None = None,
+                document_ids=None):
         """idx (B, T) token ids -> (logits (B, T, V) or None, loss or None).
 
         With `targets` (B, T) the loss is the mean next-token cross entropy (ignore_index -100). Training
@@ -541,8 +555,12 @@ class SmoLM135_Model(nn.Module):
         Positions are looked up in the learned embedding or turned into rotary angles, per the config.
         A `hidden_states` list receives n_layer + 1 tensors (B, T, C): the embeddings, then each block's output,
         the last one after the final norm (the states transformers' `output_hidden_states` reports).
+        `document_ids` (B, T) packs several texts into a row (conversations in fine-tuning): each position
+        attends to its own text only, and positions restart where a text starts (`packed_positions_and_mask`).
         """
         B, T = idx.shape
+        if document_ids is not None:
+            position_ids, attn_mask = packed_positions_and_mask(document_ids)  # (B, T), (B, 1, T, T)
         past_length = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
             if past_length + T > self.config.block_size:

@@ -24,6 +24,8 @@ from .checkpoint import (
     save_atomic,
     save_training_checkpoint,
 )
+from .chat_data import ChatData
+from .chat_training import bits_per_answer_byte
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
 from .lora import LoraSettings, adapter_record, mismatch, split_state_dict
@@ -55,6 +57,7 @@ class Run:
     scaler: torch.amp.GradScaler  # float16's loss scale; disabled otherwise
     progress: Progress
     final_model: str | None = None  # the final model's file name, chosen when the last step is reached
+    chat: ChatData | None = None  # packed conversations, when --data holds them (else batches read the tokens)
 
     @property
     def is_main(self) -> bool:
@@ -79,7 +82,10 @@ class Run:
         return self.tokenizer.text_bytes(self.val_tokens)
 
     def bits_per_byte(self, loss: float) -> float:
-        """A loss in nats per token as bits per byte of text: the figure comparable across tokenizers."""
+        """A loss in nats per token as bits per byte of text: the figure comparable across tokenizers (of a
+        conversation run: bits per byte of the held-out answers)."""
+        if self.chat is not None:
+            return bits_per_answer_byte(self.chat, loss, self.cfg.eval_batches * self.global_batch)
         return loss / math.log(2) * len(self.val_tokens) / max(1, self.val_bytes)
 
     @property

@@ -207,17 +207,19 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, origin: str) -> 
     return JsonTokenizer(backend.to_str(), eos_token=END_OF_TEXT, bos_token=END_OF_TEXT, origin=origin)
 
 
-def render_chat(chat_template: str, messages: list[dict], **special_tokens) -> str:
-    """`messages` rendered by a Jinja chat template with the generation prompt, exactly as transformers'
-    `apply_chat_template` renders them (its own function, which runs the template in jinja2's immutable
-    sandbox: a template comes with the model, from wherever the model came). `special_tokens` are the names
-    templates may use (`bos_token`, `eos_token`); a template that refuses the conversation is a UserError."""
+def render_chat(chat_template: str, messages: list[dict], add_generation_prompt: bool = True,
+                **special_tokens) -> str:
+    """`messages` rendered by a Jinja chat template, by default with the generation prompt, exactly as
+    transformers' `apply_chat_template` renders them (its own function, which runs the template in jinja2's
+    immutable sandbox: a template comes with the model, from wherever the model came). `special_tokens` are
+    the names templates may use (`bos_token`, `eos_token`); a template that refuses the conversation is a
+    UserError."""
     from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
     try:
-        rendered, _ = render_jinja_template([messages], chat_template=chat_template, add_generation_prompt=True,
-                                            **special_tokens)
+        rendered, _ = render_jinja_template([messages], chat_template=chat_template,
+                                            add_generation_prompt=add_generation_prompt, **special_tokens)
     except TemplateError as error:  # the template's raise_exception(), or a template that does not parse
         raise UserError(f"the model's chat template refused this conversation: {error}") from None
     return rendered[0]

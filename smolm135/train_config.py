@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
+from .chat_data import FORMATS, LOSS_ON
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError, speaks_for_its_node
 from .lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
@@ -32,6 +33,9 @@ class TrainConfig:
 
     data: str = DEFAULT_DATA
     text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
+    format: str = "auto"  # what --data holds: auto (told by its columns) | text | chat (see chat_data.py)
+    loss_on: str = "assistant"  # of conversations: assistant (the answers only) | all (every token)
+    skip_bad_records: bool = False  # leave out (and count) conversation records that cannot be trained on
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
@@ -161,6 +165,10 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"a tokenizer learned from the corpus needs a vocabulary of at least "
                         f"{SMALLEST_BPE_VOCABULARY} tokens (every byte and {END_OF_TEXT}), the {cfg.preset} model "
                         f"has {cfg.model.vocab_size}: choose a preset with a larger vocab_size")
+    if cfg.format not in FORMATS:
+        problems.append(f"--format must be one of {', '.join(FORMATS)} (got {cfg.format})")
+    if cfg.loss_on not in LOSS_ON:
+        problems.append(f"--loss-on must be one of {', '.join(LOSS_ON)} (got {cfg.loss_on})")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
@@ -205,6 +213,11 @@ _HELP = {
     "data": "a .txt, .jsonl, .jsonl.gz or .parquet file, a folder or glob of them, a datasets save_to_disk folder, "
             "or hf:NAME[:CONFIG][:SPLIT] (default input.txt; written from Shakespeare if absent)",
     "text_field": "the column holding the text in .jsonl, .parquet and datasets (default text)",
+    "format": "what --data holds: auto (conversations when a table has a 'messages' column, 'prompt' and "
+              "'completion', or 'instruction' and 'output'; else text), text, or chat",
+    "loss_on": "of conversations: assistant (the loss counts the answers and their end-of-turn token only) or all",
+    "skip_bad_records": "leave out conversation records that cannot be trained on (and count them) instead of "
+                        "stopping at the first",
     "tokenizer": "of a model trained from scratch: auto (GPT-2's where the model's vocabulary holds it, else "
                  "corpus), gpt2, or corpus (a byte-level BPE of the model's vocabulary size learned from --data)",
     "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",

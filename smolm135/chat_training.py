@@ -1,0 +1,129 @@
+"""Fine-tuning on conversations, as the trainer's loop asks for it: the packed rows of a step (a pure function
+of seed and step, as text batches are), the assistant-token loss on held-out conversations, and a held-out
+user turn answered through the chat template (the sample)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .chat_data import IGNORE_INDEX, ChatData, ConversationShape, Windows, detect_shape, load_chat_data
+from .data import DEFAULT_DATA, TRAIN_STREAM, Corpus, resolve_sources
+from .errors import UserError
+from .runtime import autocast
+
+
+def row_indices(n_windows: int, n_rows: int, seed: int, stream: int, index: int) -> np.ndarray:
+    """Which packed rows make up global batch `index`: a pure function of (seed, stream, index)."""
+    return np.random.default_rng([seed, stream, index]).integers(0, n_windows, size=n_rows)
+
+
+def window_batch(windows: Windows, rows: np.ndarray, device: torch.device):
+    """Rows of packed windows -> inputs, targets and document ids, (B, T) each, on `device`."""
+    batch = [torch.from_numpy(array[rows]) for array in (windows.inputs, windows.targets, windows.segments)]
+    return [tensor.to(device, non_blocking=device.type == "cuda") for tensor in batch]
+
+
+def train_batch(chat: ChatData, seed: int, step: int, global_batch: int, local: slice, device: torch.device):
+    """This process's share (`local`, from data.local_rows) of step `step`'s global batch of packed rows."""
+    rows = row_indices(len(chat.train), global_batch, seed, TRAIN_STREAM, step)
+    return window_batch(chat.train, rows[local], device)
+
+
+def evaluation_rows(chat: ChatData, max_rows: int) -> np.ndarray:
+    """The held-out rows scored at each evaluation: all of them, or `max_rows` (--eval-batches global
+    batches) spread evenly over them: rows are packed longest conversations first, so the first rows alone
+    would judge the model on long conversations only."""
+    n_rows = len(chat.val)
+    return np.arange(n_rows) if n_rows <= max_rows else np.arange(max_rows) * n_rows // max_rows
+
+
+@torch.no_grad()
+def assistant_loss(model, chat: ChatData, batch_size: int, max_rows: int, device, dtype,
+                   rank: int = 0, world_size: int = 1) -> float:
+    """Mean loss per assistant token over the held-out rows `evaluation_rows` picks, each process scoring
+    every world_size-th of them. It sums over every assistant token (end-of-turn included) and
+    divides once, so the figure does not depend on how the rows are batched or shared out."""
+    was_training = model.training
+    model.eval()
+    mine = evaluation_rows(chat, max_rows)[rank::world_size]
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nats, tokens
+    for start in range(0, len(mine), batch_size):
+        x, y, documents = window_batch(chat.val, mine[start:start + batch_size], device)  # (B, T) each
+        with autocast(device, dtype):
+            _, loss = model(x, y, return_logits=False, document_ids=documents)
+        tokens = (y != IGNORE_INDEX).sum()
+        sums += torch.stack([loss.double() * tokens, tokens.double()])
+    if world_size > 1:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    nats, tokens = sums.tolist()
+    return nats / max(1.0, tokens)
+
+
+def bits_per_answer_byte(chat: ChatData, loss: float, max_rows: int) -> float:
+    """A loss per assistant token over the evaluated held-out rows as bits per UTF-8 byte of the answers
+    (their text; the end-of-turn tokens are scored but add no bytes): comparable across tokenizers."""
+    rows = evaluation_rows(chat, max_rows)
+    tokens = int((chat.val.targets[rows] != IGNORE_INDEX).sum())
+    return loss / math.log(2) * tokens / max(1, int(chat.val.answer_bytes[rows].sum()))
+
+
+def answer_sample(model, tokenizer, messages: list[dict], max_new_tokens: int, seed: int) -> str:
+    """The model's answer to `messages` (a held-out conversation up to a user turn), rendered with the
+    generation prompt and sampled under the generation policy until the end of its turn."""
+    from .generation import SAMPLING, fit_prompt
+
+    device = model.lm_head.weight.device
+    prompt_ids = tokenizer.encode(tokenizer.chat_prompt(messages))
+    prompt_ids, fitting, _ = fit_prompt(prompt_ids, max_new_tokens, model.config.block_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=fitting,
+                         temperature=SAMPLING.temperature, top_k=SAMPLING.top_k, top_p=SAMPLING.top_p,
+                         eos_token_id=tokenizer.end_token_ids, generator=generator, vocab_limit=tokenizer.n_vocab)
+    answer = [token for token in out[0, len(prompt_ids):].tolist() if token not in tokenizer.end_token_ids]
+    question = messages[-1]["content"]
+    return f"user: {question}\nassistant: {tokenizer.decode(answer)}"
+
+
+# ------------------------------------------------------------------ a run's conversations
+
+
+def conversation_shape(cfg) -> ConversationShape | None:
+    """The shape of --data's conversations per --format, or None when the run trains on text."""
+    if cfg.format == "text" or (cfg.data == DEFAULT_DATA and not Path(cfg.data).exists()):
+        return None  # the default corpus (written when absent) is text
+    files = resolve_sources(cfg.data)
+    if any(not isinstance(source, Path) for source in files):
+        if cfg.format == "chat":
+            raise UserError(f"--format chat reads .jsonl, .jsonl.gz and .parquet files; {cfg.data} is a Hugging "
+                            f"Face dataset: save it with to_json or to_parquet and pass that file")
+        return None
+    return detect_shape(files, cfg.format)
+
+
+def refuse_without_template(cfg, shape: ConversationShape | None, tokenizer) -> None:
+    """Conversations need a chat template to be rendered: a model trained from scratch (no tokenizer yet:
+    GPT-2's, or one learned from the corpus) or one whose tokenizer has none refuses them, before anything
+    is written."""
+    if shape is not None and (tokenizer is None or not tokenizer.has_chat_template):
+        reads = tokenizer.description if tokenizer is not None else "a tokenizer without one (GPT-2's or a learned BPE)"
+        raise UserError(f"--data {cfg.data} holds conversations ({shape.name}), but the model has no chat template "
+                        f"to render them ({reads}): fine-tune a chat model, e.g. --init-from smollm2-135m-instruct, "
+                        f"or pass --format text to train on a text column")
+
+
+def load_conversations(cfg, shape: ConversationShape, tokenizer) -> tuple[ChatData, Corpus, np.ndarray, np.ndarray]:
+    """--data's conversations for a run: the packed data, and the corpus and token views the run describes
+    itself by (their key decides the data position a checkpoint records)."""
+    files = resolve_sources(cfg.data)
+    chat = load_chat_data(files, shape, tokenizer, cfg.seq_len, cfg.loss_on, cfg.val_fraction, cfg.skip_bad_records)
+    if chat.max_token_id >= cfg.model.vocab_size:
+        raise UserError(f"the conversations hold token id {chat.max_token_id}, outside the model's vocabulary of "
+                        f"{cfg.model.vocab_size}: the model and its tokenizer do not belong together")
+    train_tokens, val_tokens = chat.train.inputs.reshape(-1), chat.val.inputs.reshape(-1)  # (W * T,) each
+    corpus = Corpus(np.concatenate([train_tokens, val_tokens]), files, chat.key, chat.max_token_id, 0, False, tokenizer)
+    return chat, corpus, train_tokens, val_tokens
