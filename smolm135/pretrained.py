@@ -39,9 +39,10 @@ BUILTIN_MODELS = {
     ),
 }
 OFFLINE_CHOICES = (f"a local Hugging Face folder, a .gguf file, or the built-in {', '.join(BUILTIN_MODELS)}")
-# What a Hub download fetches: the config, the weights (safetensors preferred) and the tokenizer.
+# What a Hub download fetches: the config, the weights (safetensors preferred), the tokenizer, and any Python
+# code, which is fetched (never run) so that the trust policy (smolm135/loading.py) can compare it with ours.
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
+             "special_tokens_map.json", "chat_template.jinja", "generation_config.json", "*.py"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
