@@ -122,6 +122,7 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
              trust_remote_code: bool = False) -> list[Result]:
     """Score each model on the same text. `context` defaults to each model's context length, `stride` to
     half the context. `trust_remote_code` lets the named models run their own code (smolm135.loading)."""
+    check_counts(context=context, stride=stride, batch_windows=batch_windows)
     texts = read_documents(data, text_field)
     if not any(texts):
         raise UserError(f"data {data} holds no text to score")
@@ -131,8 +132,8 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
     results = []
     for spec in models:
         model = load_any_model(spec, torch_device, torch_dtype, trust_remote_code)
-        window = context or model.context_length
-        step = stride or max(1, window // 2)
+        window = context if context is not None else model.context_length
+        step = stride if stride is not None else max(1, window // 2)
         problems = check_window(window, step, model)
         if problems:
             raise UserError(problems)
@@ -143,6 +144,14 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
         results.append(result)
         del model
     return results
+
+
+def check_counts(**counts: int | None) -> None:
+    """The window flags given are positive whole numbers (None: the model's default); 0 is not a default."""
+    problems = [f"--{name.replace('_', '-')} must be a positive whole number (got {value})"
+                for name, value in counts.items() if value is not None and value < 1]
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 def check_window(context: int, stride: int, model: ScoringModel) -> str | None:

@@ -147,6 +147,7 @@ def load_folder(folder: Path, source: str, trust_remote_code: bool = False, name
     trusted = trust_remote_code and named
     if problem and not trusted:
         raise trust_refusal(source, problem)
+    check_floating_point_weights(folder, source)
     facts = read_training_info(folder)
     model_type = config.get("model_type")
     if problem and not native_only:  # the user vouched for code that may not be ours: it, not ours, runs
@@ -159,6 +160,24 @@ def load_folder(folder: Path, source: str, trust_remote_code: bool = False, name
         raise UserError(f"{source} is a {model_type!r} model, which only transformers can run: only smolm135 and "
                         f"Llama-layout models (LlamaForCausalLM) become native models")
     return load_with_transformers(folder, source, facts, trust_remote_code=False)
+
+
+def check_floating_point_weights(folder: Path, source: str) -> None:
+    """Refuse integer tensors in the safetensors files (read from their headers alone): transformers would copy
+    them into the float parameters as they are, and score or serve numbers that were never weights."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as weights:
+                kinds = {name: weights.get_slice(name).get_dtype() for name in weights.keys()}
+        except (SafetensorError, OSError):
+            continue  # a torn file: the reader that loads it says so, in its own words
+        integer = [name for name, kind in kinds.items() if not kind.startswith(("F", "BF"))]
+        if integer:
+            raise UserError(f"{source}: {path.name} holds {kinds[integer[0]]} numbers where a model has floating-point "
+                            f"weights (e.g. {integer[0]}): the file is damaged or not a model; download or export it "
+                            f"again")
 
 
 def load_smolm135_folder(folder: Path, source: str, facts: TrainingFacts, description: str | None) -> LoadedModel:
