@@ -8,8 +8,9 @@ model with a chat template (one fine-tuned from SmolLM2-135M-Instruct) can also 
 
 It is also a Hugging Face Space entry point: a Space runs `app.py` with no arguments, so the model is looked
 for next to this file as well as in the current folder (a native checkpoint first, then a Hugging Face folder),
-and `SMOLM135_MODEL` may name a Hub model instead. With no model anywhere the page still opens and says how
-to train one.
+and `SMOLM135_MODEL` may name a Hub model instead. A folder found that way runs no Python code but this
+project's own (smolm135/loading.py); serve any other with --model and --trust-remote-code. With no model
+anywhere the page still opens and says how to train one.
 
 From a notebook: `demo = build_demo(load_model("models/final_model_<ts>.pt")); demo.launch()`, or
 `for text, status in generate_text(model, "To be", ...)` (or `chat_reply(model, "Hi!", [], ...)`) without any

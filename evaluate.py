@@ -7,7 +7,9 @@ MODEL is a training checkpoint (.pt), a Hugging Face model folder (ours from con
 causal LM saved with transformers), a .gguf file, or the built-in smollm2-135m-instruct. --data is a text file, .jsonl/.jsonl.gz/.parquet, a folder or glob of
 them, or a saved dataset, as for the trainer. Bits per byte (the text's total loss in bits over its
 UTF-8 bytes) compares models with different tokenizers; loss per token and perplexity only compare models
-that share one. From a notebook: `evaluate(["model.pt"], "valid.txt")` returns the scores.
+that share one. A folder that would run Python code other than this project's is scored only when named
+with --trust-remote-code (smolm135/loading.py). From a notebook: `evaluate(["model.pt"], "valid.txt")` returns
+the scores.
 """
 from __future__ import annotations
 

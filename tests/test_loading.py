@@ -15,7 +15,6 @@ import convert_to_hf
 import evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import UserError, run_cli
-from smolm135.loading import OUR_CODE_DIR, code_problem, load_model
 
 ANOTHER_REPOSITORY = "someone/other--modeling_smolm135.SomeClass"
 
@@ -55,6 +54,8 @@ def folder_naming_another_repository(where: Path, model_type: str = "gpt2") -> P
 
 
 def copy_of_our_code(folder: Path, auto_map_target: str) -> Path:
+    from smolm135.loading import OUR_CODE_DIR
+
     folder.mkdir()
     shutil.copy(OUR_CODE_DIR / "modeling_smolm135.py", folder / "modeling_smolm135.py")
     config = {"model_type": "smolm135", "auto_map": {"AutoModelForCausalLM": auto_map_target}}
@@ -63,6 +64,8 @@ def copy_of_our_code(folder: Path, auto_map_target: str) -> Path:
 
 
 def test_the_policy_trusts_only_our_own_files_named_by_their_own_auto_map(tmp_path):
+    from smolm135.loading import code_problem
+
     ours = copy_of_our_code(tmp_path / "ours", "modeling_smolm135.SmoLM135ForCausalLM")
     assert code_problem(ours, json.loads((ours / "config.json").read_text())) is None
     pointing_away = copy_of_our_code(tmp_path / "away", "someone/other--modeling_smolm135.SmoLM135ForCausalLM")
@@ -131,6 +134,8 @@ def own_export(module_tmp):
 
 
 def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching(own_export):
+    from smolm135.loading import load_model
+
     native, folder = own_export
     assert list(folder.glob("*.py")) and json.loads((folder / "config.json").read_text())["auto_map"]
     loaded = load_model(str(folder), named=False)
@@ -141,6 +146,8 @@ def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching
 
 
 def test_our_own_code_pointed_at_from_elsewhere_is_refused(own_export, tmp_path):
+    from smolm135.loading import load_model
+
     _, folder = own_export
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
