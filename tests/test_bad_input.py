@@ -133,19 +133,15 @@ def test_the_scripts_themselves_answer_bad_values_with_one_line(script, args, me
 
 
 def damaged_folder(where: Path, damage: str) -> Path:
-    """A tiny GPT-2 folder as transformers saves it, then damaged: config.json cut short, or weights stored as
-    integers (which transformers copies into the float parameters as they are)."""
+    """A tiny GPT-2 model as transformers saves it (no tokenizer: the damage is found first), then damaged:
+    config.json cut short, or weights stored as integers (which transformers copies into the float parameters
+    as they are)."""
     from safetensors.torch import load_file, save_file
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    from smolm135.tokenizer import END_OF_TEXT, gpt2_bpe_files
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = where / damage
-    encoder_json, vocab_bpe = gpt2_bpe_files()
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
-    GPT2TokenizerFast(vocab=str(encoder_json), merges=str(vocab_bpe), bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
-                      unk_token=END_OF_TEXT).save_pretrained(folder)
     if damage == "config-not-json":
         config = (folder / "config.json").read_text(encoding="utf-8")
         (folder / "config.json").write_text(config[: len(config) // 2], encoding="utf-8")

@@ -133,6 +133,7 @@ def own_export(module_tmp):
     return native, folder
 
 
+@pytest.mark.slow  # the export writes GPT-2's tokenizer
 def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching(own_export):
     from smolm135.loading import load_model
 
@@ -145,6 +146,7 @@ def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching
         assert torch.equal(loaded.model(ids)[0], native(ids)[0])
 
 
+@pytest.mark.slow  # the export writes GPT-2's tokenizer
 def test_our_own_code_pointed_at_from_elsewhere_is_refused(own_export, tmp_path):
     from smolm135.loading import load_model
 
