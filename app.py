@@ -8,8 +8,9 @@ model with a chat template (one fine-tuned from SmolLM2-135M-Instruct) can also 
 
 It is also a Hugging Face Space entry point: a Space runs `app.py` with no arguments, so the model is looked
 for next to this file as well as in the current folder (a native checkpoint first, then a Hugging Face folder),
-and `SMOLM135_MODEL` may name a Hub model instead. With no model anywhere the page still opens and says how
-to train one.
+and `SMOLM135_MODEL` may name a Hub model instead. A folder found that way runs no Python code but this
+project's own (smolm135/loading.py); serve any other with --model and --trust-remote-code. With no model
+anywhere the page still opens and says how to train one.
 
 From a notebook: `demo = build_demo(load_model("models/final_model_<ts>.pt")); demo.launch()`, or
 `for text, status in generate_text(model, "To be", ...)` (or `chat_reply(model, "Hi!", [], ...)`) without any
@@ -36,13 +37,12 @@ import torch
 from smollm135_model import ModelConfig, SmoLM135_Model, is_greedy
 from smolm135.checkpoint import (
     TRAINED_MODEL_GLOBS,
-    TRAINING_INFO_FILE,
     TrainingFacts,
-    load_checkpoint,
     newest_trained_model,
-    read_training_info,
 )
 from smolm135.errors import CommandLineParser, UserError, run_cli
+from smolm135.loading import TRUST_FLAG, LoadedModel, code_problem, read_config
+from smolm135.loading import load_model as load_any_model
 from smolm135.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt, start_token_id
 from smolm135.markdown import escape_markdown
 from smolm135.runtime import pick_device
@@ -300,31 +300,23 @@ def is_hf_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in HF_WEIGHT_FILES)
 
 
-def foreign_code(folder: Path) -> list[str]:
-    """The Python files in `folder` that differ from the file of the same name this project ships (all of
-    them, if it ships none). Empty for a folder without code, and for our own exports: loading those with
-    trust_remote_code runs only code that is already here."""
-    foreign = []
-    for path in sorted(folder.rglob("*.py")):
-        relative = path.relative_to(folder)
-        shipped = APP_DIR / relative
-        if not (shipped.is_file() and shipped.read_bytes() == path.read_bytes()):
-            foreign.append(relative.as_posix())
-    return foreign
-
-
 def find_hf_folder(search_dirs: list[Path], say=print) -> Path | None:
     """A converted Hugging Face model: one of the folders itself (a Space that is a model repo) or a folder
-    inside one (`smolm135-tiny-hf/`); the most recently written wins. A folder with Python code other than
-    this project's is never picked by itself: its code would run (name it with --trust-remote-code)."""
+    inside one (`smolm135-tiny-hf/`); the most recently written wins. A folder that would run Python code
+    other than this project's is never picked by itself (smolm135.loading's trust policy): name it with
+    --trust-remote-code."""
     candidates = []
     for folder in (folder for base in search_dirs for folder in [base, *sorted(base.iterdir())]):
         if not (folder.is_dir() and is_hf_folder(folder)):
             continue
-        foreign = foreign_code(folder)
-        if foreign:
-            say(f"skipping the Hugging Face folder {folder.name}: its code ({', '.join(foreign[:3])}) is not this "
-                f"project's; serve it with --model {folder.name} --trust-remote-code if you trust its author")
+        try:
+            problem = code_problem(folder, read_config(folder))
+        except UserError as error:
+            say(f"skipping the Hugging Face folder {folder.name}: {error}")
+            continue
+        if problem:
+            say(f"skipping the Hugging Face folder {folder.name}: {problem}; serve it with --model {folder.name} "
+                f"{TRUST_FLAG} if you trust its author")
         else:
             candidates.append(folder)
     return max(candidates, key=lambda folder: (folder / "config.json").stat().st_mtime, default=None)
@@ -335,68 +327,21 @@ def default_search_dirs() -> list[Path]:
     return list(dict.fromkeys([Path.cwd().resolve(), APP_DIR]))
 
 
-def load_native_model(checkpoint_path: str | os.PathLike, device: str = "auto") -> NativeTextModel:
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = checkpoint.build_model()
-    model.to(pick_device(device)).eval()
-    info = ModelInfo(source=str(checkpoint_path), kind="native checkpoint",
-                     parameters=model.num_parameters()["total"], context_length=model.config.block_size,
-                     training=checkpoint.facts)
-    return NativeTextModel(model, info, checkpoint.build_tokenizer())
+def text_model(loaded: LoadedModel, device: str = "auto"):
+    """What the page generates with: the native model with its own KV-cache decoding, else transformers'."""
+    model = loaded.model.to(pick_device(device)).eval()
+    if loaded.is_native:
+        info = ModelInfo(source=loaded.source, kind=loaded.kind, parameters=model.num_parameters()["total"],
+                         context_length=model.config.block_size, training=loaded.facts)
+        return NativeTextModel(model, info, loaded.tokenizer)
+    info = ModelInfo(source=loaded.source, kind=loaded.kind, parameters=model.num_parameters(),
+                     context_length=generation_context_length(model.config), training=loaded.facts)
+    return TransformersTextModel(model, loaded.tokenizer, info)
 
 
-def runs_only_our_code(name_or_path: str) -> bool:
-    """Whether the folder or Hub repository holds no Python code but this project's own (byte for byte).
-    For a Hub id only its .py files are fetched to compare; offline, or on any failure, the answer is no."""
-    if Path(name_or_path).is_dir():
-        return not foreign_code(Path(name_or_path))
-    from huggingface_hub import snapshot_download
-
-    try:
-        return not foreign_code(Path(snapshot_download(name_or_path, allow_patterns=["*.py"])))
-    except Exception:  # noqa: BLE001 (no network, no such repository, an invalid id: not shown to be ours)
-        return False
-
-
-def load_transformers_model(name_or_path: str, device: str = "auto",
-                            trust_remote_code: bool = False) -> TransformersTextModel:
-    """A Hugging Face folder or Hub id. Code in it runs only when `trust_remote_code` is asked for, or when
-    it is byte for byte the modeling code this project ships (a smolm135 export)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    trusted = trust_remote_code or runs_only_our_code(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trusted)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trusted)
-    except OSError as error:
-        raise UserError(f"could not load the Hugging Face model {name_or_path!r}: {str(error).splitlines()[0]} "
-                        f"(give a folder written by convert_to_hf.py or a Hub id)") from None
-    except ValueError as error:  # transformers refuses code it was not allowed to run, or a broken config
-        if "trust_remote_code" in str(error):
-            raise UserError(f"the Hugging Face model {name_or_path!r} brings its own Python code, which differs "
-                            f"from this project's: pass --trust-remote-code to run it if you trust its "
-                            f"author") from None
-        raise UserError(f"could not load the Hugging Face model {name_or_path!r}: "
-                        f"{str(error).splitlines()[0]}") from None
-    model.to(pick_device(device)).eval()
-    info = ModelInfo(source=name_or_path, kind="Hugging Face model", parameters=model.num_parameters(),
-                     context_length=generation_context_length(model.config),
-                     training=training_facts(name_or_path))
-    return TransformersTextModel(model, tokenizer, info)
-
-
-def training_facts(name_or_path: str) -> TrainingFacts:
-    """Steps, tokens and losses that convert_to_hf.py stores beside the weights, in a folder or a Hub
-    repository (all None when there are none)."""
-    if Path(name_or_path).exists():
-        return read_training_info(Path(name_or_path))
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return read_training_info(Path(hf_hub_download(name_or_path, TRAINING_INFO_FILE)).parent)
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError):
-        return TrainingFacts()
+def load_named_model(spec: str, device: str = "auto", trust_remote_code: bool = False, named: bool = True):
+    """Any model spec smolm135.loading reads (a checkpoint, a Hugging Face folder or Hub id, a .gguf, ...)."""
+    return text_model(load_any_model(spec, trust_remote_code=trust_remote_code, named=named), device)
 
 
 def load_model(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
@@ -409,18 +354,18 @@ def load_model(checkpoint: str | None = None, model: str | None = None, device: 
     if trust_remote_code and not model:
         raise UserError("--trust-remote-code applies to the model named by --model: name the folder or Hub id")
     if checkpoint:
-        return load_native_model(checkpoint, device)
+        return load_named_model(checkpoint, device)
     if model:
-        return load_transformers_model(model, device, trust_remote_code)
+        return load_named_model(model, device, trust_remote_code)
     search_dirs = search_dirs if search_dirs is not None else default_search_dirs()
     newest = newest_trained_model(search_dirs)
     if newest is not None:
         say(f"serving the newest trained model: {newest}")
-        return load_native_model(newest, device)
+        return load_named_model(str(newest), device)
     folder = find_hf_folder(search_dirs, say)
     if folder is not None:
         say(f"serving the Hugging Face model in {folder}")
-        return load_transformers_model(str(folder), device)
+        return load_named_model(str(folder), device, named=False)
     say(f"no trained model found in {', '.join(map(str, search_dirs))}; the page will say how to train one")
     return None
 

@@ -39,7 +39,6 @@ from smolm135.checkpoint import (
     TrainingFacts,
     load_checkpoint,
     newest_trained_model,
-    read_training_info,
     record_export_files,
     recorded_export_files,
     run_timestamp,
@@ -59,18 +58,12 @@ from smolm135.export_gguf import (
     reload_gguf,
     write_gguf,
 )
-from smolm135.export_llama import (
-    is_llama_folder,
-    llama_config,
-    llama_model_from_native,
-    reload_in_fresh_process,
-    save_llama_model,
-)
+from smolm135.export_llama import llama_config, llama_model_from_native, reload_in_fresh_process, save_llama_model
 from smolm135.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
 from smolm135.lora import save_peft_adapter
 from smolm135.model_card import check_license, render_model_card
-from smolm135.pretrained import load_pretrained
+from smolm135.loading import TRUST_FLAG, load_model
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
@@ -600,28 +593,24 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 # ------------------------------------------------------------------ back to a native checkpoint
 
 
-def load_hf_folder(folder: str | os.PathLike) -> tuple[SmoLM135_Model, Checkpoint]:
-    """An exported folder -> (native model, native checkpoint), to continue training or sample natively."""
+def load_hf_folder(folder: str | os.PathLike, trust_remote_code: bool = False) -> tuple[SmoLM135_Model, Checkpoint]:
+    """An exported folder (ours, or any Llama model the native config can express) -> (native model, native
+    checkpoint), to continue training or sample natively; read by smolm135.loading, under its trust policy."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json): pass a folder written "
-                        f"by convert_to_hf.py")
-    if is_llama_folder(folder):  # a rotary model's export, or any Llama model the native config can express
-        native = load_pretrained(str(folder)).build_model().eval()
-    else:
-        try:
-            native = SmoLM135ForCausalLM.from_pretrained(folder, dtype=torch.float32).model.eval()
-        except Exception as error:  # transformers raises many types for a torn config or weights file
-            raise UserError(f"{folder} is not a readable smolm135 or Llama export ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0] if str(error) else ''}): export it again") from None
-    return native, Checkpoint.from_facts(native, read_training_info(folder), converted_from=str(folder.resolve()))
+    if not folder.is_dir():
+        raise UserError(f"--from-hf {folder} is not a folder: pass a folder written by convert_to_hf.py")
+    loaded = load_model(str(folder), trust_remote_code=trust_remote_code, native_only=True)
+    record = loaded.tokenizer.to_record() if isinstance(loaded.tokenizer, JsonTokenizer) else None
+    checkpoint = Checkpoint.from_facts(loaded.model, loaded.facts, converted_from=str(folder.resolve()),
+                                       tokenizer=record)
+    return loaded.model, checkpoint
 
 
 def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike | None = None,
-                            search_dir: str | os.PathLike = ".") -> Path:
+                            search_dir: str | os.PathLike = ".", trust_remote_code: bool = False) -> Path:
     """Write the folder as a native checkpoint; by default models/final_model_<timestamp>.pt under `search_dir`,
     where continue_training.py looks first."""
-    _, checkpoint = load_hf_folder(folder)
+    _, checkpoint = load_hf_folder(folder, trust_remote_code)
     if output is None:
         output = TRAINING.under(search_dir).final_path(run_timestamp())
     return save_atomic(checkpoint, output)
@@ -654,6 +643,9 @@ def build_parser() -> CommandLineParser:
                                                             "native checkpoint")
     parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
                                          f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="with --from-hf: read a folder whose Python code is not this project's (only from "
+                             "authors you trust; smolm135's own exports need no such permission)")
     return parser
 
 
@@ -663,10 +655,12 @@ def main(argv: list[str] | None = None) -> Path:
         if args.push_to_hub or args.checkpoint or args.gguf:
             raise UserError("--from-hf converts a folder back to a checkpoint; it does not combine with "
                             "--checkpoint, --push-to-hub or --gguf")
-        path = hf_folder_to_checkpoint(args.from_hf, args.output, args.search_dir)
+        path = hf_folder_to_checkpoint(args.from_hf, args.output, args.search_dir, args.trust_remote_code)
         print(f"wrote native checkpoint {path}; train it further with: python continue_training.py "
               f"--checkpoint {path}")
         return path
+    if args.trust_remote_code:
+        raise UserError(f"{TRUST_FLAG} applies to the folder named by --from-hf: a checkpoint runs no code of its own")
     check_license(args.license)  # the flags first: a typo costs no search and no load
     if args.output_dir:
         check_output_dir(Path(args.output_dir))

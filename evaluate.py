@@ -7,22 +7,22 @@ MODEL is a training checkpoint (.pt), a Hugging Face model folder (ours from con
 causal LM saved with transformers), a .gguf file, or the built-in smollm2-135m-instruct. --data is a text file, .jsonl/.jsonl.gz/.parquet, a folder or glob of
 them, or a saved dataset, as for the trainer. Bits per byte (the text's total loss in bits over its
 UTF-8 bytes) compares models with different tokenizers; loss per token and perplexity only compare models
-that share one. From a notebook: `evaluate(["model.pt"], "valid.txt")` returns the scores.
+that share one. A folder that would run Python code other than this project's is scored only when named
+with --trust-remote-code (smolm135/loading.py). From a notebook: `evaluate(["model.pt"], "valid.txt")` returns
+the scores.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from smolm135.checkpoint import load_checkpoint
 from smolm135.data import resolve_sources
 from smolm135.errors import CommandLineParser, UserError, run_cli
-from smolm135.pretrained import BUILTIN_MODELS, load_pretrained
+from smolm135.loading import TRUST_FLAG, load_model
 from smolm135.runtime import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.scoring import LogitsFn, Score, score_documents
 from smolm135.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
@@ -46,28 +46,14 @@ class ScoringModel:
 # ------------------------------------------------------------------ loading
 
 
-def load_any_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
-    """A training checkpoint (.pt), a Hugging Face model folder, a .gguf file or a built-in pretrained name
-    (smolm135/pretrained.py), ready to score on `device`."""
-    if spec in BUILTIN_MODELS or spec.endswith(".gguf"):
-        pretrained = load_pretrained(spec)
-        return native_scoring_model(spec, pretrained.build_model(), device, dtype, pretrained.tokenizer)
-    path = Path(spec)
-    if not path.exists():
-        raise UserError(f"model {spec} does not exist: give a training checkpoint (.pt) or a Hugging Face model folder")
-    if path.is_file():
-        # scored with the tokenizer it was trained with: a model started from SmolLM reads SmolLM's ids
-        checkpoint = load_checkpoint(path)
-        return native_scoring_model(spec, checkpoint.build_model(), device, dtype, checkpoint.build_tokenizer())
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"cannot load {spec}: the folder has no config.json, so it is not a Hugging Face model "
-                        f"folder; give one, or a training checkpoint (.pt)")
-    if json.loads(config_path.read_text(encoding="utf-8")).get("model_type") == "smolm135":
-        from convert_to_hf import load_hf_folder
-
-        return native_scoring_model(spec, load_hf_folder(path)[0], device, dtype)
-    return transformers_scoring_model(spec, device, dtype)
+def load_any_model(spec: str, device: torch.device, dtype: torch.dtype,
+                   trust_remote_code: bool = False) -> ScoringModel:
+    """Any model spec smolm135.loading reads, ready to score on `device`; a native model is scored with the
+    tokenizer it was trained with (a model started from SmolLM reads SmolLM's ids)."""
+    loaded = load_model(spec, trust_remote_code=trust_remote_code)
+    if loaded.is_native:
+        return native_scoring_model(spec, loaded.model, device, dtype, loaded.tokenizer)
+    return transformers_scoring_model(spec, loaded.model, loaded.tokenizer, device, dtype)
 
 
 def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dtype,
@@ -85,15 +71,8 @@ def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dt
                         model.num_parameters()["total"], tokenizer_name, tokenizer)
 
 
-def transformers_scoring_model(spec: str, device: torch.device, dtype: torch.dtype) -> ScoringModel:
-    """Any causal LM saved with transformers, with its own tokenizer; nothing is downloaded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, trust_remote_code=True)
-        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=True, trust_remote_code=True)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the Hugging Face model in {spec}: {str(error).strip().splitlines()[0]}") from None
+def transformers_scoring_model(spec: str, model, tokenizer, device: torch.device, dtype: torch.dtype) -> ScoringModel:
+    """A causal LM only transformers can run, with its own tokenizer."""
     model = model.to(device).eval()
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start_id is None:
@@ -155,13 +134,16 @@ class Result:
 def evaluate(models: list[str], data: str, context: int | None = None, stride: int | None = None,
              text_field: str = DEFAULT_TEXT_FIELD, device: str = "auto", dtype: str = "auto",
              batch_windows: int | None = None, show_progress: bool = True, say=print,
-             data_format: str = "auto") -> list[Result]:
+             data_format: str = "auto", trust_remote_code: bool = False) -> list[Result]:
     """Score each model on the same text. `context` defaults to each model's context length, `stride` to
     half the context. Conversations (`data_format` auto finds them by their columns) are scored on their
-    answers instead: bits per byte of the assistant's text (smolm135/chat_scoring.py)."""
+    answers instead: bits per byte of the assistant's text (smolm135/chat_scoring.py). `trust_remote_code`
+    lets the named models run their own code (smolm135.loading)."""
+    check_counts(context=context, stride=stride, batch_windows=batch_windows)
     shape = conversations_in(data, data_format)
     if shape is not None:
-        return evaluate_conversations(models, data, shape, context, device, dtype, show_progress, say)
+        return evaluate_conversations(models, data, shape, context, device, dtype, show_progress, say,
+                                      trust_remote_code)
     texts = read_documents(data, text_field)
     if not any(texts):
         raise UserError(f"data {data} holds no text to score")
@@ -170,9 +152,9 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
     torch_dtype = pick_dtype(dtype, torch_device)
     results = []
     for spec in models:
-        model = load_any_model(spec, torch_device, torch_dtype)
-        window = context or model.context_length
-        step = stride or max(1, window // 2)
+        model = load_any_model(spec, torch_device, torch_dtype, trust_remote_code)
+        window = context if context is not None else model.context_length
+        step = stride if stride is not None else max(1, window // 2)
         problems = check_window(window, step, model)
         if problems:
             raise UserError(problems)
@@ -198,7 +180,7 @@ def conversations_in(data: str, data_format: str):
 
 
 def evaluate_conversations(models: list[str], data: str, shape, context: int | None, device: str, dtype: str,
-                           show_progress: bool, say) -> list[Result]:
+                           show_progress: bool, say, trust_remote_code: bool = False) -> list[Result]:
     """Each model's loss on the answers of --data's conversations, rendered by its own chat template."""
     from smolm135.chat_scoring import score_conversations
 
@@ -207,7 +189,7 @@ def evaluate_conversations(models: list[str], data: str, shape, context: int | N
     torch_dtype = pick_dtype(dtype, torch_device)
     results = []
     for spec in models:
-        model = load_any_model(spec, torch_device, torch_dtype)
+        model = load_any_model(spec, torch_device, torch_dtype, trust_remote_code)
         if model.tokenizer is None or not model.tokenizer.has_chat_template:
             raise UserError(f"--data {data} holds conversations, but {spec} has no chat template to render them: "
                             f"score a chat model, or pass --format text to score a text column")
@@ -225,6 +207,14 @@ def evaluate_conversations(models: list[str], data: str, shape, context: int | N
         results.append(result)
         del model
     return results
+
+
+def check_counts(**counts: int | None) -> None:
+    """The window flags given are positive whole numbers (None: the model's default); 0 is not a default."""
+    problems = [f"--{name.replace('_', '-')} must be a positive whole number (got {value})"
+                for name, value in counts.items() if value is not None and value < 1]
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 def check_window(context: int, stride: int, model: ScoringModel) -> str | None:
@@ -276,6 +266,9 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast precision: auto (bf16 where supported), float32, bfloat16, float16")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="let the named Hugging Face models run their own Python code (only for authors you "
+                             "trust; smolm135's own exports need no such permission)")
     return parser
 
 
@@ -285,7 +278,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if not models:
         raise UserError("name at least one model to score: python evaluate.py MODEL --data FILE")
     results = evaluate(models, args.data, args.context, args.stride, args.text_field, args.device, args.dtype,
-                       args.batch_windows, args.progress, data_format=args.data_format)
+                       args.batch_windows, args.progress, data_format=args.data_format,
+                       trust_remote_code=args.trust_remote_code)
     if len(results) > 1 or args.compare:
         print()
         print(comparison_table(results))

@@ -8,7 +8,6 @@ repository importable, loads the folder as a user would and runs it.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -93,11 +92,3 @@ def reload_in_fresh_process(folder: Path, text: str, env: dict) -> dict:
             raise UserError(f"the exported folder {folder} did not load as a plain LlamaForCausalLM in a fresh "
                             f"process; its output ends with:\n{tail}")
         return torch.load(out_path, weights_only=True)
-
-
-def is_llama_folder(folder: Path) -> bool:
-    """A folder whose config.json names the Llama architecture (what --from-hf reads through pretrained.py)."""
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") == "llama"
-    except (OSError, ValueError, AttributeError):
-        return False

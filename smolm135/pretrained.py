@@ -25,7 +25,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
-from .checkpoint import parameters_beyond_weights
+from .checkpoint import TRAINING_INFO_FILE, parameters_beyond_weights
 from .errors import UserError
 from .llama_names import llama_to_native
 from .probes import hand_decode_probe
@@ -40,9 +40,11 @@ BUILTIN_MODELS = {
     ),
 }
 OFFLINE_CHOICES = (f"a local Hugging Face folder, a .gguf file, or the built-in {', '.join(BUILTIN_MODELS)}")
-# What a Hub download fetches: the config, the weights (safetensors preferred) and the tokenizer.
+# What a Hub download fetches: the config, the weights (safetensors preferred), the tokenizer, the training facts
+# an export publishes, and any Python code, fetched (never run) for the trust policy (smolm135/loading.py) to
+# compare with ours.
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "chat_template.jinja", "generation_config.json"]
+             "special_tokens_map.json", "chat_template.jinja", "generation_config.json", TRAINING_INFO_FILE, "*.py"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

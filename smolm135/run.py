@@ -28,8 +28,9 @@ from .chat_data import ChatData
 from .chat_training import bits_per_answer_byte
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
+from .loading import load_model
 from .lora import LoraSettings, adapter_record, mismatch, split_state_dict
-from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
+from .pretrained import PretrainedModel, is_pretrained_source
 from .probes import hand_decode_probe
 from .runtime import Distributed, main_process_first, precision_record, run_on_main
 from .tokenizer import GPT2TextTokenizer
@@ -221,7 +222,7 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
     pretrained = None
     if cfg.init_from and is_pretrained_source(cfg.init_from):
         if checkpoint is None:
-            pretrained = load_pretrained(cfg.init_from)
+            pretrained = pretrained_start(cfg.init_from, cfg.trust_remote_code)
             log.say(f"starting from {pretrained.description}: its weights and tokenizer, a fresh optimizer at step 0")
         model_config = pretrained.config if pretrained else ModelConfig.from_dict(checkpoint.model_config)
         cfg = adopt_model(cfg, model_config, cfg.init_from)
@@ -230,6 +231,13 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
     else:
         tokenizer = checkpoint.build_tokenizer() if checkpoint is not None else None
     return cfg, StartingPoint(checkpoint, pretrained, tokenizer)
+
+
+def pretrained_start(spec: str, trust_remote_code: bool) -> PretrainedModel:
+    """The weights, config and tokenizer of a pretrained --init-from, read by the one loader
+    (smolm135.loading) under its trust policy."""
+    loaded = load_model(spec, trust_remote_code=trust_remote_code, native_only=True)
+    return PretrainedModel(loaded.model.config, loaded.model.state_dict(), loaded.tokenizer, loaded.description)
 
 
 def fresh_tokenizer(cfg: TrainConfig, layout: RunLayout, distributed: Distributed):

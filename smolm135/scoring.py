@@ -38,7 +38,11 @@ class Score:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        """exp(loss); infinite past what a float holds (a loss above about 709 nats: a model that is no model)."""
+        try:
+            return math.exp(self.loss)
+        except OverflowError:
+            return math.inf
 
     @property
     def bits_per_byte(self) -> float:

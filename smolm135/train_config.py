@@ -75,6 +75,7 @@ class TrainConfig:
     seed: int = 1337
     resume: str = "auto"  # auto | never | PATH
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
+    trust_remote_code: bool = False  # a --init-from folder may bring code that is not ours (smolm135.loading)
     progress: bool = True  # console progress bar
 
     def __post_init__(self):
@@ -169,6 +170,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--format must be one of {', '.join(FORMATS)} (got {cfg.format})")
     if cfg.loss_on not in LOSS_ON:
         problems.append(f"--loss-on must be one of {', '.join(LOSS_ON)} (got {cfg.loss_on})")
+    if cfg.trust_remote_code and not cfg.init_from:
+        problems.append("--trust-remote-code applies to the model named by --init-from: name the folder or Hub id")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
@@ -234,6 +237,8 @@ _HELP = {
     "init_from": "when there is nothing to resume: a checkpoint to continue (weights, optimizer, step), or a "
                  "pretrained model to fine-tune (smollm2-135m-instruct, a .gguf, a Hugging Face folder or Hub id), "
                  "which takes the fine-tuning recipe for the flags left out",
+    "trust_remote_code": "read a --init-from Hugging Face folder whose Python code is not this project's (only "
+                         "from authors you trust; smolm135's own exports need no such permission)",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",

@@ -20,6 +20,7 @@ import torch
 
 import app
 from smolm135.checkpoint import TRAINING_INFO_FILE
+from smolm135.loading import foreign_code
 from smolm135.markdown import escape_markdown
 
 from conftest import REPO_ROOT, save_tiny_chat_checkpoint
@@ -245,9 +246,10 @@ def tampered_copy(own_export: Path, where: Path) -> Path:
 
 
 def test_our_own_export_is_found_and_served_without_asking(own_export):
-    assert app.foreign_code(own_export) == [] and list(own_export.glob("*.py"))
+    assert foreign_code(own_export) == [] and list(own_export.glob("*.py"))
     text_model = app.load_model(search_dirs=[own_export.parent], device="cpu", say=lambda _: None)
-    assert isinstance(text_model, app.TransformersTextModel) and final_text(text_model, PROMPT, 4, 0)[0]
+    # read by this project's own classes: none of the folder's code runs
+    assert isinstance(text_model, app.NativeTextModel) and final_text(text_model, PROMPT, 4, 0)[0]
 
 
 def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp_path):
@@ -257,7 +259,7 @@ def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp
     assert not (tmp_path / MARKER).exists()
     assert any("skipping the Hugging Face folder downloaded-hf" in line and "--trust-remote-code" in line
                for line in said)
-    assert app.foreign_code(folder) == ["modeling_smolm135.py"]
+    assert foreign_code(folder) == ["modeling_smolm135.py"]
 
 
 def test_named_foreign_code_runs_only_with_trust_remote_code(own_export, tmp_path, capsys):

@@ -2,8 +2,10 @@
 status 2, no traceback, and nothing trained, loaded or written."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import app
 import continue_training
@@ -79,6 +81,12 @@ APP_CASES = [
     (["--host", "192.0.2.1"], "is not an address of this machine"),  # TEST-NET-1: never assigned to a host
     (["--trust-remote-code"], "--trust-remote-code applies to the model named by --model"),
 ]
+EVALUATE_CASES = [  # 0 once meant "the default" without a word
+    (["model.pt", "--data", "x.txt", "--context", "0"], "--context must be a positive whole number"),
+    (["model.pt", "--data", "x.txt", "--stride", "0"], "--stride must be a positive whole number"),
+    (["model.pt", "--data", "x.txt", "--batch-windows", "0"], "--batch-windows must be a positive whole number"),
+    (["model.pt", "--data", "x.txt", "--stride", "-2"], "--stride must be a positive whole number"),
+]
 # what argparse itself refuses (a value of the wrong kind, a flag no script has): one line too, not its usage text
 PARSER_CASES = [
     ("trainer", ["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
@@ -92,7 +100,8 @@ PARSER_CASES = [
 SCRIPTS = {"trainer": Model_smollm135_trainer.main, "continue": continue_training.main,
            "convert": convert_to_hf.main, "app": app.main, "evaluate": evaluate.main}
 CASES = ([("trainer", *case) for case in TRAINER_CASES] + [("continue", *case) for case in CONTINUE_CASES]
-         + [("convert", *case) for case in CONVERT_CASES] + [("app", *case) for case in APP_CASES] + PARSER_CASES)
+         + [("convert", *case) for case in CONVERT_CASES] + [("app", *case) for case in APP_CASES]
+         + [("evaluate", *case) for case in EVALUATE_CASES] + PARSER_CASES)
 
 
 @pytest.mark.parametrize("script, args, message", CASES, ids=[f"{s}{' '.join(a)!r}" for s, a, _ in CASES])
@@ -121,3 +130,38 @@ def test_the_scripts_themselves_answer_bad_values_with_one_line(script, args, me
                             text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+def damaged_folder(where: Path, damage: str) -> Path:
+    """A tiny GPT-2 model as transformers saves it (no tokenizer: the damage is found first), then damaged:
+    config.json cut short, or weights stored as integers (which transformers copies into the float parameters
+    as they are)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = where / damage
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
+    if damage == "config-not-json":
+        config = (folder / "config.json").read_text(encoding="utf-8")
+        (folder / "config.json").write_text(config[: len(config) // 2], encoding="utf-8")
+    else:
+        weights = load_file(folder / "model.safetensors")
+        save_file({name: (tensor * 1000).to(torch.int64) for name, tensor in weights.items()},
+                  folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [("config-not-json", "config.json is not valid JSON"),
+                                             ("integer-weights", "holds I64 numbers where a model has floating-point")])
+def test_evaluate_answers_a_damaged_model_folder_with_one_line(damage, message, tmp_path, capsys):
+    folder = damaged_folder(tmp_path, damage)
+    capsys.readouterr()  # save_pretrained's progress bar
+    (tmp_path / "text.txt").write_text("To be, or not to be: that is the question.\n" * 20, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main([str(folder), "--data", str(tmp_path / "text.txt"), "--device", "cpu",
+                                       "--no-progress"]))
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], captured.err[-2000:]
+    assert "Traceback" not in captured.err + captured.out

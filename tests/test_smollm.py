@@ -672,7 +672,7 @@ def test_the_demo_serves_a_pretrained_run_with_the_tokenizer_its_checkpoint_reco
     import app
 
     _, _, summary, _ = pretrained_run
-    text_model = app.load_native_model(summary["final_model_path"], device="cpu")
+    text_model = app.load_model(checkpoint=summary["final_model_path"], device="cpu")
     prompt = "The old king finds"
     *_, (text, _) = app.generate_text(text_model, prompt, 12, 0, 0, 1.0, 0)  # greedy
     ids = text_model.tokenizer.encode(prompt)
