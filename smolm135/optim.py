@@ -118,6 +118,49 @@ def muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
 
 # An OptimizerPair's state dict holds one state dict per optimizer under this key (checkpoint.py reads it too).
 PARTS_KEY = "optimizers"
+# AdamW's count of a parameter's updates, a 0-dim float tensor in its state; every other tensor of a
+# parameter's state (AdamW's two moments, Muon's momentum buffer) has the parameter's shape and dtype.
+STEP_COUNT = "step"
+
+
+def required_state(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """What `optimizer` keeps per parameter once it has stepped it: a state missing one fails mid-step."""
+    if isinstance(optimizer, torch.optim.Muon):
+        return ("momentum_buffer",)
+    return (STEP_COUNT, "exp_avg", "exp_avg_sq")
+
+
+def saved_state_problem(optimizer: torch.optim.Optimizer, param: torch.Tensor, saved) -> str | None:
+    """Why one parameter's saved state cannot go into `optimizer`, in words; None when it fits (an empty
+    state is a parameter not stepped yet, filled at its first step). torch's load_state_dict takes tensors of
+    any shape, and the fused AdamW kernel then reads past the end of a smaller one: the process dies
+    (SIGSEGV or SIGBUS) instead of raising."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__} instead of a dict of tensors"
+    missing = [key for key in required_state(optimizer) if key not in saved]
+    if saved and missing:
+        return f"no {missing[0]}"
+    for key, value in saved.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        problem = step_count_problem(value) if key == STEP_COUNT else (
+            None if (value.shape, value.dtype) == (param.shape, param.dtype)
+            else f"is {_described(value)}, its parameter {_described(param)}")
+        if problem:
+            return f"{key} {problem}"
+    return None
+
+
+def step_count_problem(count: torch.Tensor) -> str | None:
+    """Why a saved step count is not one: a single float, 0 or more (a negative count makes the bias
+    correction negative); None when it is."""
+    if count.dim() != 0 or not count.is_floating_point():
+        return f"is {_described(count)}, not one float"
+    return "is negative" if count < 0 else None
+
+
+def _described(tensor: torch.Tensor) -> str:
+    return f"a {tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')} tensor"
 
 
 class OptimizerPair:

@@ -10,6 +10,7 @@ import torch
 import app
 import continue_training
 import convert_to_hf
+import evaluate
 import Model_smollm135_trainer
 from Model_smollm135_trainer import train
 from smollm135_model import ModelConfig
@@ -45,6 +46,40 @@ def _optimizer_moment_of_another_shape(state):
     moments["exp_avg"] = torch.zeros(3, 3)
 
 
+def _first_moments(**changes):
+    """The first parameter's optimizer state with `changes`: a tensor, or a function of the one it replaces
+    (None deletes the entry)."""
+    def change(state):
+        moments = state["optimizer_state_dict"]["state"][0]
+        for key, value in changes.items():
+            if value is None:
+                del moments[key]
+            else:
+                moments[key] = value(moments[key]) if callable(value) else value
+    return change
+
+
+def _first_weight(change_tensor):
+    def change(state):
+        weights = dict(state["model_state_dict"])
+        name = next(iter(weights))
+        weights[name] = change_tensor(weights[name])
+        state["model_state_dict"] = weights
+    return change
+
+
+def _with_nan(tensor):
+    tensor = tensor.clone()
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+def _with_infinity(tensor):
+    tensor = tensor.clone()
+    tensor.view(-1)[-1] = float("-inf")
+    return tensor
+
+
 HOSTILE = {
     "model_config is a string": _with(model_config="tiny"),
     "step is 'abc'": _with(step="abc"),
@@ -59,11 +94,32 @@ HOSTILE = {
     "thread count of -1": _with(num_threads=-1),
     "precision of no known dtype": _with(precision={"device": "cpu", "dtype": "int4", "attention_by_matmuls": 0}),
     "data position is garbage": _with(data_position={"seed": "x"}),
+    # weights and optimizer moments are finite floats
+    "weights with a NaN": _first_weight(_with_nan),
+    "weights with an infinity": _first_weight(_with_infinity),
+    "integer weights": _first_weight(lambda tensor: tensor.round().long()),
+    "optimizer moment with a NaN": _first_moments(exp_avg_sq=_with_nan),
+    "optimizer moment of integers": _first_moments(exp_avg=lambda tensor: tensor.long()),
+    # the fused AdamW kernel reads past the end of a smaller moment: the process died (SIGSEGV) mid-step
+    "optimizer moment with no dimensions": _first_moments(exp_avg=torch.zeros(())),
+    "optimizer step count of many numbers": _first_moments(step=torch.zeros(3)),
+    "negative optimizer step count": _first_moments(step=torch.tensor(-5.0)),
+    # progress the recipe (4 steps of 4 x 16 tokens, of 4 at most) cannot have made
+    "step beyond the recipe's max_steps": _with(step=10**30),
+    "tokens beyond what the steps can take": _with(tokens_seen=10**30),
+    "more losses than steps": _with(history={"train": [[1, 5.0]] * 100, "val": []}),
+    "a loss of a step beyond the step": _with(history={"train": [[10**30, 5.0]], "val": []}),
+    "more skipped updates than steps": _with(nonfinite_in_a_row=10**6),
+    "tokenizer record of broken JSON": _with(tokenizer={"kind": "tokenizer.json", "tokenizer_json": "{1: 2}"}),
 }
 # only a run that trains reads the optimizer state
 HOSTILE_TO_TRAINING = {
     "optimizer with another number of parameter groups": _optimizer_with_one_group,
     "optimizer moment of another shape": _optimizer_moment_of_another_shape,
+    "optimizer moment of another parameter's shape": _first_moments(exp_avg=torch.zeros(16)),  # a norm gain's
+    "optimizer moment of another precision": _first_moments(exp_avg=lambda tensor: tensor.double()),
+    "optimizer state without a moment": _first_moments(exp_avg_sq=None),
+    "optimizer state that is not tensors": _first_moments(exp_avg=[0.0] * 4),
 }
 
 
@@ -105,10 +161,13 @@ def entry_points(path: Path, corpus: Path, out: Path) -> dict:
                      data=str(corpus), out_dir=str(out), resume=str(path), max_steps=8)
     return {
         "trainer --resume": lambda: Model_smollm135_trainer.train(recipe),
+        "trainer --init-from": lambda: Model_smollm135_trainer.train(replace(recipe, resume="never",
+                                                                            init_from=str(path))),
         "continue_training": lambda: continue_training.main(
             ["--checkpoint", str(path), "--data", str(corpus), "--out-dir", str(out), "--steps", "1", *common]),
         "convert_to_hf": lambda: convert_to_hf.main(["--checkpoint", str(path), "--output-dir", str(out / "hf")]),
         "app": lambda: app.main(["--checkpoint", str(path), "--device", "cpu", "--port", str(free_port())]),
+        "evaluate": lambda: evaluate.main([str(path), "--data", str(corpus), *common]),
     }
 
 
@@ -134,7 +193,7 @@ def test_a_hostile_checkpoint_is_one_line_in_every_script(what, good_state, smal
 @pytest.mark.parametrize("what", sorted(HOSTILE_TO_TRAINING))
 def test_a_foreign_optimizer_state_is_refused_before_training(what, good_state, small_vocab_file, tmp_path, capsys):
     path = hostile_file(good_state, HOSTILE_TO_TRAINING[what], tmp_path)
-    for name in ("trainer --resume", "continue_training"):
+    for name in ("trainer --resume", "trainer --init-from", "continue_training"):
         line = refused_in_one_line(capsys, entry_points(path, small_vocab_file, tmp_path / "out")[name])
         assert "hostile.pt" in line and "optimizer state" in line, (name, line)
 
