@@ -1,5 +1,6 @@
 """A checkpoint from anywhere is checked before anything is built from it: a field of the wrong kind or an
 absurd size is one line naming the file, in every script that reads checkpoints."""
+import shutil
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import convert_to_hf
 import evaluate
 import Model_smollm135_trainer
 from Model_smollm135_trainer import train
-from smollm135_model import ModelConfig
+from smollm135_model import ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import CheckpointError, load_checkpoint
 from smolm135.errors import run_cli
 from smolm135.train_config import TrainConfig
@@ -153,12 +154,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def fixture_recipe(corpus: Path, out: Path, **changes) -> TrainConfig:
+    """The fixture's own recipe and model, 4 steps further (the trainer's flags name only built-in presets)."""
+    good = load_checkpoint(GOOD)
+    return replace(TrainConfig.from_dict(good.train_config, model=ModelConfig.from_dict(good.model_config)),
+                   data=str(corpus), out_dir=str(out), **{"max_steps": 8, **changes})
+
+
 def entry_points(path: Path, corpus: Path, out: Path) -> dict:
     common = ["--device", "cpu", "--no-progress"]
-    # the trainer's flags name only built-in presets: its function trains the fixture's own model
-    good = load_checkpoint(GOOD)
-    recipe = replace(TrainConfig.from_dict(good.train_config, model=ModelConfig.from_dict(good.model_config)),
-                     data=str(corpus), out_dir=str(out), resume=str(path), max_steps=8)
+    recipe = fixture_recipe(corpus, out, resume=str(path))
     return {
         "trainer --resume": lambda: Model_smollm135_trainer.train(recipe),
         "trainer --init-from": lambda: Model_smollm135_trainer.train(replace(recipe, resume="never",
@@ -214,3 +219,40 @@ def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, 
     log = open(summary["log_path"]).read()
     assert "step is 'abc'" in log and "latest.pt.corrupt" in log
     assert "step_0000008.pt at step 8" in log and summary["steps"] == 10
+
+
+@pytest.mark.parametrize("what", ["optimizer moment with no dimensions", "weights with a NaN",
+                                  "step beyond the recipe's max_steps"])
+def test_auto_resume_sets_a_hostile_latest_aside_and_goes_on_from_the_intact_step(what, good_state, small_vocab_file,
+                                                                                  tmp_path):
+    checkpoints = tmp_path / "out" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copyfile(GOOD, checkpoints / "step_0000004.pt")
+    hostile_file(good_state, HOSTILE[what], tmp_path).rename(checkpoints / "latest.pt")
+    _, summary = train(fixture_recipe(small_vocab_file, tmp_path / "out", resume="auto", max_steps=5))
+    log = open(summary["log_path"]).read()
+    assert "latest.pt.corrupt" in log and "step_0000004.pt at step 4" in log, log
+    assert summary["steps"] == 5 and Path(summary["final_model_path"]).is_file()
+
+
+def _nan_loss_in_training(monkeypatch):
+    original_forward = SmoLM135_Model.forward
+
+    def forward(self, idx, targets=None, **kwargs):
+        logits, loss = original_forward(self, idx, targets, **kwargs)
+        return logits, loss * float("nan") if targets is not None and self.training else loss
+
+    monkeypatch.setattr(SmoLM135_Model, "forward", forward)
+
+
+@pytest.mark.slow
+def test_a_run_whose_every_update_is_skipped_is_an_error_without_a_final_model(small_vocab_file, tmp_path, capsys,
+                                                                              monkeypatch):
+    _nan_loss_in_training(monkeypatch)  # 4 steps, fewer than the 5 in a row that stop a run on their own
+    out = tmp_path / "out"
+    line = refused_in_one_line(capsys, entry_points(GOOD, small_vocab_file, out)["trainer --resume"])
+    assert "every update of this run (4 of 4) was skipped" in line, line
+    assert not list(out.glob("models/*.pt"))
+    assert all(torch.load(path, weights_only=True).get("final_model") is None  # no re-run writes one either
+               for path in out.glob("checkpoints/*.pt"))
+
