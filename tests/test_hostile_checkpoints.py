@@ -256,3 +256,18 @@ def test_a_run_whose_every_update_is_skipped_is_an_error_without_a_final_model(s
     assert all(torch.load(path, weights_only=True).get("final_model") is None  # no re-run writes one either
                for path in out.glob("checkpoints/*.pt"))
 
+
+def _without_optimizer_state(state):
+    del state["optimizer_state_dict"]
+
+
+@pytest.mark.slow
+def test_resuming_weights_without_optimizer_state_says_the_optimizer_starts_fresh(good_state, small_vocab_file,
+                                                                                 tmp_path, capsys):
+    path = hostile_file(good_state, _without_optimizer_state, tmp_path)
+    for name in ("trainer --resume", "continue_training"):
+        out = tmp_path / name.replace(" ", "_")
+        entry_points(path, small_vocab_file, out)[name]()
+        said = "hostile.pt holds no optimizer state: training goes on with a fresh optimizer (its moments at zero) at step 4"
+        assert said in capsys.readouterr().out, name
+        assert said in "".join(log.read_text() for log in out.glob("logs/*.log")), name
