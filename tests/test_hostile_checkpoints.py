@@ -209,6 +209,12 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(good_state, tmp_p
         load_checkpoint(path)
 
 
+def test_progress_fields_of_none_read_as_their_defaults(good_state, tmp_path):
+    path = hostile_file(good_state, _with(tokens_seen=None, elapsed_seconds=None, nonfinite_in_a_row=None), tmp_path)
+    progress = load_checkpoint(path).progress
+    assert (progress.step, progress.tokens_seen, progress.elapsed_seconds, progress.nonfinite_in_a_row) == (4, 0, 0.0, 0)
+
+
 def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=8, checkpoint_every=4, keep_checkpoints=3))
     latest = tmp_path / "checkpoints" / "latest.pt"
