@@ -212,7 +212,8 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(good_state, tmp_p
 def test_progress_fields_of_none_read_as_their_defaults(good_state, tmp_path):
     path = hostile_file(good_state, _with(tokens_seen=None, elapsed_seconds=None, nonfinite_in_a_row=None), tmp_path)
     progress = load_checkpoint(path).progress
-    assert (progress.step, progress.tokens_seen, progress.elapsed_seconds, progress.nonfinite_in_a_row) == (4, 0, 0.0, 0)
+    read = (progress.step, progress.tokens_seen, progress.elapsed_seconds, progress.nonfinite_in_a_row)
+    assert read == (4, 0, 0.0, 0)
 
 
 def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, tmp_path):
@@ -274,6 +275,7 @@ def test_resuming_weights_without_optimizer_state_says_the_optimizer_starts_fres
     for name in ("trainer --resume", "continue_training"):
         out = tmp_path / name.replace(" ", "_")
         entry_points(path, small_vocab_file, out)[name]()
-        said = "hostile.pt holds no optimizer state: training goes on with a fresh optimizer (its moments at zero) at step 4"
+        said = ("hostile.pt holds no optimizer state: training goes on with a fresh optimizer (its moments at zero) "
+                "at step 4")
         assert said in capsys.readouterr().out, name
         assert said in "".join(log.read_text() for log in out.glob("logs/*.log")), name
