@@ -207,6 +207,7 @@ def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
         while run.progress.step < cfg.max_steps and not stopped_by:
             report = take_step(run, stop_requested=stop.signal_name is not None)
             display.show(report)
+            stop_if_updates_are_skipped(run, start_step)
             stopped_by = after_step(run, report, stop)
     display.close()
     return finish(run, start_step, stopped_by)
@@ -235,10 +236,6 @@ def take_step(run: Run, stop_requested: bool) -> StepReport:
     progress.tokens_seen += run.tokens_per_step
     step_seconds = time.perf_counter() - started
     progress.elapsed_seconds += step_seconds
-    if progress.nonfinite_in_a_row >= MAX_NONFINITE_STEPS_IN_A_ROW:
-        raise UserError(f"the loss was not finite for {progress.nonfinite_in_a_row} steps in a row (up to "
-                        f"step {progress.step}); the last good checkpoint in {run.layout.checkpoint_dir} is kept. "
-                        f"Lower --lr or check the data, then run again to resume")
     if finite:
         progress.history["train"].append([progress.step, step_loss])
     return StepReport(step_loss, grad_norm, lr, step_seconds, stop_votes)
@@ -300,6 +297,23 @@ def apply_update(run: Run, step_loss: float, grad_norm: float) -> bool:
     scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     return finite
+
+
+def stop_if_updates_are_skipped(run: Run, start_step: int) -> None:
+    """A UserError after too many updates in a row were skipped (a loss or gradient that was not finite), and
+    at the last step when every update of this run was: its final model would be the weights it started
+    from, claimed as trained (weights that compute NaN skip every update). Checked before the step's
+    checkpoint, which would name the final model, so no re-run writes it either."""
+    progress = run.progress
+    skipped, steps = progress.nonfinite_in_a_row, progress.step - start_step
+    every_update = progress.step == run.cfg.max_steps and steps <= skipped
+    if skipped < MAX_NONFINITE_STEPS_IN_A_ROW and not every_update:
+        return
+    what = (f"every update of this run ({steps} of {steps}) was skipped for a loss or gradient that was not "
+            f"finite" if every_update else f"the loss was not finite for {skipped} steps in a row")
+    raise UserError(f"{what} (up to step {progress.step}): no final model is written, and the last good checkpoint "
+                    f"in {run.layout.checkpoint_dir} is kept. Lower --lr or check the data and the starting "
+                    f"weights, then run again to resume")
 
 
 class StepDisplay:

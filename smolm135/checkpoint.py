@@ -42,7 +42,7 @@ from .errors import UserError
 from .lora import is_adapter_record, load_weights
 from .probes import hand_decode_probe
 from .runtime import is_precision_record
-from .tokenizer import tokenizer_from_record
+from .tokenizer import tokenizer_from_record, tokenizer_record_problem
 
 FORMAT_NAME = "smolm135-checkpoint"
 FORMAT_VERSION = 4
@@ -58,6 +58,49 @@ _EXPORT_FILES = "export_files"  # training_info.json's list of the files an expo
 
 # An optimizer made of several (optim.OptimizerPair) saves one state dict per optimizer under this key.
 PARTS_KEY = "optimizers"
+# AdamW's count of a parameter's updates, a 0-dim float tensor in its state; every other tensor of a
+# parameter's state (AdamW's two moments, Muon's momentum buffer) has the parameter's shape and dtype.
+STEP_COUNT = "step"
+
+
+def required_state(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """What `optimizer` keeps per parameter once it has stepped it: a state missing one fails mid-step."""
+    if isinstance(optimizer, torch.optim.Muon):
+        return ("momentum_buffer",)
+    return (STEP_COUNT, "exp_avg", "exp_avg_sq")
+
+
+def saved_state_problem(optimizer: torch.optim.Optimizer, param: torch.Tensor, saved) -> str | None:
+    """Why one parameter's saved state cannot go into `optimizer`, in words; None when it fits (an empty
+    state is a parameter not stepped yet, filled at its first step). torch's load_state_dict takes tensors of
+    any shape, and the fused AdamW kernel then reads past the end of a smaller one: the process dies
+    (SIGSEGV or SIGBUS) instead of raising."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__} instead of a dict of tensors"
+    missing = [key for key in required_state(optimizer) if key not in saved]
+    if saved and missing:
+        return f"no {missing[0]}"
+    for key, value in saved.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is a {type(value).__name__}, not a tensor"
+        problem = step_count_problem(value) if key == STEP_COUNT else (
+            None if (value.shape, value.dtype) == (param.shape, param.dtype)
+            else f"is {_described(value)}, its parameter {_described(param)}")
+        if problem:
+            return f"{key} {problem}"
+    return None
+
+
+def step_count_problem(count: torch.Tensor) -> str | None:
+    """Why a saved step count is not one: a single float, 0 or more (a negative count makes the bias
+    correction negative); None when it is."""
+    if count.dim() != 0 or not count.is_floating_point():
+        return f"is {_described(count)}, not one float"
+    return "is negative" if count < 0 else None
+
+
+def _described(tensor: torch.Tensor) -> str:
+    return f"a {tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')} tensor"
 
 
 class CheckpointError(UserError):
@@ -322,10 +365,10 @@ class Checkpoint:
         return cls(
             model_state_dict=state["model_state_dict"], model_config=state["model_config"],
             train_config=state.get("train_config") or {},
-            progress=Progress(int(state.get("step", 0)), int(state.get("tokens_seen", 0)),
-                              float(state.get("elapsed_seconds", 0.0)),
+            progress=Progress(int(state.get("step") or 0), int(state.get("tokens_seen") or 0),
+                              float(state.get("elapsed_seconds") or 0.0),
                               state.get("history") or {"train": [], "val": []},
-                              int(state.get("nonfinite_in_a_row", 0))),
+                              int(state.get("nonfinite_in_a_row") or 0)),
             optimizer_state_dict=state.get("optimizer_state_dict"),
             grad_scaler_state_dict=state.get("grad_scaler_state_dict") or {},
             data_position=DataPosition(position["seed"], position["global_batch_size"], position["seq_len"],
@@ -377,8 +420,9 @@ class Checkpoint:
 
     def load_optimizer_into(self, optimizer: torch.optim.Optimizer) -> None:
         """The saved optimizer state, after checking that it has this optimizer's parameter groups and that
-        every saved moment has its parameter's shape (torch would accept a mismatch and fail mid-step).
-        An optimizer made of several (`optim.OptimizerPair`) is checked one part at a time."""
+        every parameter's saved state fits it (`saved_state_problem`: torch would accept a misfit, and
+        fail mid-step or crash the process). An optimizer made of several (`optim.OptimizerPair`) is checked
+        one part at a time."""
         saved = self.optimizer_state_dict
         parts = getattr(optimizer, "optimizers", (optimizer,))
         saved_parts = saved[PARTS_KEY] if PARTS_KEY in saved else [saved]
@@ -391,11 +435,10 @@ class Checkpoint:
         for part, saved_part in zip(parts, saved_parts):
             saved_ids = [index for group in saved_part["param_groups"] for index in group["params"]]
             for index, param in zip(saved_ids, (param for group in part.param_groups for param in group["params"])):
-                moments = saved_part["state"].get(index, {})
-                if not isinstance(moments, dict) or any(isinstance(value, torch.Tensor) and value.dim() > 0
-                                                        and value.shape != param.shape for value in moments.values()):
+                problem = saved_state_problem(part, param, saved_part["state"].get(index, {}))
+                if problem:
                     raise CheckpointError(f"{self.source}: its optimizer state does not fit the model's "
-                                          f"parameters (a moment of another shape)")
+                                          f"parameters (parameter {index}: {problem})")
         try:
             optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError, RuntimeError) as error:
@@ -548,6 +591,75 @@ def state_problems(state: dict) -> list[str]:
         value = state.get(key)
         if value is not None and not fits(value):
             problems.append(f"{key} is {_short(value)}")
+    if problems:
+        return problems
+    problems += progress_problems(state)
+    if state.get("tokenizer") is not None:
+        problem = tokenizer_record_problem(state["tokenizer"])
+        problems += [f"its tokenizer record does not load ({problem})"] if problem else []
+    problems += [f"model_state_dict[{name!r}] {problem}" for name, tensor in weights.items()
+                 if (problem := float_tensor_problem(tensor))]
+    if state.get("optimizer_state_dict") is not None:
+        problems += optimizer_tensor_problems(state["optimizer_state_dict"],
+                                              {tensor.shape for tensor in weights.values()})
+    return problems
+
+
+# No recipe takes a billion tokens in one optimizer step (the largest published pretraining runs take tens of
+# millions): a count beyond that many per step is not one a run made. The recipe's own global batch is no
+# bound, since a run may resume with a smaller one (and says so) after counting steps of a larger one.
+MAX_TOKENS_PER_STEP = 2**30
+
+
+def progress_problems(state: dict) -> list[str]:
+    """Progress no run of the stored recipe can have made: a step beyond its max_steps (a run stops there),
+    more tokens than the steps can hold, more losses recorded than there were steps to record them."""
+    step = state.get("step") or 0
+    max_steps = (state.get("train_config") or {}).get("max_steps")
+    problems = []
+    if _count(max_steps, 1) and step > max_steps:
+        problems.append(f"step {step} is beyond the recipe's max_steps {max_steps}")
+    if (state.get("tokens_seen") or 0) > step * MAX_TOKENS_PER_STEP:
+        problems.append(f"tokens_seen {state['tokens_seen']} is more than {step} steps can take")
+    if (state.get("nonfinite_in_a_row") or 0) > step:
+        problems.append(f"nonfinite_in_a_row {state['nonfinite_in_a_row']} is more than its {step} steps")
+    history = state.get("history") or {}
+    for kind in ("train", "val"):
+        points = history.get(kind, [])
+        if len(points) > step + 1:  # one loss per step at most, and a validation loss at step 0 too
+            problems.append(f"history[{kind!r}] holds {len(points)} losses, more than its {step} steps made")
+        elif any(point[0] > step for point in points):
+            problems.append(f"history[{kind!r}] holds a loss of a step beyond its step {step}")
+    return problems
+
+
+def float_tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why a tensor of weights or optimizer moments is not usable, in words; None when it is finite floats.
+    Integer weights would be cast silently; a NaN or an infinity trains (every update skipped) and serves
+    a model that only says NaN."""
+    if not tensor.is_floating_point():
+        return f"is {str(tensor.dtype).replace('torch.', '')}, not floating point"
+    if not torch.isfinite(tensor).all():
+        return "holds NaN or infinite values"
+    return None
+
+
+def optimizer_tensor_problems(saved: dict, weight_shapes: set) -> list[str]:
+    """What is wrong with the tensors of a stored optimizer state, whatever optimizer reads it: each is finite
+    floats; a step count is one, 0 or more; a moment has the shape of one of the weights (which one,
+    only the optimizer that loads it knows: `Checkpoint.load_optimizer_into` checks that)."""
+    problems = []
+    for part in saved[PARTS_KEY] if PARTS_KEY in saved else [saved]:
+        for index, moments in part["state"].items():
+            tensors = moments.items() if isinstance(moments, dict) else ()
+            for key, value in ((key, value) for key, value in tensors if isinstance(value, torch.Tensor)):
+                problem = float_tensor_problem(value)
+                if problem is None and key == STEP_COUNT:
+                    problem = step_count_problem(value)
+                elif problem is None and value.shape not in weight_shapes:
+                    problem = f"has shape {tuple(value.shape)}, which no weight has"
+                if problem:
+                    problems.append(f"optimizer state: parameter {index}'s {key} {problem}")
     return problems
 
 

@@ -223,7 +223,7 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
     if cfg.init_from and is_pretrained_source(cfg.init_from):
         if checkpoint is None:
             pretrained = pretrained_start(cfg.init_from, cfg.trust_remote_code)
-            log.say(f"starting from {pretrained.description}: its weights and tokenizer, a fresh optimizer at step 0")
+            log.say(f"starting from {pretrained.description}: its weights and tokenizer, {fresh_optimizer(0)}")
         model_config = pretrained.config if pretrained else ModelConfig.from_dict(checkpoint.model_config)
         cfg = adopt_model(cfg, model_config, cfg.init_from)
     if pretrained is not None:
@@ -284,9 +284,17 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     run.log.say(f"continuing from {checkpoint.source} at step {progress.step} ({progress.tokens_seen:,} tokens "
                 f"seen, last train loss {_fmt(progress.last_train_loss)}, validation loss "
                 f"{_fmt(progress.last_val_loss)})")
+    if checkpoint.optimizer_state_dict is None:  # e.g. a model converted back from a Hugging Face folder
+        run.log.say(f"note: {checkpoint.source} holds no optimizer state: training goes on with "
+                    f"{fresh_optimizer(progress.step)}")
     if checkpoint.data_position is not None:
         for note in checkpoint.data_position.differences(run.data_position):
             run.log.say(f"note: {note}")
+
+
+def fresh_optimizer(step: int) -> str:
+    """How a run that starts without saved optimizer state says so, wherever it starts."""
+    return f"a fresh optimizer (its moments at zero) at step {step}"
 
 
 def use_threads_of(run: Run, checkpoint: Checkpoint) -> None:

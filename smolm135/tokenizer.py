@@ -244,6 +244,17 @@ def tokenizer_from_record(record: dict | None):
     raise ValueError(f"unknown tokenizer record kind {record.get('kind')!r}")
 
 
+def tokenizer_record_problem(record: dict) -> str | None:
+    """Why `tokenizer_from_record` cannot rebuild `record`, in a few words; None when it can."""
+    if record.get("kind") == GPT2TextTokenizer.kind:
+        return None  # nothing in the record to go wrong
+    try:
+        tokenizer_from_record(record)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception for any JSON it cannot read
+        return (str(error).splitlines() or [type(error).__name__])[0][:80]
+    return None
+
+
 def token_dtype(n_vocab: int):
     """The smallest unsigned numpy dtype that holds every id of a vocabulary: uint16 for GPT-2's 50,257 and
     SmolLM's 49,152 tokens (half the disk and page cache of uint32), uint32 beyond 65,536."""

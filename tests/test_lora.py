@@ -7,7 +7,6 @@ import torch
 
 from conftest import random_rotary_model, tiny_train_config
 from smollm135_model import PRESETS, Block, SmoLM135_Model
-from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.errors import UserError
 from smolm135.lora import (
     BLOCK_PROJECTIONS,
