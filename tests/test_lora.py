@@ -7,6 +7,7 @@ import torch
 
 from conftest import random_rotary_model, tiny_train_config
 from smollm135_model import PRESETS, Block, SmoLM135_Model
+from smolm135.checkpoint import Checkpoint, load_checkpoint, save_atomic
 from smolm135.errors import UserError
 from smolm135.lora import (
     BLOCK_PROJECTIONS,
