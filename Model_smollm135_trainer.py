@@ -1,10 +1,12 @@
 """Train smolm135 from scratch on your text; re-running the same command resumes where it stopped.
 
     python Model_smollm135_trainer.py                       # the seed recipe (full model, best device)
-    python Model_smollm135_trainer.py --preset tiny ...     # a small model that learns on a laptop CPU
+    python Model_smollm135_trainer.py --recipe cpu-scratch  # a small model that learns on a laptop CPU
+    python Model_smollm135_trainer.py --recipe list         # the named recipes and their flag values
     torchrun --nproc_per_node=8 Model_smollm135_trainer.py  # DistributedDataParallel on 8 GPUs
 
-From a notebook: `model, summary = train(TrainConfig(preset="tiny", max_steps=200))`.
+From a notebook: `model, summary = train(TrainConfig(preset="tiny", max_steps=200))`, or a named recipe with
+fields over it: `train(from_recipe("cpu-scratch", out_dir="run"))`.
 
 Outputs under --out-dir: checkpoints/latest.pt (every --checkpoint-every steps), models/final_model_<ts>.pt,
 logs/training_<ts>.log and logs/training_<ts>.png (the loss curves).
@@ -142,7 +144,7 @@ def describe(run: Run) -> None:
     cfg, log, params = run.cfg, run.log, run.model.num_parameters()
     log.write(f"config: {cfg.to_dict()}")
     log.write(f"model: {cfg.model.to_dict()}")
-    log.say(f"smolm135 preset {cfg.preset}: {params['total']:,} parameters ({params['non_embedding']:,} "
+    log.say(f"smolm135 preset {cfg.preset}, recipe {cfg.recipe}: {params['total']:,} parameters ({params['non_embedding']:,} "
             f"non-embedding) on {device_description(run.device)}, precision {str(run.dtype).replace('torch.', '')}"
             + (f", {run.distributed.world_size} processes" if run.distributed.enabled else ""))
     log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from types import MappingProxyType
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
@@ -66,6 +68,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | PATH
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
     progress: bool = True  # console progress bar
+    recipe: str = "seed"  # the named recipe (RECIPES) the command line's flags were laid over; recorded, not applied
 
     def __post_init__(self):
         if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
@@ -101,12 +104,60 @@ class TrainConfig:
         return cls(**{**known_fields(cls, recipe), "model": model})
 
 
-# The recipe of a run that starts from a pretrained model (--init-from SmolLM2 & co), for every flag the command
-# line leaves out: a short fine-tune at a low learning rate on long windows, measured on 2 CPU cores (the README's
-# fine-tuning quick start), where the seed recipe (5,000 steps of 32 x 128 tokens at 6e-4 after 2,000 warm-up
-# steps) is made for random weights: hours a run on a CPU, and a rate that wears the pretraining away.
-FINE_TUNING = {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4, "eval_every": 25,
-               "eval_batches": 4, "sample_every": 50}
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of training flag values: what a command line starts from before its own flags."""
+
+    description: str  # one line, for --help and --recipe list
+    values: Mapping[str, object] = field(default_factory=dict)  # TrainConfig fields; the others keep their defaults
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))  # frozen all the way down
+
+
+# The recipes, written once: the README, the demo and the benchmarks name them instead of spelling their flags.
+RECIPES: Mapping[str, Recipe] = MappingProxyType({
+    "seed": Recipe("TrainConfig's defaults: the full model, 5,000 steps of 32 x 128 tokens, AdamW at 6e-4 after "
+                   "2,000 warm-up steps (hours on a GPU)"),
+    # 4 layers of 256 with a 4,096-token BPE learned from the corpus, Muon for the blocks' matrices: 720 steps
+    # took 9 min 46 s on 2 cores of a Zen 3 EPYC (2.115 bits per byte)
+    "cpu-scratch": Recipe("from scratch on 2 CPU cores: the cpu-scratch model, Muon at 6e-3 on 16 x 128 tokens, "
+                          "720 steps (about 10 minutes)",
+                          {"preset": "cpu-scratch", "optimizer": "muon", "max_steps": 720, "warmup_steps": 50,
+                           "lr": 6e-3, "batch_size": 16, "seq_len": 128, "eval_every": 120, "eval_batches": 8,
+                           "sample_every": 720, "checkpoint_every": 720}),
+    # A short fine-tune at a low rate on long windows, measured on 2 CPU cores (about 9.5 s a step for the 135M
+    # model): the seed recipe is made for random weights, hours a run on a CPU at a rate that wears the
+    # pretraining away.
+    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): 50 steps of one 1,024-token "
+                       "window at 1e-4 (about 10 minutes on 2 CPU cores)",
+                       {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
+                        "eval_every": 25, "eval_batches": 4, "sample_every": 50}),
+})
+DEFAULT_RECIPE = "seed"
+PRETRAINED_RECIPE = "finetune"  # for a pretrained --init-from when the command line names no recipe
+
+
+def recipe_named(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (--recipe list shows them)")
+    return RECIPES[name]
+
+
+def from_recipe(name: str, **overrides) -> TrainConfig:
+    """The named recipe's config with `overrides` (TrainConfig fields) on top: `--recipe NAME` from Python."""
+    return TrainConfig(**{**recipe_named(name).values, **overrides, "recipe": name})
+
+
+def recipe_flags(values: Mapping[str, object]) -> str:
+    """Values as the flags that set them: `--max-steps 50 --lr 0.0001`."""
+    return " ".join(f"{_flag(name)} {value}" for name, value in values.items())
+
+
+def recipe_table() -> str:
+    """Every recipe: its name, what it is for, and its values (what --recipe list prints)."""
+    return "\n".join(f"{name}: {recipe.description}\n    {recipe_flags(recipe.values) or '(the defaults)'}"
+                     for name, recipe in RECIPES.items())
 
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
 _POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
@@ -213,7 +264,9 @@ _HELP = {
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
     "init_from": "when there is nothing to resume: a checkpoint to continue (weights, optimizer, step), or a "
                  "pretrained model to fine-tune (smollm2-135m-instruct, a .gguf, a Hugging Face folder or Hub id), "
-                 "which takes the fine-tuning recipe for the flags left out",
+                 f"which takes the {PRETRAINED_RECIPE} recipe unless --recipe names another",
+    "recipe": f"a named set of flag values, which the flags given override: {', '.join(RECIPES)} (listed below); "
+              f"default {DEFAULT_RECIPE}, or {PRETRAINED_RECIPE} for a pretrained --init-from; list prints them",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
@@ -221,7 +274,10 @@ _HELP = {
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass."""
+    """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass; with
+    --recipe, the recipes and their values close the help."""
+    if only is None or "recipe" in only:
+        parser.epilog = "recipes:\n" + recipe_table()
     for field in fields(TrainConfig):
         if field.name == "model" or (only is not None and field.name not in only):  # --preset fills it
             continue
@@ -237,28 +293,40 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
 
 def parse_train_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line, with `given` added: the names of the TrainConfig fields it sets. (argparse
-    leaves a value already in the namespace it is given alone when the flag is absent.)"""
+    leaves a value already in the namespace it is given alone when the flag is absent.) `--recipe list`
+    prints the recipes and exits, as --help does."""
     absent = object()
     args = parser.parse_args(argv, argparse.Namespace(**{field.name: absent for field in fields(TrainConfig)}))
     args.given = {name for name, value in vars(args).items() if value is not absent}
     for name in set(vars(args)) - args.given - {"given"}:
         setattr(args, name, parser.get_default(name))
+    if args.recipe == "list":
+        if speaks_for_its_node():
+            print(recipe_table())
+        parser.exit(0)
     return args
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """The recipe of a parsed command line. From a pretrained --init-from, FINE_TUNING fills the flags the
-    command line did not give (`args.given`, from parse_train_args), and says so."""
+    """The recipe of a parsed command line: the flags it gives (`args.given`, from parse_train_args) over the
+    named --recipe; without one, `finetune` for a pretrained --init-from, else `seed`. A recipe that fills
+    flags says which. (A namespace without `given` is taken as it is.)"""
     values = known_fields(TrainConfig, vars(args))
     values.pop("model", None)  # the model comes from --preset or an override, never from a flag
     given = getattr(args, "given", None)
-    if given is not None and values.get("init_from"):
+    if given is None:
+        return TrainConfig(**{**values, **overrides})
+    name = values["recipe"] if "recipe" in given else _implied_recipe(values.get("init_from"))
+    filled = {key: value for key, value in recipe_named(name).values.items() if key not in given}
+    if filled and speaks_for_its_node():
+        print(f"recipe {name}: {recipe_flags(filled)} (give a flag to change one; --recipe list shows the recipes)")
+    return TrainConfig(**{**values, **filled, "recipe": name, **overrides})
+
+
+def _implied_recipe(init_from: str | None) -> str:
+    if init_from:
         from .pretrained import is_pretrained_source
 
-        if is_pretrained_source(values["init_from"]):
-            defaults = {name: value for name, value in FINE_TUNING.items() if name not in given}
-            values.update(defaults)
-            if defaults and speaks_for_its_node():
-                print("fine-tuning a pretrained model: " + " ".join(f"{_flag(name)} {value}" for name, value
-                      in defaults.items()) + " (the defaults for a pretrained start; give a flag to change one)")
-    return TrainConfig(**{**values, **overrides})
+        if is_pretrained_source(init_from):
+            return PRETRAINED_RECIPE
+    return DEFAULT_RECIPE
