@@ -30,7 +30,7 @@ from smollm135_model import SmoLM135_Model
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError, run_cli
-from smolm135.generation import continue_text
+from smolm135.generation import answer, continue_ids
 from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
@@ -59,6 +59,9 @@ from smolm135.train_config import TrainConfig, add_train_arguments, config_from_
 from smolm135.training_log import RunLog, plot_losses
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
+# What a model with a chat template is asked at every sample, through its template: the same question each
+# time, so the log shows how a fine-tune changes the answers.
+SAMPLE_MESSAGE = "Tell me about the sea in two sentences."
 
 
 class StopRequest:
@@ -169,6 +172,8 @@ def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
     run.step_model = wrap_for_steps(run.model, cfg, run.distributed, run.device)
     if start_step == 0:
         evaluate_and_record(run)  # the starting point: about ln(vocab) = 10.8 for a fresh model
+        if run.is_main:
+            log_sample(run, 0)  # what the later samples are compared with
     run.step_model.train()
     display = StepDisplay(run)
     stopped_by = None
@@ -348,17 +353,22 @@ def log_sample(run: Run, step: int) -> None:
     """The step's sample in the log. A sample only shows how training goes: whatever makes it fail (odd
     weights, a tokenizer it cannot please) is one line in the log, and training goes on."""
     try:
-        run.log.say(f"step {step} sample:\n{sample_text(run.model, run.cfg, run.device, step, run.tokenizer)}\n")
+        run.log.say(f"step {step} sample:\n{sample_text(run, step)}\n")
     except Exception as error:  # noqa: BLE001 (deliberately broad: see above)
         reason = (str(error).splitlines() or [""])[0][:200]
         run.log.say(f"step {step}: no sample ({type(error).__name__}: {reason}); training goes on")
 
 
-def sample_text(model, cfg: TrainConfig, device, step: int, tokenizer=None) -> str:
-    """The step's sample: `--sample-prompt` continued by `--sample-tokens` under the generation policy, seeded
-    by the step (`device` is where the model already is). `tokenizer`: the run's, by default GPT-2's."""
-    return continue_text(model, tokenizer or GPT2TextTokenizer(), cfg.sample_prompt, cfg.sample_tokens,
-                         seed=cfg.seed + step)
+def sample_text(run: Run, step: int) -> str:
+    """The step's sample: the run's prompt (`Run.sample_prompt_ids`) and its continuation by --sample-tokens
+    under the generation policy, seeded by the step; a model with a chat template also answers
+    SAMPLE_MESSAGE through it."""
+    cfg, tokenizer, seed = run.cfg, run.tokenizer, run.cfg.seed + step
+    prompt, continuation = continue_ids(run.model, tokenizer, run.sample_prompt_ids, cfg.sample_tokens, seed)
+    text = f"prompt: {tokenizer.decode(prompt)}\ncontinued: {tokenizer.decode(continuation)}"
+    if tokenizer.has_chat_template:
+        text += f"\nuser: {SAMPLE_MESSAGE}\nassistant: {answer(run.model, tokenizer, SAMPLE_MESSAGE, cfg.sample_tokens, seed)}"
+    return text
 
 
 # ------------------------------------------------------------------ the end

@@ -26,6 +26,7 @@ from .checkpoint import (
 )
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
+from .generation import opening_of, prompt_ids_of
 from .pretrained import PretrainedModel, is_pretrained_source, load_pretrained
 from .runtime import Distributed, main_process_first, precision_record, run_on_main
 from .tokenizer import GPT2TextTokenizer
@@ -75,6 +76,14 @@ class Run:
     def val_bytes(self) -> int:
         """UTF-8 bytes of the validation text, counted once."""
         return self.tokenizer.text_bytes(self.val_tokens)
+
+    @functools.cached_property
+    def sample_prompt_ids(self) -> list[int]:
+        """What every sample of the run continues: --sample-prompt, else the opening of the validation text,
+        so that the log shows one text continued better and better."""
+        if self.cfg.sample_prompt is not None:
+            return prompt_ids_of(self.tokenizer, self.cfg.sample_prompt)
+        return opening_of(self.val_tokens, self.tokenizer.document_separator_id)
 
     def bits_per_byte(self, loss: float) -> float:
         """A loss in nats per token as bits per byte of text: the figure comparable across tokenizers."""

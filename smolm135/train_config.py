@@ -53,7 +53,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
-    sample_prompt: str = "The "
+    sample_prompt: str | None = None  # None: the opening of the validation text; "": the start token
     sample_tokens: int = 100
     eval_every: int = 250
     eval_batches: int = 20
@@ -267,6 +267,8 @@ _HELP = {
                  f"which takes the {PRETRAINED_RECIPE} recipe unless --recipe names another",
     "recipe": f"a named set of flag values, which the flags given override: {', '.join(RECIPES)} (listed below); "
               f"default {DEFAULT_RECIPE}, or {PRETRAINED_RECIPE} for a pretrained --init-from; list prints them",
+    "sample_prompt": "the text every sample continues (default: the first tokens of the validation text, the same "
+                     "at every sample; an empty one starts from the tokenizer's start token)",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
