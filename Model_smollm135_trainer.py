@@ -21,12 +21,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from smollm135_model import SmoLM135_Model
+from smolm135.budget import MEASURING_STEPS, Costs, evaluation_seconds, save_seconds, steps_within
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError, run_cli
@@ -90,9 +92,12 @@ class StopRequest:
 # ------------------------------------------------------------------ the run: setup -> steps -> finish
 
 
-def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Model, dict]:
+def train(cfg: TrainConfig, layout: RunLayout = TRAINING,
+          clock: Callable[[], float] = time.monotonic) -> tuple[SmoLM135_Model, dict]:
     """Train (or resume) per `cfg`; returns the trained model and a summary of the run. `layout` says where
-    under --out-dir this kind of run writes (continue_training.py passes its own)."""
+    under --out-dir this kind of run writes (continue_training.py passes its own). `clock` (seconds) times
+    a --minutes budget, which counts from this call."""
+    budget = StepBudget(clock)
     validate(cfg)
     layout = layout.under(cfg.out_dir)
     distributed = setup_distributed(cfg.device)
@@ -104,7 +109,7 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
         if leftovers:
             log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
         try:
-            return train_run(set_up(cfg, layout, timestamp, distributed, log))
+            return train_run(set_up(cfg, layout, timestamp, distributed, log), budget)
         finally:
             log.close()
     finally:
@@ -147,8 +152,9 @@ def describe(run: Run) -> None:
     cfg, log, params = run.cfg, run.log, run.model.num_parameters()
     log.write(f"config: {cfg.to_dict()}")
     log.write(f"model: {cfg.model.to_dict()}")
-    log.say(f"smolm135 preset {cfg.preset}, recipe {cfg.recipe}: {params['total']:,} parameters ({params['non_embedding']:,} "
-            f"non-embedding) on {device_description(run.device)}, precision {str(run.dtype).replace('torch.', '')}"
+    log.say(f"smolm135 preset {cfg.preset}, recipe {cfg.recipe}: {params['total']:,} parameters "
+            f"({params['non_embedding']:,} non-embedding) on {device_description(run.device)}, precision "
+            f"{str(run.dtype).replace('torch.', '')}"
             + (f", {run.distributed.world_size} processes" if run.distributed.enabled else ""))
     log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
             f"{len(run.val_tokens):,} validation){' from cache' if run.corpus.from_cache else ''} with "
@@ -158,8 +164,9 @@ def describe(run: Run) -> None:
                 f"try --preset tiny for a model that learns in minutes")
 
 
-def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
-    """Steps until --max-steps or a stop signal, evaluating, sampling and checkpointing on the way."""
+def train_run(run: Run, budget: StepBudget) -> tuple[SmoLM135_Model, dict]:
+    """Steps until --max-steps (or the count --minutes fixes) or a stop signal, evaluating, sampling and
+    checkpointing on the way."""
     start_step, cfg = run.progress.step, run.cfg
     if start_step >= cfg.max_steps and run.final_model_missing:
         run.log.say(f"the run reached step {start_step} but its final model {run.final_model} is missing (it was "
@@ -171,19 +178,75 @@ def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
         return run.model, summarize(run, start_step, None, None)
     run.step_model = wrap_for_steps(run.model, cfg, run.distributed, run.device)
     if start_step == 0:
-        evaluate_and_record(run)  # the starting point: about ln(vocab) = 10.8 for a fresh model
+        budget.time("evaluation", lambda: evaluate_and_record(run))  # about ln(vocab) = 10.8 for a fresh model
         if run.is_main:
-            log_sample(run, 0)  # what the later samples are compared with
+            budget.time("sample", lambda: log_sample(run, 0))  # what the later samples are compared with
     run.step_model.train()
     display = StepDisplay(run)
     stopped_by = None
+    budget.mark()
     with StopRequest() as stop:
-        while run.progress.step < cfg.max_steps and not stopped_by:
+        while run.progress.step < run.cfg.max_steps and not stopped_by:
             report = take_step(run, stop_requested=stop.signal_name is not None)
             display.show(report)
+            budget.mark()
+            if run.cfg.minutes and run.cfg.budgeted_steps is None and run.progress.step >= MEASURING_STEPS:
+                fix_step_count(run, budget)
+                display.bar.total = run.cfg.max_steps
             stopped_by = after_step(run, report, stop)
     display.close()
     return finish(run, start_step, stopped_by)
+
+
+# ------------------------------------------------------------------ --minutes
+
+
+class StepBudget:
+    """The times a --minutes budget is fixed from: since train() was called, of this process's steps (the
+    first of which warms the kernels up), and of the run's first evaluation and sample."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.started = clock()
+        self.marks: list[float] = []  # clock() before this process's first step and after each step
+        self.timed: dict[str, float] = {}
+
+    def time(self, name: str, action: Callable[[], None]) -> None:
+        began = self.clock()
+        action()
+        self.timed[name] = self.clock() - began
+
+    def mark(self) -> None:
+        self.marks.append(self.clock())
+
+    def step_seconds(self) -> float:
+        """A step's seconds: the mean of the steps after the warm-up step, or the warm-up step itself when
+        this process took no other yet (a run resumed just before the count was fixed)."""
+        if len(self.marks) > 2:
+            return (self.marks[-1] - self.marks[1]) / (len(self.marks) - 2)
+        return self.marks[-1] - self.marks[0]
+
+    def costs(self, run: Run) -> Costs:
+        step = self.step_seconds()
+        return Costs(step, self.timed.get("evaluation", evaluation_seconds(step, run.cfg.eval_batches)),
+                     self.timed.get("sample", step), save_seconds(run.model.num_parameters()["total"]))
+
+
+def fix_step_count(run: Run, budget: StepBudget) -> None:
+    """Fix the run's step count from its first steps so that it ends within --minutes: rank 0 decides, every
+    process takes its count. The config then records it, so a resumed run keeps it."""
+    cfg, done = run.cfg, run.progress.step
+
+    def decide() -> tuple[int, float]:
+        costs = budget.costs(run)
+        seconds_left = cfg.minutes * 60 - (budget.clock() - budget.started)
+        return steps_within(seconds_left, cfg, done, costs), costs.step
+
+    steps, step_seconds = run_on_main(run.distributed, decide, send_result_to_all=True)
+    run.cfg = cfg.with_budgeted_steps(steps)
+    capped = f", all that --max-steps {cfg.max_steps} allows" if steps == cfg.max_steps else ""
+    run.log.say(f"{cfg.minutes:g} minutes: {steps} steps at {step_seconds:.2f} s{capped} (evaluations, samples "
+                f"and saves included; the schedule ends there)")
 
 
 # ------------------------------------------------------------------ one step
@@ -367,7 +430,8 @@ def sample_text(run: Run, step: int) -> str:
     prompt, continuation = continue_ids(run.model, tokenizer, run.sample_prompt_ids, cfg.sample_tokens, seed)
     text = f"prompt: {tokenizer.decode(prompt)}\ncontinued: {tokenizer.decode(continuation)}"
     if tokenizer.has_chat_template:
-        text += f"\nuser: {SAMPLE_MESSAGE}\nassistant: {answer(run.model, tokenizer, SAMPLE_MESSAGE, cfg.sample_tokens, seed)}"
+        reply = answer(run.model, tokenizer, SAMPLE_MESSAGE, cfg.sample_tokens, seed)
+        text += f"\nuser: {SAMPLE_MESSAGE}\nassistant: {reply}"
     return text
 
 

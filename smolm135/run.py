@@ -268,6 +268,21 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if checkpoint.data_position is not None:
         for note in checkpoint.data_position.differences(run.data_position):
             run.log.say(f"note: {note}")
+    keep_budgeted_steps(run, checkpoint)
+
+
+def keep_budgeted_steps(run: Run, checkpoint: Checkpoint) -> None:
+    """A run under --minutes resumes to the step count its budget fixed when it started, recorded in its
+    checkpoints: the schedule depends on that count, and timing the steps again would change it."""
+    recorded = checkpoint.train_config.get("budgeted_steps")
+    own = checkpoint.started_from == run.cfg.init_from  # not the checkpoint another run started from
+    if not (run.cfg.minutes and own and isinstance(recorded, int) and recorded >= checkpoint.progress.step):
+        return
+    minutes = checkpoint.train_config.get("minutes")
+    run.cfg = run.cfg.with_budgeted_steps(recorded)
+    run.log.say(f"the run's budget ({minutes} minutes) fixed {recorded} steps when it started: it trains to step "
+                f"{recorded}" + ("" if minutes == run.cfg.minutes else
+                                 f", not timed again for --minutes {run.cfg.minutes:g}"))
 
 
 def use_threads_of(run: Run, checkpoint: Checkpoint) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
+from .budget import MEASURING_STEPS
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError, speaks_for_its_node
 from .sources import DEFAULT_TEXT_FIELD
@@ -36,7 +37,9 @@ class TrainConfig:
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
-    max_steps: int = 5000
+    max_steps: int = 5000  # under a --minutes budget, the most steps it may fix
+    minutes: float = 0.0  # a wall-clock budget for the whole run: the step count is fixed to end within it; 0: none
+    budgeted_steps: int | None = None  # the step count --minutes fixed (max_steps then equals it); None: not fixed
     batch_size: int = 32  # sequences per micro-batch per process; global = batch_size * grad_accum * processes
     seq_len: int = 128
     grad_accum: int = 1
@@ -92,6 +95,10 @@ class TrainConfig:
         """Sequences per optimizer step: per micro-batch x micro-batches x processes."""
         return self.batch_size * self.grad_accum * world_size
 
+    def with_budgeted_steps(self, steps: int) -> "TrainConfig":
+        """The config once --minutes has fixed the run's step count (the schedule's horizon with it)."""
+        return replace(self, max_steps=steps, budgeted_steps=steps)
+
     def to_dict(self) -> dict:
         """The recipe as plain data, without the model config (a checkpoint stores that beside it)."""
         recipe = asdict(self)
@@ -120,19 +127,20 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "seed": Recipe("TrainConfig's defaults: the full model, 5,000 steps of 32 x 128 tokens, AdamW at 6e-4 after "
                    "2,000 warm-up steps (hours on a GPU)"),
     # 4 layers of 256 with a 4,096-token BPE learned from the corpus, Muon for the blocks' matrices: 720 steps
-    # took 9 min 46 s on 2 cores of a Zen 3 EPYC (2.115 bits per byte)
+    # took 9 min 46 s on 2 cores of a Zen 3 EPYC (2.115 bits per byte). Under the 10 minutes' budget --max-steps
+    # is an upper bound: a slower host trains fewer steps, with the schedule fitted to them.
     "cpu-scratch": Recipe("from scratch on 2 CPU cores: the cpu-scratch model, Muon at 6e-3 on 16 x 128 tokens, "
-                          "720 steps (about 10 minutes)",
+                          "up to 720 steps within 10 minutes",
                           {"preset": "cpu-scratch", "optimizer": "muon", "max_steps": 720, "warmup_steps": 50,
                            "lr": 6e-3, "batch_size": 16, "seq_len": 128, "eval_every": 120, "eval_batches": 8,
-                           "sample_every": 720, "checkpoint_every": 720}),
+                           "sample_every": 720, "checkpoint_every": 720, "minutes": 10}),
     # A short fine-tune at a low rate on long windows, measured on 2 CPU cores (about 9.5 s a step for the 135M
-    # model): the seed recipe is made for random weights, hours a run on a CPU at a rate that wears the
-    # pretraining away.
-    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): 50 steps of one 1,024-token "
-                       "window at 1e-4 (about 10 minutes on 2 CPU cores)",
+    # model, 9 min 6 s in all): the seed recipe is made for random weights, hours a run on a CPU at a rate that
+    # wears the pretraining away.
+    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): up to 50 steps of one "
+                       "1,024-token window at 1e-4 within 10 minutes",
                        {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
-                        "eval_every": 25, "eval_batches": 4, "sample_every": 50}),
+                        "eval_every": 25, "eval_batches": 4, "sample_every": 50, "minutes": 10}),
 })
 DEFAULT_RECIPE = "seed"
 PRETRAINED_RECIPE = "finetune"  # for a pretrained --init-from when the command line names no recipe
@@ -188,6 +196,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--warmup-steps must be a whole number, 0 or more (got {cfg.warmup_steps})")
     if cfg.lr_decay_steps is not None and not (_is_int(cfg.lr_decay_steps) and cfg.lr_decay_steps > 0):
         problems.append(f"--lr-decay-steps must be a positive whole number (got {cfg.lr_decay_steps})")
+    if not (_is_number(cfg.minutes) and cfg.minutes >= 0):
+        problems.append(f"--minutes must be a finite number, 0 (no budget) or more (got {cfg.minutes})")
+    elif cfg.minutes and _is_int(cfg.warmup_steps) and cfg.warmup_steps < MEASURING_STEPS:
+        problems.append(f"--minutes times the first {MEASURING_STEPS} steps before it fixes the step count, and "
+                        f"their learning rate must not depend on it: --warmup-steps must be at least "
+                        f"{MEASURING_STEPS} (got {cfg.warmup_steps})")
     if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
         problems.append(f"--seed must be a whole number from 0 to {MAX_SEED} (got {cfg.seed})")
     if not (_is_number(cfg.lr) and cfg.lr > 0):
@@ -269,6 +283,10 @@ _HELP = {
               f"default {DEFAULT_RECIPE}, or {PRETRAINED_RECIPE} for a pretrained --init-from; list prints them",
     "sample_prompt": "the text every sample continues (default: the first tokens of the validation text, the same "
                      "at every sample; an empty one starts from the tokenizer's start token)",
+    "max_steps": "optimizer steps of the run; under --minutes, the most it may take",
+    "minutes": "a wall-clock budget for the whole run: the trainer times its first steps, then fixes the step "
+               "count (and the learning-rate schedule) so that training, evaluations, samples and saves end "
+               "within it; a resumed run keeps that count. 0: no budget (default)",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
@@ -281,8 +299,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
     if only is None or "recipe" in only:
         parser.epilog = "recipes:\n" + recipe_table()
     for field in fields(TrainConfig):
-        if field.name == "model" or (only is not None and field.name not in only):  # --preset fills it
-            continue
+        if field.name in ("model", "budgeted_steps") or (only is not None and field.name not in only):
+            continue  # --preset fills the model; the trainer fixes budgeted_steps
         flag = "--" + field.name.replace("_", "-")
         default = field.default
         if isinstance(default, bool):

@@ -97,6 +97,7 @@ def test_a_named_recipe_fills_the_flags_and_the_command_line_overrides_it(capsys
     assert said.startswith("recipe cpu-scratch: --preset cpu-scratch --optimizer muon") and "--lr" not in said
     assert scratch == from_recipe("cpu-scratch", lr=1e-3, out_dir="run")  # the same recipe from Python
     assert recipe_of() == TrainConfig() and recipe_of().recipe == "seed"  # seed: the dataclass's defaults
+    assert recipe_of("--recipe", "cpu-scratch", "--minutes", "0").minutes == 0  # its budget, turned off
 
 
 def test_the_cpu_scratch_recipe_evaluates_and_checkpoints_its_last_step():
