@@ -1,10 +1,12 @@
 """Train smolm135 from scratch on your text; re-running the same command resumes where it stopped.
 
     python Model_smollm135_trainer.py                       # the seed recipe (full model, best device)
-    python Model_smollm135_trainer.py --preset tiny ...     # a small model that learns on a laptop CPU
+    python Model_smollm135_trainer.py --recipe cpu-scratch  # a small model that learns on a laptop CPU
+    python Model_smollm135_trainer.py --recipe list         # the named recipes and their flag values
     torchrun --nproc_per_node=8 Model_smollm135_trainer.py  # DistributedDataParallel on 8 GPUs
 
-From a notebook: `model, summary = train(TrainConfig(preset="tiny", max_steps=200))`.
+From a notebook: `model, summary = train(TrainConfig(preset="tiny", max_steps=200))`, or a named recipe with
+fields over it: `train(from_recipe("cpu-scratch", out_dir="run"))`.
 
 Outputs under --out-dir: checkpoints/latest.pt (every --checkpoint-every steps), models/final_model_<ts>.pt,
 logs/training_<ts>.log and logs/training_<ts>.png (the loss curves).
@@ -19,12 +21,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from smollm135_model import SmoLM135_Model
+from smolm135.budget import MEASURING_STEPS, Costs, evaluation_seconds, save_seconds, steps_within
 from smolm135.chat_training import (
     answer_sample,
     assistant_loss,
@@ -36,7 +40,7 @@ from smolm135.chat_training import (
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError, run_cli
-from smolm135.generation import continue_text
+from smolm135.generation import answer, continue_ids
 from smolm135.loss_plot import plot_losses
 from smolm135.lora import LoraSettings, add_adapters, trainable_parameters
 from smolm135.optim import configure_optimizer, set_learning_rate
@@ -62,11 +66,13 @@ from smolm135.runtime import (
     setup_distributed,
     teardown_distributed,
 )
-from smolm135.tokenizer import GPT2TextTokenizer
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, parse_train_args, validate
 from smolm135.training_log import RunLog
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
+# What a model with a chat template is asked at every sample, through its template: the same question each
+# time, so the log shows how a fine-tune changes the answers.
+SAMPLE_MESSAGE = "Tell me about the sea in two sentences."
 
 
 class StopRequest:
@@ -95,9 +101,12 @@ class StopRequest:
 # ------------------------------------------------------------------ the run: setup -> steps -> finish
 
 
-def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Model, dict]:
+def train(cfg: TrainConfig, layout: RunLayout = TRAINING,
+          clock: Callable[[], float] = time.monotonic) -> tuple[SmoLM135_Model, dict]:
     """Train (or resume) per `cfg`; returns the trained model and a summary of the run. `layout` says where
-    under --out-dir this kind of run writes (continue_training.py passes its own)."""
+    under --out-dir this kind of run writes (continue_training.py passes its own). `clock` (seconds) times
+    a --minutes budget, which counts from this call."""
+    budget = StepBudget(clock)
     validate(cfg)
     layout = layout.under(cfg.out_dir)
     distributed = setup_distributed(cfg.device)
@@ -109,7 +118,7 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
         if leftovers:
             log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
         try:
-            return train_run(set_up(cfg, layout, timestamp, distributed, log))
+            return train_run(set_up(cfg, layout, timestamp, distributed, log), budget)
         finally:
             log.close()
     finally:
@@ -162,8 +171,9 @@ def describe(run: Run) -> None:
     cfg, log, params = run.cfg, run.log, run.model.num_parameters()
     log.write(f"config: {cfg.to_dict()}")
     log.write(f"model: {cfg.model.to_dict()}")
-    log.say(f"smolm135 preset {cfg.preset}: {params['total']:,} parameters ({params['non_embedding']:,} "
-            f"non-embedding) on {device_description(run.device)}, precision {str(run.dtype).replace('torch.', '')}"
+    log.say(f"smolm135 preset {cfg.preset}, recipe {cfg.recipe}: {params['total']:,} parameters "
+            f"({params['non_embedding']:,} non-embedding) on {device_description(run.device)}, precision "
+            f"{str(run.dtype).replace('torch.', '')}"
             + (f", {run.distributed.world_size} processes" if run.distributed.enabled else ""))
     if run.chat is None:
         log.say(f"data: {run.corpus.name}, {len(run.corpus.tokens):,} tokens ({len(run.train_tokens):,} train, "
@@ -186,8 +196,9 @@ def describe(run: Run) -> None:
                 f"try --preset tiny for a model that learns in minutes")
 
 
-def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
-    """Steps until --max-steps or a stop signal, evaluating, sampling and checkpointing on the way."""
+def train_run(run: Run, budget: StepBudget) -> tuple[SmoLM135_Model, dict]:
+    """Steps until --max-steps (or the count --minutes fixes) or a stop signal, evaluating, sampling and
+    checkpointing on the way."""
     start_step, cfg = run.progress.step, run.cfg
     if start_step >= cfg.max_steps and run.final_model_missing:
         run.log.say(f"the run reached step {start_step} but its final model {run.final_model} is missing (it was "
@@ -199,18 +210,76 @@ def train_run(run: Run) -> tuple[SmoLM135_Model, dict]:
         return run.model, summarize(run, start_step, None, None)
     run.step_model = wrap_for_steps(run.model, cfg, run.distributed, run.device)
     if start_step == 0:
-        evaluate_and_record(run)  # the starting point: about ln(vocab) = 10.8 for a fresh model
+        budget.time("evaluation", lambda: evaluate_and_record(run))  # about ln(vocab) = 10.8 for a fresh model
+        if run.is_main:
+            budget.time("sample", lambda: log_sample(run, 0))  # what the later samples are compared with
     run.step_model.train()
     display = StepDisplay(run)
     stopped_by = None
+    budget.mark()
     with StopRequest() as stop:
-        while run.progress.step < cfg.max_steps and not stopped_by:
+        while run.progress.step < run.cfg.max_steps and not stopped_by:
             report = take_step(run, stop_requested=stop.signal_name is not None)
             display.show(report)
             stop_if_updates_are_skipped(run, start_step)
+            budget.mark()
+            if run.cfg.minutes and run.cfg.budgeted_steps is None and run.progress.step >= MEASURING_STEPS:
+                fix_step_count(run, budget)
+                display.bar.total = run.cfg.max_steps
             stopped_by = after_step(run, report, stop)
     display.close()
     return finish(run, start_step, stopped_by)
+
+
+# ------------------------------------------------------------------ --minutes
+
+
+class StepBudget:
+    """The times a --minutes budget is fixed from: since train() was called, of this process's steps (the
+    first of which warms the kernels up), and of the run's first evaluation and sample."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.started = clock()
+        self.marks: list[float] = []  # clock() before this process's first step and after each step
+        self.timed: dict[str, float] = {}
+
+    def time(self, name: str, action: Callable[[], None]) -> None:
+        began = self.clock()
+        action()
+        self.timed[name] = self.clock() - began
+
+    def mark(self) -> None:
+        self.marks.append(self.clock())
+
+    def step_seconds(self) -> float:
+        """A step's seconds: the mean of the steps after the warm-up step, or the warm-up step itself when
+        this process took no other yet (a run resumed just before the count was fixed)."""
+        if len(self.marks) > 2:
+            return (self.marks[-1] - self.marks[1]) / (len(self.marks) - 2)
+        return self.marks[-1] - self.marks[0]
+
+    def costs(self, run: Run) -> Costs:
+        step = self.step_seconds()
+        return Costs(step, self.timed.get("evaluation", evaluation_seconds(step, run.cfg.eval_batches)),
+                     self.timed.get("sample", step), save_seconds(run.model.num_parameters()["total"]))
+
+
+def fix_step_count(run: Run, budget: StepBudget) -> None:
+    """Fix the run's step count from its first steps so that it ends within --minutes: rank 0 decides, every
+    process takes its count. The config then records it, so a resumed run keeps it."""
+    cfg, done = run.cfg, run.progress.step
+
+    def decide() -> tuple[int, float]:
+        costs = budget.costs(run)
+        seconds_left = cfg.minutes * 60 - (budget.clock() - budget.started)
+        return steps_within(seconds_left, cfg, done, costs), costs.step
+
+    steps, step_seconds = run_on_main(run.distributed, decide, send_result_to_all=True)
+    run.cfg = cfg.with_budgeted_steps(steps)
+    capped = f", all that --max-steps {cfg.max_steps} allows" if steps == cfg.max_steps else ""
+    run.log.say(f"{cfg.minutes:g} minutes: {steps} steps at {step_seconds:.2f} s{capped} (evaluations, samples "
+                f"and saves included; the schedule ends there)")
 
 
 # ------------------------------------------------------------------ one step
@@ -412,18 +481,24 @@ def log_sample(run: Run, step: int) -> None:
             text = answer_sample(run.model, run.tokenizer, run.chat.sample_messages, run.cfg.sample_tokens,
                                  seed=run.cfg.seed + step)
         else:
-            text = sample_text(run.model, run.cfg, run.device, step, run.tokenizer)
+            text = sample_text(run, step)
         run.log.say(f"step {step} sample:\n{text}\n")
     except Exception as error:  # noqa: BLE001 (deliberately broad: see above)
         reason = (str(error).splitlines() or [""])[0][:200]
         run.log.say(f"step {step}: no sample ({type(error).__name__}: {reason}); training goes on")
 
 
-def sample_text(model, cfg: TrainConfig, device, step: int, tokenizer=None) -> str:
-    """The step's sample: `--sample-prompt` continued by `--sample-tokens` under the generation policy, seeded
-    by the step (`device` is where the model already is). `tokenizer`: the run's, by default GPT-2's."""
-    return continue_text(model, tokenizer or GPT2TextTokenizer(), cfg.sample_prompt, cfg.sample_tokens,
-                         seed=cfg.seed + step)
+def sample_text(run: Run, step: int) -> str:
+    """The step's sample: the run's prompt (`Run.sample_prompt_ids`) and its continuation by --sample-tokens
+    under the generation policy, seeded by the step; a model with a chat template also answers
+    SAMPLE_MESSAGE through it."""
+    cfg, tokenizer, seed = run.cfg, run.tokenizer, run.cfg.seed + step
+    prompt, continuation = continue_ids(run.model, tokenizer, run.sample_prompt_ids, cfg.sample_tokens, seed)
+    text = f"prompt: {tokenizer.decode(prompt)}\ncontinued: {tokenizer.decode(continuation)}"
+    if tokenizer.has_chat_template:
+        reply = answer(run.model, tokenizer, SAMPLE_MESSAGE, cfg.sample_tokens, seed)
+        text += f"\nuser: {SAMPLE_MESSAGE}\nassistant: {reply}"
+    return text
 
 
 # ------------------------------------------------------------------ the end

@@ -58,10 +58,9 @@ from smolm135.tokenizer import (
 APP_DIR = Path(__file__).resolve().parent
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MODEL_ENV_VAR = "SMOLM135_MODEL"  # lets a Space, which cannot pass arguments, name a Hub model
-# The README's quick-start training command (a test keeps the two identical).
-TRAIN_COMMAND = ("python Model_smollm135_trainer.py --preset cpu-scratch --optimizer muon --max-steps 720 "
-                 "--warmup-steps 50 --lr 6e-3 --batch-size 16 --seq-len 128 --eval-every 120 --eval-batches 8 "
-                 "--sample-every 720 --checkpoint-every 720")
+# The README's quick-start training command (a test keeps the two identical); the recipe's values live in
+# smolm135.train_config.RECIPES.
+TRAIN_COMMAND = "python Model_smollm135_trainer.py --recipe cpu-scratch"
 EXAMPLE_PROMPTS = (
     "To be, or not to be",
     "ROMEO:\nBut, soft! what light",

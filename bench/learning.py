@@ -32,7 +32,7 @@ from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
 from smolm135.errors import CommandLineParser, run_cli
 from smolm135.runtime import pick_device, pick_dtype
 from smolm135.scoring import validation_bits_per_byte
-from smolm135.train_config import TrainConfig
+from smolm135.train_config import RECIPES, TrainConfig
 
 CALIBRATION_STEPS = 6
 
@@ -43,6 +43,10 @@ def gpt(n_layer: int, n_embd: int, intermediate_size: int, block_size: int = 128
     return ModelConfig(block_size=block_size, n_layer=n_layer, n_head=max(1, n_embd // 64), n_embd=n_embd,
                        intermediate_size=intermediate_size, **config)
 
+
+# the trainer's cpu-scratch recipe (smolm135.train_config.RECIPES), but for its steps and when it evaluates
+CPU_SCRATCH = {name: RECIPES["cpu-scratch"].values[name] for name in ("preset", "optimizer", "lr", "batch_size",
+                                                                       "seq_len")}
 
 # Recipes are data: the TrainConfig fields each sets. Precision is the trainer's --dtype auto (bf16 autocast
 # where the CPU has fast bf16, else fp32).
@@ -56,14 +60,12 @@ RECIPES: dict[str, dict] = {
                                                            intermediate_size=1536),
                  optimizer="muon", lr=3e-3, batch_size=16, seq_len=128, warmup_fraction=0.05),
     "tiny": dict(preset="tiny", optimizer="adamw", lr=2e-3, batch_size=8, seq_len=64, warmup_fraction=0.1),
-    # The README's from-scratch recipe: 4 x 256 with a 4,096-token BPE learned from the corpus (the trainer's
-    # --tokenizer auto for a vocabulary that small). The others change one thing each.
-    "cpu-scratch": dict(preset="cpu-scratch", optimizer="muon", lr=6e-3, batch_size=16, seq_len=128,
-                        warmup_fraction=0.07),
-    "cpu-scratch-hot": dict(preset="cpu-scratch", optimizer="muon", lr=1e-2, min_lr=0.0, batch_size=16, seq_len=128,
-                            warmup_fraction=0.07),
-    "cpu-scratch-adamw": dict(preset="cpu-scratch", optimizer="adamw", lr=3e-3, batch_size=16, seq_len=128,
-                              warmup_fraction=0.07),
+    # The trainer's cpu-scratch recipe: 4 x 256 with a 4,096-token BPE learned from the corpus (the trainer's
+    # --tokenizer auto for a vocabulary that small); its 50 warm-up steps of 720 as a fraction, as the steps
+    # here come from the budget. The others change one thing each.
+    "cpu-scratch": dict(CPU_SCRATCH, warmup_fraction=0.07),
+    "cpu-scratch-hot": dict(CPU_SCRATCH, lr=1e-2, min_lr=0.0, warmup_fraction=0.07),
+    "cpu-scratch-adamw": dict(CPU_SCRATCH, optimizer="adamw", lr=3e-3, warmup_fraction=0.07),
     "cpu-scratch-v2k": dict(preset="cpu-scratch-v2k", model=replace(PRESETS["cpu-scratch"], vocab_size=2048),
                             optimizer="muon", lr=6e-3, batch_size=16, seq_len=128, warmup_fraction=0.07),
     "cpu-scratch-v8k": dict(preset="cpu-scratch-v8k", model=replace(PRESETS["cpu-scratch"], vocab_size=8192),

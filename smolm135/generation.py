@@ -7,12 +7,20 @@ trainer's samples, the exported `generation_config.json` and the model card take
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from smollm135_model import SAMPLING, Sampling, SmoLM135_Model, fit_to_context
 
-__all__ = ["SAMPLING", "Sampling", "continue_text", "decode_bytes", "fit_conversation", "fit_prompt",
-           "start_token_id"]
+__all__ = ["SAMPLING", "Sampling", "answer", "continue_ids", "continue_text", "decode_bytes", "fit_conversation",
+           "fit_prompt", "opening_of", "prompt_ids_of", "start_token_id"]
+
+# How long a prompt taken from the validation text is (the trainer's samples): a sentence or two, and room
+# left for the continuation in the smallest presets' contexts.
+OPENING_TOKENS = 32
+# How far into the validation text a document start is looked for; a text that holds none there (one long
+# file) is opened where the split begins.
+OPENING_SEARCH_TOKENS = 1 << 20
 
 
 def start_token_id(tokenizer) -> int | None:
@@ -26,6 +34,11 @@ def start_token_id(tokenizer) -> int | None:
         bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
         return bos if bos is not None else tokenizer.document_separator_id
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def prompt_ids_of(tokenizer, prompt: str) -> list[int]:
+    """A text prompt's ids; an empty one starts from `start_token_id`."""
+    return tokenizer.encode(prompt) or [start_token_id(tokenizer)]
 
 
 def fit_prompt(prompt_ids: list[int], max_new_tokens: int, context_length: int) -> tuple[list[int], int, list[str]]:
@@ -79,18 +92,48 @@ def decode_bytes(encoder, token_ids: list[int]) -> bytes:
     return encoder.decode_bytes([token_id for token_id in token_ids if token_id < encoder.n_vocab])
 
 
-def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens: int, seed: int,
-                  sampling: Sampling = SAMPLING) -> str:
-    """The fitted prompt and its sampled continuation, as text (the trainer's samples). `tokenizer` is one of
-    this project's tokenizers (`smolm135.tokenizer`). A seeded generator of its own leaves the global RNG, and
-    so the training run, alone; ids past the tokenizer's vocabulary (the embedding's padding rows) are never
-    sampled, since they spell no text."""
+def opening_of(tokens, separator_id: int | None, length: int = OPENING_TOKENS) -> list[int]:
+    """The first `length` ids of the first document that starts in `tokens` (after the first document
+    separator), or of `tokens` themselves when no document starts early on: a prompt from the text itself,
+    the same wherever and whenever it is asked for. `tokens` may be a memory-mapped split: only its first
+    OPENING_SEARCH_TOKENS are read."""
+    head = np.asarray(tokens[:OPENING_SEARCH_TOKENS])  # (n,)
+    starts = np.flatnonzero(head == separator_id) + 1 if separator_id is not None else np.array([], dtype=int)
+    start = next((int(i) for i in starts if i < len(head) and head[i] != separator_id), 0)
+    opening = head[start:start + length]  # (<= length,)
+    ends = np.flatnonzero(opening == separator_id) if separator_id is not None else []
+    return opening[:ends[0] if len(ends) else length].tolist()  # the one document's, not the next one's
+
+
+def continue_ids(model: SmoLM135_Model, tokenizer, prompt_ids: list[int], max_new_tokens: int, seed: int,
+                 sampling: Sampling = SAMPLING, stop_ids=None) -> tuple[list[int], list[int]]:
+    """The prompt fitted into the context, and its sampled continuation (stopping at `stop_ids`, if given).
+    A seeded generator of its own leaves the global RNG, and so a training run, alone; ids past the
+    tokenizer's vocabulary (the embedding's padding rows) are never sampled, since they spell no text."""
     device = model.lm_head.weight.device
-    prompt_ids = tokenizer.encode(prompt) or [start_token_id(tokenizer)]
     prompt_ids, fitting, _ = fit_prompt(prompt_ids, max_new_tokens, model.config.block_size)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=fitting,
                          temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                         generator=generator, vocab_limit=tokenizer.n_vocab)  # (1, kept + new)
-    return tokenizer.decode(out[0].tolist())
+                         eos_token_id=list(stop_ids) if stop_ids else None, generator=generator,
+                         vocab_limit=tokenizer.n_vocab)  # (1, kept + new)
+    return prompt_ids, out[0, len(prompt_ids):].tolist()
 
+
+def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens: int, seed: int,
+                  sampling: Sampling = SAMPLING) -> str:
+    """The fitted prompt and its sampled continuation, as text. `tokenizer` is one of this project's
+    tokenizers (`smolm135.tokenizer`); an empty prompt starts from `start_token_id`."""
+    kept, continuation = continue_ids(model, tokenizer, prompt_ids_of(tokenizer, prompt), max_new_tokens, seed,
+                                      sampling)
+    return tokenizer.decode(kept + continuation)
+
+
+def answer(model: SmoLM135_Model, tokenizer, message: str, max_new_tokens: int, seed: int,
+           sampling: Sampling = SAMPLING) -> str:
+    """A chat model's reply to one user message, rendered by its chat template; the reply ends where the
+    model ends its turn (the end token is not part of the text)."""
+    prompt_ids = tokenizer.encode(tokenizer.chat_prompt([{"role": "user", "content": message}]))
+    _, reply = continue_ids(model, tokenizer, prompt_ids, max_new_tokens, seed, sampling,
+                            stop_ids=tokenizer.end_token_ids)
+    return tokenizer.decode([i for i in reply if i not in tokenizer.end_token_ids])

@@ -28,6 +28,7 @@ from .chat_data import ChatData
 from .chat_training import bits_per_answer_byte
 from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
 from .errors import UserError
+from .generation import opening_of, prompt_ids_of
 from .loading import load_model
 from .lora import LoraSettings, adapter_record, mismatch, split_state_dict
 from .pretrained import PretrainedModel, is_pretrained_source
@@ -81,6 +82,14 @@ class Run:
     def val_bytes(self) -> int:
         """UTF-8 bytes of the validation text, counted once."""
         return self.tokenizer.text_bytes(self.val_tokens)
+
+    @functools.cached_property
+    def sample_prompt_ids(self) -> list[int]:
+        """What every sample of the run continues: --sample-prompt, else the opening of the validation text,
+        so that the log shows one text continued better and better."""
+        if self.cfg.sample_prompt is not None:
+            return prompt_ids_of(self.tokenizer, self.cfg.sample_prompt)
+        return opening_of(self.val_tokens, self.tokenizer.document_separator_id)
 
     def bits_per_byte(self, loss: float) -> float:
         """A loss in nats per token as bits per byte of text: the figure comparable across tokenizers (of a
@@ -290,6 +299,21 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
     if checkpoint.data_position is not None:
         for note in checkpoint.data_position.differences(run.data_position):
             run.log.say(f"note: {note}")
+    keep_budgeted_steps(run, checkpoint)
+
+
+def keep_budgeted_steps(run: Run, checkpoint: Checkpoint) -> None:
+    """A run under --minutes resumes to the step count its budget fixed when it started, recorded in its
+    checkpoints: the schedule depends on that count, and timing the steps again would change it."""
+    recorded = checkpoint.train_config.get("budgeted_steps")
+    own = checkpoint.started_from == run.cfg.init_from  # not the checkpoint another run started from
+    if not (run.cfg.minutes and own and isinstance(recorded, int) and recorded >= checkpoint.progress.step):
+        return
+    minutes = checkpoint.train_config.get("minutes")
+    run.cfg = run.cfg.with_budgeted_steps(recorded)
+    run.log.say(f"the run's budget ({minutes} minutes) fixed {recorded} steps when it started: it trains to step "
+                f"{recorded}" + ("" if minutes == run.cfg.minutes else
+                                 f", not timed again for --minutes {run.cfg.minutes:g}"))
 
 
 def fresh_optimizer(step: int) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
+from .budget import MEASURING_STEPS
 from .chat_data import FORMATS, LOSS_ON
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import UserError, speaks_for_its_node
@@ -39,7 +42,9 @@ class TrainConfig:
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
-    max_steps: int = 5000
+    max_steps: int = 5000  # under a --minutes budget, the most steps it may fix
+    minutes: float = 0.0  # a wall-clock budget for the whole run: the step count is fixed to end within it; 0: none
+    budgeted_steps: int | None = None  # the step count --minutes fixed (max_steps then equals it); None: not fixed
     batch_size: int = 32  # sequences per micro-batch per process; global = batch_size * grad_accum * processes
     seq_len: int = 128
     grad_accum: int = 1
@@ -56,7 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
-    sample_prompt: str = "The "
+    sample_prompt: str | None = None  # None: the opening of the validation text; "": the start token
     sample_tokens: int = 100
     eval_every: int = 250
     eval_batches: int = 20
@@ -77,6 +82,7 @@ class TrainConfig:
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
     trust_remote_code: bool = False  # a --init-from folder may bring code that is not ours (smolm135.loading)
     progress: bool = True  # console progress bar
+    recipe: str = "seed"  # the named recipe (RECIPES) the command line's flags were laid over; recorded, not applied
 
     def __post_init__(self):
         if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
@@ -100,6 +106,10 @@ class TrainConfig:
         """Sequences per optimizer step: per micro-batch x micro-batches x processes."""
         return self.batch_size * self.grad_accum * world_size
 
+    def with_budgeted_steps(self, steps: int) -> "TrainConfig":
+        """The config once --minutes has fixed the run's step count (the schedule's horizon with it)."""
+        return replace(self, max_steps=steps, budgeted_steps=steps)
+
     def to_dict(self) -> dict:
         """The recipe as plain data, without the model config (a checkpoint stores that beside it)."""
         recipe = asdict(self)
@@ -112,12 +122,61 @@ class TrainConfig:
         return cls(**{**known_fields(cls, recipe), "model": model})
 
 
-# The recipe of a run that starts from a pretrained model (--init-from SmolLM2 & co), for every flag the command
-# line leaves out: a short fine-tune at a low learning rate on long windows, measured on 2 CPU cores (the README's
-# fine-tuning quick start), where the seed recipe (5,000 steps of 32 x 128 tokens at 6e-4 after 2,000 warm-up
-# steps) is made for random weights: hours a run on a CPU, and a rate that wears the pretraining away.
-FINE_TUNING = {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4, "eval_every": 25,
-               "eval_batches": 4, "sample_every": 50}
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of training flag values: what a command line starts from before its own flags."""
+
+    description: str  # one line, for --help and --recipe list
+    values: Mapping[str, object] = field(default_factory=dict)  # TrainConfig fields; the others keep their defaults
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))  # frozen all the way down
+
+
+# The recipes, written once: the README, the demo and the benchmarks name them instead of spelling their flags.
+RECIPES: Mapping[str, Recipe] = MappingProxyType({
+    "seed": Recipe("TrainConfig's defaults: the full model, 5,000 steps of 32 x 128 tokens, AdamW at 6e-4 after "
+                   "2,000 warm-up steps (hours on a GPU)"),
+    # 4 layers of 256 with a 4,096-token BPE learned from the corpus, Muon for the blocks' matrices: 720 steps
+    # took 9 min 46 s on 2 cores of a Zen 3 EPYC (2.115 bits per byte). Under the 10 minutes' budget --max-steps
+    # is an upper bound: a slower host trains fewer steps, with the schedule fitted to them.
+    "cpu-scratch": Recipe("from scratch on 2 CPU cores: the cpu-scratch model, Muon at 6e-3 on 16 x 128 tokens, "
+                          "up to 720 steps within 10 minutes",
+                          {"preset": "cpu-scratch", "optimizer": "muon", "max_steps": 720, "warmup_steps": 50,
+                           "lr": 6e-3, "batch_size": 16, "seq_len": 128, "eval_every": 120, "eval_batches": 8,
+                           "sample_every": 720, "checkpoint_every": 720, "minutes": 10}),
+    # A short fine-tune at a low rate on long windows, measured on 2 CPU cores (about 9.5 s a step for the 135M
+    # model, 9 min 6 s in all): the seed recipe is made for random weights, hours a run on a CPU at a rate that
+    # wears the pretraining away.
+    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): up to 50 steps of one "
+                       "1,024-token window at 1e-4 within 10 minutes",
+                       {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
+                        "eval_every": 25, "eval_batches": 4, "sample_every": 50, "minutes": 10}),
+})
+DEFAULT_RECIPE = "seed"
+PRETRAINED_RECIPE = "finetune"  # for a pretrained --init-from when the command line names no recipe
+
+
+def recipe_named(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (--recipe list shows them)")
+    return RECIPES[name]
+
+
+def from_recipe(name: str, **overrides) -> TrainConfig:
+    """The named recipe's config with `overrides` (TrainConfig fields) on top: `--recipe NAME` from Python."""
+    return TrainConfig(**{**recipe_named(name).values, **overrides, "recipe": name})
+
+
+def recipe_flags(values: Mapping[str, object]) -> str:
+    """Values as the flags that set them: `--max-steps 50 --lr 0.0001`."""
+    return " ".join(f"{_flag(name)} {value}" for name, value in values.items())
+
+
+def recipe_table() -> str:
+    """Every recipe: its name, what it is for, and its values (what --recipe list prints)."""
+    return "\n".join(f"{name}: {recipe.description}\n    {recipe_flags(recipe.values) or '(the defaults)'}"
+                     for name, recipe in RECIPES.items())
 
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
 _POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
@@ -148,6 +207,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--warmup-steps must be a whole number, 0 or more (got {cfg.warmup_steps})")
     if cfg.lr_decay_steps is not None and not (_is_int(cfg.lr_decay_steps) and cfg.lr_decay_steps > 0):
         problems.append(f"--lr-decay-steps must be a positive whole number (got {cfg.lr_decay_steps})")
+    if not (_is_number(cfg.minutes) and cfg.minutes >= 0):
+        problems.append(f"--minutes must be a finite number, 0 (no budget) or more (got {cfg.minutes})")
+    elif cfg.minutes and _is_int(cfg.warmup_steps) and cfg.warmup_steps < MEASURING_STEPS:
+        problems.append(f"--minutes times the first {MEASURING_STEPS} steps before it fixes the step count, and "
+                        f"their learning rate must not depend on it: --warmup-steps must be at least "
+                        f"{MEASURING_STEPS} (got {cfg.warmup_steps})")
     if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
         problems.append(f"--seed must be a whole number from 0 to {MAX_SEED} (got {cfg.seed})")
     if not (_is_number(cfg.lr) and cfg.lr > 0):
@@ -236,7 +301,15 @@ _HELP = {
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
     "init_from": "when there is nothing to resume: a checkpoint to continue (weights, optimizer, step), or a "
                  "pretrained model to fine-tune (smollm2-135m-instruct, a .gguf, a Hugging Face folder or Hub id), "
-                 "which takes the fine-tuning recipe for the flags left out",
+                 f"which takes the {PRETRAINED_RECIPE} recipe unless --recipe names another",
+    "recipe": f"a named set of flag values, which the flags given override: {', '.join(RECIPES)} (listed below); "
+              f"default {DEFAULT_RECIPE}, or {PRETRAINED_RECIPE} for a pretrained --init-from; list prints them",
+    "sample_prompt": "the text every sample continues (default: the first tokens of the validation text, the same "
+                     "at every sample; an empty one starts from the tokenizer's start token)",
+    "max_steps": "optimizer steps of the run; under --minutes, the most it may take",
+    "minutes": "a wall-clock budget for the whole run: the trainer times its first steps, then fixes the step "
+               "count (and the learning-rate schedule) so that training, evaluations, samples and saves end "
+               "within it; a resumed run keeps that count. 0: no budget (default)",
     "trust_remote_code": "read a --init-from Hugging Face folder whose Python code is not this project's (only "
                          "from authors you trust; smolm135's own exports need no such permission)",
     "compile": "torch.compile the model",
@@ -252,44 +325,59 @@ _HELP = {
 
 
 def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
-    """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass."""
-    for field in fields(TrainConfig):
-        if field.name == "model" or (only is not None and field.name not in only):  # --preset fills it
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default
+    """One flag per TrainConfig field (--max-steps for max_steps, ...), defaults from the dataclass; with
+    --recipe, the recipes and their values close the help."""
+    if only is None or "recipe" in only:
+        parser.epilog = "recipes:\n" + recipe_table()
+    for flag_field in fields(TrainConfig):
+        if flag_field.name in ("model", "budgeted_steps") or (only is not None and flag_field.name not in only):
+            continue  # --preset fills the model; the trainer fixes budgeted_steps
+        flag = "--" + flag_field.name.replace("_", "-")
+        default = flag_field.default
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                                help=_HELP.get(field.name))
+                                help=_HELP.get(flag_field.name))
         else:
-            kind = {"int": int, "float": float, "str": str}[str(field.type).split(" |")[0]]
-            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name, f"default {default}"))
+            kind = {"int": int, "float": float, "str": str}[str(flag_field.type).split(" |")[0]]
+            parser.add_argument(flag, type=kind, default=default, help=_HELP.get(flag_field.name, f"default {default}"))
 
 
 def parse_train_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line, with `given` added: the names of the TrainConfig fields it sets. (argparse
-    leaves a value already in the namespace it is given alone when the flag is absent.)"""
+    leaves a value already in the namespace it is given alone when the flag is absent.) `--recipe list`
+    prints the recipes and exits, as --help does."""
     absent = object()
     args = parser.parse_args(argv, argparse.Namespace(**{field.name: absent for field in fields(TrainConfig)}))
     args.given = {name for name, value in vars(args).items() if value is not absent}
     for name in set(vars(args)) - args.given - {"given"}:
         setattr(args, name, parser.get_default(name))
+    if args.recipe == "list":
+        if speaks_for_its_node():
+            print(recipe_table())
+        parser.exit(0)
     return args
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """The recipe of a parsed command line. From a pretrained --init-from, FINE_TUNING fills the flags the
-    command line did not give (`args.given`, from parse_train_args), and says so."""
+    """The recipe of a parsed command line: the flags it gives (`args.given`, from parse_train_args) over the
+    named --recipe; without one, `finetune` for a pretrained --init-from, else `seed`. A recipe that fills
+    flags says which. (A namespace without `given` is taken as it is.)"""
     values = known_fields(TrainConfig, vars(args))
     values.pop("model", None)  # the model comes from --preset or an override, never from a flag
     given = getattr(args, "given", None)
-    if given is not None and values.get("init_from"):
+    if given is None:
+        return TrainConfig(**{**values, **overrides})
+    name = values["recipe"] if "recipe" in given else _implied_recipe(values.get("init_from"))
+    filled = {key: value for key, value in recipe_named(name).values.items() if key not in given}
+    if filled and speaks_for_its_node():
+        print(f"recipe {name}: {recipe_flags(filled)} (give a flag to change one; --recipe list shows the recipes)")
+    return TrainConfig(**{**values, **filled, "recipe": name, **overrides})
+
+
+def _implied_recipe(init_from: str | None) -> str:
+    if init_from:
         from .pretrained import is_pretrained_source
 
-        if is_pretrained_source(values["init_from"]):
-            defaults = {name: value for name, value in FINE_TUNING.items() if name not in given}
-            values.update(defaults)
-            if defaults and speaks_for_its_node():
-                print("fine-tuning a pretrained model: " + " ".join(f"{_flag(name)} {value}" for name, value
-                      in defaults.items()) + " (the defaults for a pretrained start; give a flag to change one)")
-    return TrainConfig(**{**values, **overrides})
+        if is_pretrained_source(init_from):
+            return PRETRAINED_RECIPE
+    return DEFAULT_RECIPE

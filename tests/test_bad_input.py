@@ -54,6 +54,10 @@ TRAINER_CASES = [
     (["--data", "  "], "--data is empty"),
     (["--dtype", "float8"], "--dtype must be auto"),
     (["--preset", "huge"], "unknown preset"),
+    (["--recipe", "fast"], "unknown recipe 'fast': choose one of seed, cpu-scratch, finetune"),
+    (["--minutes", "-1"], "--minutes must be a finite number, 0 (no budget) or more"),
+    (["--minutes", "nan"], "--minutes must be a finite number"),
+    (["--minutes", "5", "--warmup-steps", "1"], "--warmup-steps must be at least 3"),
     (["--tokenizer", "bpe"], "--tokenizer must be one of auto, gpt2, corpus"),
     (["--tokenizer", "corpus", "--init-from", "smollm2-135m"], "brings its own tokenizer"),
 ]

@@ -16,13 +16,12 @@ from transformers import GenerationConfig
 import app
 from conftest import REPO_ROOT
 from convert_to_hf import build_generation_config, build_hf_tokenizer, hf_model_from_native
-from Model_smollm135_trainer import sample_text
 from modeling_smolm135 import SmoLM135Config, attention_mask_for_sdpa
 from smollm135_model import PRESETS, SmoLM135_Model, build_model, causal_mask, fit_to_context
 from smolm135.checkpoint import TrainingFacts
-from smolm135.generation import SAMPLING, decode_bytes, fit_prompt, start_token_id
+from smolm135.generation import SAMPLING, continue_text, decode_bytes, fit_prompt, start_token_id
 from smolm135.model_card import render_model_card
-from smolm135.tokenizer import END_OF_TEXT, get_tokenizer
+from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer
 from smolm135.train_config import TrainConfig
 
 LONG_PROMPT = " ".join(["the old king follows a small boat down the river at night"] * 6)  # about 70 tokens
@@ -87,8 +86,7 @@ def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_cont
     list(app.generate_text(Recording(text_model.model, text_model.info), "", 3))
     assert started_from == [[50256]]
 
-    sample = sample_text(short_context_model, TrainConfig(sample_prompt="", sample_tokens=3), "cpu", step=0)
-    assert sample.startswith(END_OF_TEXT)
+    assert continue_text(short_context_model, GPT2TextTokenizer(), "", 3, seed=0).startswith(END_OF_TEXT)
 
 
 def test_the_demo_the_trainer_and_generate_fit_a_long_prompt_the_same_way(short_context_model):
@@ -103,7 +101,8 @@ def test_the_demo_the_trainer_and_generate_fit_a_long_prompt_the_same_way(short_
                                                SAMPLING.temperature, SAMPLING.top_k, SAMPLING.top_p, seed=5))[-1]
     assert "only its last 16 tokens" in status and "16 new tokens in" in status
     assert continuation  # the demo streams the continuation alone: the prompt stays in its box
-    trainer_text = sample_text(short_context_model, cfg, "cpu", step=0)
+    trainer_text = continue_text(short_context_model, GPT2TextTokenizer(), cfg.sample_prompt, cfg.sample_tokens,
+                                 seed=cfg.seed)
     assert trainer_text == encoder.decode(prompt_ids[-16:]) + continuation
 
     # generate never cuts its caller's prompt, and a fitted prompt is never cut further

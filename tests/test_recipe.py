@@ -7,7 +7,7 @@ from Model_smollm135_trainer import train
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import UserError
 from smolm135.optim import OptimizerPair, configure_optimizer
-from smolm135.train_config import TrainConfig
+from smolm135.train_config import TrainConfig, validate
 
 from conftest import tiny_train_config
 
@@ -78,16 +78,78 @@ def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(c
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == before  # nothing renamed corrupt
 
 
-def test_the_readme_from_scratch_command_is_a_valid_cpu_scratch_recipe():
+def recipe_of(*argv) -> TrainConfig:
     from Model_smollm135_trainer import build_parser
-    from smolm135.train_config import config_from_args, validate
+    from smolm135.train_config import config_from_args, parse_train_args
 
-    from conftest import REPO_ROOT
+    return config_from_args(parse_train_args(build_parser(), list(argv)))
 
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    command = next(line for line in readme.splitlines()
-                   if line.startswith("python Model_smollm135_trainer.py --preset cpu-scratch"))
-    cfg = config_from_args(build_parser().parse_args(command.split()[2:]))
+
+def test_a_named_recipe_fills_the_flags_and_the_command_line_overrides_it(capsys):
+    from smolm135.train_config import RECIPES, from_recipe
+
+    scratch = recipe_of("--recipe", "cpu-scratch", "--lr", "1e-3", "--out-dir", "run")
+    assert scratch.recipe == "cpu-scratch" and scratch.lr == 1e-3 and scratch.out_dir == "run"
+    assert all(getattr(scratch, name) == value for name, value in RECIPES["cpu-scratch"].values.items()
+               if name != "lr")
+    assert scratch.model == PRESETS["cpu-scratch"] and scratch.optimizer == "muon"
+    said = capsys.readouterr().out
+    assert said.startswith("recipe cpu-scratch: --preset cpu-scratch --optimizer muon") and "--lr" not in said
+    assert scratch == from_recipe("cpu-scratch", lr=1e-3, out_dir="run")  # the same recipe from Python
+    assert recipe_of() == TrainConfig() and recipe_of().recipe == "seed"  # seed: the dataclass's defaults
+    assert recipe_of("--recipe", "cpu-scratch", "--minutes", "0").minutes == 0  # its budget, turned off
+
+
+def test_the_cpu_scratch_recipe_evaluates_and_checkpoints_its_last_step():
+    cfg = recipe_of("--recipe", "cpu-scratch")
     validate(cfg)
-    assert cfg.model == PRESETS["cpu-scratch"] and cfg.optimizer == "muon"
-    assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps  # evaluated at the end
+    assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps
+
+
+def test_recipe_list_prints_each_recipe_with_its_values_and_exits_0(capsys):
+    from Model_smollm135_trainer import main
+    from smolm135.train_config import RECIPES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--recipe", "list"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out
+    for name, recipe in RECIPES.items():
+        assert f"{name}: {recipe.description}" in listed
+    assert "--seq-len 1024" in listed and "--optimizer muon" in listed
+
+
+def test_help_names_the_recipes(capsys):
+    from Model_smollm135_trainer import main
+    from smolm135.train_config import RECIPES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helped = capsys.readouterr().out
+    assert all(f"{name}: {recipe.description}" in helped for name, recipe in RECIPES.items())
+
+
+def test_an_unknown_recipe_is_one_line_naming_the_known_ones():
+    with pytest.raises(UserError, match=r"^unknown recipe 'fast': choose one of seed, cpu-scratch, finetune"):
+        recipe_of("--recipe", "fast")
+
+
+def test_the_log_and_the_checkpoint_record_the_recipe_and_its_resolved_values(trained_run):
+    from smolm135.checkpoint import load_checkpoint
+
+    cfg, _, summary, _ = trained_run
+    recorded = load_checkpoint(summary["final_model_path"]).train_config
+    assert recorded == cfg.to_dict() and recorded["recipe"] == "seed" and recorded["max_steps"] == cfg.max_steps
+    log = open(summary["log_path"]).read()
+    assert "recipe seed:" in log and "'recipe': 'seed'" in log
+
+
+@pytest.mark.slow  # imports the demo (gradio)
+def test_the_demo_and_the_benchmark_name_the_recipe_instead_of_spelling_its_flags():
+    import app
+    from bench.learning import RECIPES as BENCH_RECIPES
+    from smolm135.train_config import RECIPES
+
+    assert app.TRAIN_COMMAND == "python Model_smollm135_trainer.py --recipe cpu-scratch"
+    assert all(BENCH_RECIPES["cpu-scratch"][name] == value for name, value in RECIPES["cpu-scratch"].values.items()
+               if name in BENCH_RECIPES["cpu-scratch"])

@@ -632,13 +632,15 @@ def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama,
 def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves_out(tmp_path, capsys,
                                                                                      monkeypatch):
     from Model_smollm135_trainer import build_parser
-    from smolm135.train_config import FINE_TUNING, TrainConfig, config_from_args, parse_train_args
+    from smolm135.train_config import RECIPES, TrainConfig, config_from_args, parse_train_args
+
+    FINE_TUNING = RECIPES["finetune"].values
 
     def recipe(*argv):
         return config_from_args(parse_train_args(build_parser(), list(argv)))
 
     tuned = recipe("--init-from", "smollm2-135m-instruct", "--lr", "3e-4", "--out-dir", "finetune")
-    assert tuned.lr == 3e-4 and tuned.out_dir == "finetune"
+    assert tuned.lr == 3e-4 and tuned.out_dir == "finetune" and tuned.recipe == "finetune"
     assert all(getattr(tuned, name) == value for name, value in FINE_TUNING.items() if name != "lr")
     said = capsys.readouterr().out
     assert "--max-steps 50 --batch-size 1 --seq-len 1024" in said and "--lr" not in said
@@ -648,6 +650,7 @@ def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves
     for argv in ([], ["--init-from", str(checkpoint)], ["--max-steps", "7"]):  # no pretrained start: the seed's
         assert all(getattr(recipe(*argv), name) == getattr(seed, name) for name in FINE_TUNING if name != "max_steps")
     assert recipe("--max-steps", "7").max_steps == 7 and capsys.readouterr().out == ""
+    assert recipe("--init-from", "smollm2-135m-instruct", "--recipe", "seed").lr == seed.lr  # a named recipe wins
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun, the node's first process says it, not this one
     assert recipe("--init-from", "smollm2-135m-instruct").lr == FINE_TUNING["lr"] and capsys.readouterr().out == ""

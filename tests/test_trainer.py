@@ -109,3 +109,60 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not list(tmp_path.glob("models/*.pt"))
+
+
+def test_every_sample_continues_the_opening_of_the_validation_text(trained_run):
+    import re
+
+    from smolm135.checkpoint import TRAINING
+    from smolm135.data import load_corpus, split_train_val
+    from smolm135.tokenizer import GPT2TextTokenizer
+
+    cfg, _, summary, out_dir = trained_run
+    corpus = load_corpus(cfg.data, TRAINING.under(out_dir).cache_dir, show_progress=False, quiet=True)
+    _, val_tokens = split_train_val(corpus.tokens, cfg.val_fraction)
+    opening = GPT2TextTokenizer().decode(val_tokens[:32].tolist())  # one text file: where the split begins
+    log = "".join(line[len("2026-01-01 00:00:00 "):] for line in open(summary["log_path"], encoding="utf-8"))
+    prompts = re.findall(r"step (\d+) sample:\nprompt: (.*?)\ncontinued: ", log, re.S)
+    assert [int(step) for step, _ in prompts] == [0, 15, 30]  # before training, then every --sample-every
+    assert all(prompt == opening for _, prompt in prompts)
+
+
+def test_a_sample_prompt_opens_the_first_document_that_starts_in_the_text():
+    from smolm135.generation import opening_of
+
+    separator = 0
+    assert opening_of([5, 6, 0, 7, 8, 9, 0, 3], separator, length=2) == [7, 8]
+    assert opening_of([5, 6, 0, 7, 8, 9, 0, 3], separator, length=5) == [7, 8, 9]  # that document's tokens only
+    assert opening_of([5, 6, 7], separator, length=2) == [5, 6]  # no document starts: the text's own start
+    assert opening_of([5, 6, 0], separator, length=2) == [5, 6]
+    assert opening_of([5, 6, 7], None, length=2) == [5, 6]
+
+
+def test_a_chat_models_sample_also_answers_a_fixed_message_through_its_template():
+    from types import SimpleNamespace
+
+    from Model_smollm135_trainer import SAMPLE_MESSAGE, sample_text
+    from smollm135_model import build_model
+
+    from conftest import CHAT_VOCAB_SIZE, tiny_chat_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model("tiny-rotary", vocab_size=CHAT_VOCAB_SIZE).eval()
+    tokenizer = tiny_chat_tokenizer()
+    prompts = []
+    generate = model.generate
+
+    def recording_generate(input_ids, **options):
+        prompts.append(input_ids[0].tolist())
+        return generate(input_ids, **options)
+
+    model.generate = recording_generate
+    run = SimpleNamespace(cfg=TrainConfig(sample_tokens=6), tokenizer=tokenizer, model=model,
+                          sample_prompt_ids=tokenizer.encode("The cat sees"))
+    text = sample_text(run, step=3)
+    assert text.startswith("prompt: The cat sees\ncontinued: ")
+    assert f"\nuser: {SAMPLE_MESSAGE}\nassistant: " in text
+    conversation = tokenizer.chat_prompt([{"role": "user", "content": SAMPLE_MESSAGE}])
+    assert prompts == [tokenizer.encode("The cat sees"), tokenizer.encode(conversation)]
+    assert "<|im_start|>user\n" in conversation
