@@ -137,20 +137,20 @@ class Recipe:
 RECIPES: Mapping[str, Recipe] = MappingProxyType({
     "seed": Recipe("TrainConfig's defaults: the full model, 5,000 steps of 32 x 128 tokens, AdamW at 6e-4 after "
                    "2,000 warm-up steps (hours on a GPU)"),
-    # 4 layers of 256 with a 4,096-token BPE learned from the corpus, Muon for the blocks' matrices: 720 steps
-    # took 9 min 46 s on 2 cores of a Zen 3 EPYC (2.115 bits per byte). Under the 10 minutes' budget --max-steps
-    # is an upper bound: a slower host trains fewer steps, with the schedule fitted to them.
+    # 4 layers of 256 with a 4,096-token BPE learned from the corpus, Muon for the blocks' matrices (bench/README.md,
+    # "From scratch on a CPU"). The budget decides the step count, so a faster host trains more steps in the same
+    # 10 minutes with the schedule fitted to them; --max-steps only bounds it.
     "cpu-scratch": Recipe("from scratch on 2 CPU cores: the cpu-scratch model, Muon at 6e-3 on 16 x 128 tokens, "
-                          "up to 720 steps within 10 minutes",
-                          {"preset": "cpu-scratch", "optimizer": "muon", "max_steps": 720, "warmup_steps": 50,
+                          "as many steps as fit 10 minutes",
+                          {"preset": "cpu-scratch", "optimizer": "muon", "max_steps": 20_000, "warmup_steps": 50,
                            "lr": 6e-3, "batch_size": 16, "seq_len": 128, "eval_every": 120, "eval_batches": 8,
                            "sample_every": 720, "checkpoint_every": 720, "minutes": 10}),
-    # A short fine-tune at a low rate on long windows, measured on 2 CPU cores (about 9.5 s a step for the 135M
-    # model, 9 min 6 s in all): the seed recipe is made for random weights, hours a run on a CPU at a rate that
-    # wears the pretraining away.
-    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): up to 50 steps of one "
-                       "1,024-token window at 1e-4 within 10 minutes",
-                       {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
+    # A short fine-tune at a low rate on long windows (bench/README.md, "Fine-tuning SmolLM2-135M-Instruct on a
+    # CPU"): as many steps as fit 10 minutes, where a fixed 50 left half of them unused on a host with fast bf16.
+    # The seed recipe is made for random weights: hours a run on a CPU, at a rate that wears the pretraining away.
+    "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): one 1,024-token window a "
+                       "step at 1e-4, as many steps as fit 10 minutes",
+                       {"max_steps": 2_000, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
                         "eval_every": 25, "eval_batches": 4, "sample_every": 50, "minutes": 10}),
 })
 DEFAULT_RECIPE = "seed"

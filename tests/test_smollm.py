@@ -643,7 +643,7 @@ def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves
     assert tuned.lr == 3e-4 and tuned.out_dir == "finetune" and tuned.recipe == "finetune"
     assert all(getattr(tuned, name) == value for name, value in FINE_TUNING.items() if name != "lr")
     said = capsys.readouterr().out
-    assert "--max-steps 50 --batch-size 1 --seq-len 1024" in said and "--lr" not in said
+    assert "--max-steps 2000 --batch-size 1 --seq-len 1024" in said and "--lr" not in said
     checkpoint = tmp_path / "final_model_20260101_000000.pt"
     checkpoint.touch()
     seed = TrainConfig()
