@@ -33,6 +33,8 @@ from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
     check_corpus_fits,
+    check_resumable,
+    check_training_data,
     find_resume_checkpoint,
     fresh_tokenizer,
     load_training_data,
@@ -92,12 +94,8 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
     layout = layout.under(cfg.out_dir)
     distributed = setup_distributed(cfg.device)
     try:
-        run_on_main(distributed, layout.make_dirs)  # only rank 0 writes files; a failure stops every process
-        leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
         timestamp = run_timestamp()
         log = RunLog(layout.log_path(timestamp), writes=distributed.is_main)
-        if leftovers:
-            log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
         try:
             return train_run(set_up(cfg, layout, timestamp, distributed, log))
         finally:
@@ -108,21 +106,28 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING) -> tuple[SmoLM135_Mode
 
 def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> Run:
     """The starting point (a checkpoint to continue, or pretrained weights), device, data in the model's
-    tokenizer, model, optimizer; then the checkpoint's or the pretrained model's weights."""
+    tokenizer, model, optimizer; then the checkpoint's or the pretrained model's weights. Everything that can
+    refuse the run is checked before `open_run` writes its first file, so a refused run leaves nothing behind
+    (only the corpus's own token count and ids need the token cache first)."""
     device = pick_device(cfg.device, distributed)
     configure_backends(device)
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
     cfg, start = starting_point(cfg, checkpoint, log)
+    if checkpoint is not None:
+        check_resumable(checkpoint, cfg.model)
     # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees; a
     # resumed run keeps the one it started with
     precision = run_on_main(distributed, lambda: choose_precision(
         cfg.dtype, device, cfg.model, cfg.seq_len, checkpoint.precision if checkpoint else None),
         send_result_to_all=True)
     dtype = precision.dtype
+    global_batch = cfg.global_batch(distributed.world_size)
+    run_on_main(distributed, lambda: check_training_data(cfg, global_batch))
+    open_run(cfg, layout, timestamp, distributed, log)
     tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
     corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)
-    check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
+    check_corpus_fits(corpus, cfg, global_batch)
     model = new_model(cfg, device)
     model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
     if start.pretrained is not None:
@@ -136,6 +141,16 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     if checkpoint is not None:
         resume(run, checkpoint)
     return run
+
+
+def open_run(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> None:
+    """The run is accepted: its folders, its log file (with the lines said so far); and what an
+    interrupted run left half-written is removed. Only rank 0 writes files; a failure stops every process."""
+    run_on_main(distributed, layout.make_dirs)
+    leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
+    log.open()
+    if leftovers:
+        log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
 
 
 def describe(run: Run) -> None:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
 from .data import DEFAULT_DATA, EMPTY_DATA
-from .errors import UserError, speaks_for_its_node
+from .errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
 from .sources import DEFAULT_TEXT_FIELD
 from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
@@ -31,6 +31,7 @@ class TrainConfig:
 
     data: str = DEFAULT_DATA
     text_field: str = DEFAULT_TEXT_FIELD  # the column holding the text in .jsonl, .parquet and datasets
+    allow_binary: bool = False  # train on --data that does not look like text (see data.check_looks_like_text)
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
@@ -109,6 +110,7 @@ FINE_TUNING = {"max_steps": 50, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "w
                "eval_batches": 4, "sample_every": 50}
 
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
+PATH_FIELDS = ("out_dir", "resume", "init_from")  # files and folders besides --data (whose check names its forms)
 _POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
                   "sample_tokens", "eval_every", "eval_batches", "log_every", "keep_checkpoints")
 
@@ -165,10 +167,16 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not (_is_number(value) and 0 <= value < 1):
             problems.append(f"{_flag(name)} must be at least 0 and below 1 (got {value})")
+    if not (_is_number(cfg.muon_momentum) and 0 <= cfg.muon_momentum < 1):
+        problems.append(f"--muon-momentum must be at least 0 and below 1 (got {cfg.muon_momentum})")
     if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if not cfg.data.strip():
         problems.append(EMPTY_DATA)
+    for name in PATH_FIELDS:  # an empty path is the current folder: never what was meant
+        value = getattr(cfg, name)
+        if value is not None and not value.strip():
+            problems.append(f"{_flag(name)} is empty: {EMPTY_PATH_ADVICE}")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.model is None:
@@ -217,6 +225,8 @@ _HELP = {
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
+    "allow_binary": "train on --data that does not look like text (NUL bytes, or much that is not UTF-8), its "
+                    "undecodable bytes replaced by U+FFFD",
 }
 
 
@@ -232,6 +242,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
                                 help=_HELP.get(field.name))
         else:
             kind = {"int": int, "float": float, "str": str}[str(field.type).split(" |")[0]]
+            kind = path_argument if field.name in PATH_FIELDS else kind
             parser.add_argument(flag, type=kind, default=default, help=_HELP.get(field.name, f"default {default}"))
 
 
