@@ -56,6 +56,7 @@ from smolm135.runtime import (
 )
 from smolm135.tokenizer import GPT2TextTokenizer
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, parse_train_args, validate
+from smolm135.tracking import start_tracker, tracking_backend
 from smolm135.training_log import RunLog, plot_losses
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
@@ -122,6 +123,7 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
         cfg.dtype, device, cfg.model, cfg.seq_len, checkpoint.precision if checkpoint else None),
         send_result_to_all=True)
     dtype = precision.dtype
+    tracking_backend(cfg.report_to)
     global_batch = cfg.global_batch(distributed.world_size)
     run_on_main(distributed, lambda: check_training_data(cfg, global_batch))
     open_run(cfg, layout, timestamp, distributed, log)
@@ -144,11 +146,14 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
 
 
 def open_run(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> None:
-    """The run is accepted: its folders, its log file (with the lines said so far); and what an
+    """The run is accepted: its folders, its log file (with the lines said so far), its tracker; and what an
     interrupted run left half-written is removed. Only rank 0 writes files; a failure stops every process."""
     run_on_main(distributed, layout.make_dirs)
     leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
-    log.open()
+    if distributed.is_main:
+        log.open()
+        log.tracker = start_tracker(cfg.report_to, layout.log_path(timestamp).with_suffix(""),
+                                    layout.log_path(timestamp).stem, cfg.to_dict())
     if leftovers:
         log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
 
@@ -299,6 +304,10 @@ class StepDisplay:
             self.run.log.write(f"step {step}/{cfg.max_steps} | loss {report.loss:.4f} | lr {report.lr:.3e} | "
                                f"grad_norm {report.grad_norm:.3f} | {tokens_per_second:,.0f} tok/s | "
                                f"{flops / 1e12:.2f} TFLOP/s{mfu}")
+            self.run.log.track(step, {"train/loss": report.loss, "train/lr": report.lr,
+                                      "train/grad_norm": report.grad_norm,
+                                      "train/tokens_seen": self.run.progress.tokens_seen,
+                                      "train/tokens_per_second": tokens_per_second})
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{report.loss:.3f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
 
@@ -355,6 +364,7 @@ def evaluate_and_record(run: Run) -> None:
     run.progress.history["val"].append([run.progress.step, val_loss])
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} "
                 f"({run.bits_per_byte(val_loss):.4f} bits per byte)")
+    run.log.track(run.progress.step, {"val/loss": val_loss, "val/bits_per_byte": run.bits_per_byte(val_loss)})
 
 
 def log_sample(run: Run, step: int) -> None:

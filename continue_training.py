@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: the original run's)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "
                         "(default: the original schedule continues)")
-    add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress", "allow_binary"})
+    add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress", "allow_binary",
+                                      "report_to"})
     args = parser.parse_args(argv)
     _, summary = continue_training(args.checkpoint, args.steps, args.out_dir, args.data, args.lr,
                                    device=args.device, dtype=args.dtype, compile=args.compile,
                                    progress=args.progress, allow_binary=args.allow_binary,
+                                   report_to=args.report_to,
                                    **({"text_field": args.text_field} if args.text_field else {}))
     return summary
 

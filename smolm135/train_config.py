@@ -11,6 +11,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 from .data import DEFAULT_DATA, EMPTY_DATA
 from .errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
 from .sources import DEFAULT_TEXT_FIELD
+from .tracking import REPORT_TO
 from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
 OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
@@ -67,6 +68,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | PATH
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
     progress: bool = True  # console progress bar
+    report_to: str = "none"  # also send the log's numbers to: none | tensorboard | wandb | trackio (REPORT_TO)
 
     def __post_init__(self):
         if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
@@ -177,6 +179,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value.strip():
             problems.append(f"{_flag(name)} is empty: {EMPTY_PATH_ADVICE}")
+    if cfg.report_to not in REPORT_TO:
+        problems.append(f"--report-to must be one of {', '.join(REPORT_TO)} (got {cfg.report_to})")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.model is None:
@@ -227,6 +231,8 @@ _HELP = {
     "progress": "show the console progress bar",
     "allow_binary": "train on --data that does not look like text (NUL bytes, or much that is not UTF-8), its "
                     "undecodable bytes replaced by U+FFFD",
+    "report_to": f"also send the logged numbers to: {', '.join(REPORT_TO)} (each but none an optional extra: "
+                 f"pip install -e \".[NAME]\")",
 }
 
 

@@ -1,10 +1,13 @@
-"""The run's log file and its loss plot (only the main process writes either)."""
+"""The run's log file, the tracker its numbers also go to (--report-to), and its loss plot (only the main
+process writes any of them)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .tracking import Tracker
 
 
 class RunLog:
@@ -18,6 +21,7 @@ class RunLog:
         self.path, self.writes = path, writes
         self._file = None
         self._held: list[str] | None = [] if writes else None  # timestamped lines written before `open`
+        self.tracker = Tracker()  # --report-to none; the trainer sets the run's once it is accepted
 
     def open(self) -> None:
         """Create the log file and write the lines held so far (only on the process that writes)."""
@@ -51,7 +55,14 @@ class RunLog:
         if self.writes:
             tqdm.write(message)
 
+    def track(self, step: int, scalars: dict[str, float]) -> None:
+        """The step's numbers, to the tracker (the lines beside them are for the log file)."""
+        if self.writes:
+            self.tracker.log(scalars, step)
+
     def close(self) -> None:
+        self.tracker.close()
+        self.tracker = Tracker()
         if self._file is not None:
             self._file.close()
             self._file = None

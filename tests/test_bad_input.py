@@ -1,5 +1,6 @@
 """Every numeric flag of every script is checked: a bad value is one line on stderr naming the flag, exit
 status 2, no traceback, and nothing trained, loaded or written."""
+import importlib.util
 import random
 import subprocess
 import sys
@@ -133,6 +134,7 @@ GIVEN = "{given}"
 FAST_TRAINER = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--data", f"{GIVEN}/corpus.txt",
                 "--max-steps", "1", "--eval-batches", "1", "--no-progress"]
 NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+NEEDS_NO_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
 LATE_CASES = [
     ("trainer", ["--device", "cuda"], "no CUDA GPU is visible", NEEDS_NO_CUDA),
     ("trainer", [*FAST_TRAINER, "--device", "cuda:3"], "no CUDA GPU is visible", NEEDS_NO_CUDA),
@@ -156,6 +158,8 @@ LATE_CASES = [
     ("trainer", [*FAST_TRAINER, "--init-from", ""], "--init-from: is empty", None),
     ("trainer", [*FAST_TRAINER, "--optimizer", "muon", "--muon-momentum", "nan"], "--muon-momentum must be", None),
     ("trainer", [*FAST_TRAINER, "--optimizer", "muon", "--muon-momentum", "1.5"], "--muon-momentum must be", None),
+    ("trainer", [*FAST_TRAINER, "--report-to", "mlflow"], "--report-to must be one of", None),
+    ("trainer", [*FAST_TRAINER, "--report-to", "wandb"], 'pip install -e ".[wandb]"', NEEDS_NO_WANDB),
     ("continue", [], "train a model first", None),
     ("continue", ["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist", None),
     ("continue", ["--checkpoint", f"{GIVEN}/corpus.txt"], "is unreadable", None),
