@@ -144,6 +144,11 @@ def read_head(path: Path, size: int) -> bytes:
                         f"(or pass another --data)") from None
 
 
+def check_not_empty(data: str, files: list[Source]) -> None:
+    if all(sources.source_size(p) == 0 for p in files):
+        raise UserError(f"data {data} is empty: put some text in it")
+
+
 def check_readable(files: list[Source]) -> None:
     """Every local file of the sources opens for reading."""
     for source in files:
@@ -391,8 +396,7 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
     torchrun run)."""
     tokenizer = tokenizer or GPT2TextTokenizer()
     files = resolve_sources(data)
-    if all(sources.source_size(p) == 0 for p in files):
-        raise UserError(f"data {data} is empty: put some text in it")
+    check_not_empty(data, files)
     key = _hash_sources(files, text_field, tokenizer.fingerprint)
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"

@@ -29,6 +29,7 @@ from .data import (
     Corpus,
     available_cpus,
     check_looks_like_text,
+    check_not_empty,
     corpus_tokenizer,
     load_corpus,
     most_tokens,
@@ -157,6 +158,7 @@ def check_training_data(cfg: TrainConfig, global_batch: int) -> None:
     sources exist and can be read, hold text (unless --allow-binary) and the column read, and plain text
     holds bytes enough for one batch, since a token spans at least one byte."""
     files = resolve_sources(cfg.data)
+    check_not_empty(cfg.data, files)
     check_looks_like_text(files, cfg.allow_binary)
     sources.check_text_field(files, cfg.text_field)
     upper_bound = most_tokens(files)

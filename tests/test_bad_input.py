@@ -144,7 +144,7 @@ LATE_CASES = [
     ("trainer", [*FAST_TRAINER, "--data", "missing.txt"], "data file missing.txt does not exist", None),
     ("trainer", [*FAST_TRAINER, "--data", "no_such_*.txt"], "no files match", None),
     ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/empty_folder"], "holds no .txt", None),
-    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/empty.txt"], "has at most 1 tokens", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/empty.txt"], "is empty: put some text in it", None),
     ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/short.txt"], "needs at least", None),
     ("trainer", [*FAST_TRAINER, "--batch-size", "4000"], "needs at least", None),
     ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/random.txt"], "does not look like text", None),
