@@ -93,10 +93,12 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
 
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandLineParser(__doc__)
-    parser.add_argument("--checkpoint", type=path_argument, default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
+    parser.add_argument("--checkpoint", type=path_argument, default=None,
+                        help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
-    parser.add_argument("--data", type=path_argument, default=None, help=f"text to train on (default: {DEFAULT_DATA}, as for the "
-                        f"trainer; the checkpoint's own data path is never used)")
+    parser.add_argument("--data", type=path_argument, default=None,
+                        help=f"text to train on (default: {DEFAULT_DATA}, as for the trainer; the checkpoint's own "
+                             f"data path is never used)")
     parser.add_argument("--text-field", default=None, help="the column holding the text in .jsonl/.parquet data "
                         "(default: the original run's)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "

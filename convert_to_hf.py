@@ -510,11 +510,13 @@ def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike
 
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(__doc__)
-    parser.add_argument("--checkpoint", type=path_argument, help="native checkpoint to convert (default: the newest final or "
-                                             "continued model under --search-dir)")
-    parser.add_argument("--search-dir", type=path_argument, default=".", help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
-    parser.add_argument("--output-dir", type=path_argument, help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for "
-                                             "the full preset)")
+    parser.add_argument("--checkpoint", type=path_argument,
+                        help="native checkpoint to convert (default: the newest final or continued model under "
+                             "--search-dir)")
+    parser.add_argument("--search-dir", type=path_argument, default=".",
+                        help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
+    parser.add_argument("--output-dir", type=path_argument,
+                        help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for the full preset)")
     parser.add_argument("--license", default="apache-2.0", help="license in the model card's metadata")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repository "
                                                                  "(name or owner/name), creating it if needed")
@@ -525,10 +527,11 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
                         help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
                              f"TYPE: {', '.join(GGUF_TYPES)})")
-    parser.add_argument("--from-hf", type=path_argument, metavar="FOLDER", help="convert the other way: an exported folder to a "
-                                                            "native checkpoint")
-    parser.add_argument("--output", type=path_argument, help="with --from-hf: checkpoint to write (default: "
-                                         f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
+    parser.add_argument("--from-hf", type=path_argument, metavar="FOLDER",
+                        help="convert the other way: an exported folder to a native checkpoint")
+    parser.add_argument("--output", type=path_argument,
+                        help=f"with --from-hf: checkpoint to write (default: "
+                             f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
     return parser
 
 
