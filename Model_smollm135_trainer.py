@@ -47,6 +47,8 @@ from smolm135.optim import configure_optimizer, set_learning_rate
 from smolm135.run import (
     Run,
     check_corpus_fits,
+    check_resumable,
+    check_training_data,
     find_resume_checkpoint,
     fresh_tokenizer,
     load_training_data,
@@ -67,6 +69,7 @@ from smolm135.runtime import (
     teardown_distributed,
 )
 from smolm135.train_config import TrainConfig, add_train_arguments, config_from_args, parse_train_args, validate
+from smolm135.tracking import start_tracker, tracking_backend
 from smolm135.training_log import RunLog
 
 MAX_NONFINITE_STEPS_IN_A_ROW = 5
@@ -111,12 +114,8 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING,
     layout = layout.under(cfg.out_dir)
     distributed = setup_distributed(cfg.device)
     try:
-        run_on_main(distributed, layout.make_dirs)  # only rank 0 writes files; a failure stops every process
-        leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
         timestamp = run_timestamp()
         log = RunLog(layout.log_path(timestamp), writes=distributed.is_main)
-        if leftovers:
-            log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
         try:
             return train_run(set_up(cfg, layout, timestamp, distributed, log), budget)
         finally:
@@ -127,27 +126,36 @@ def train(cfg: TrainConfig, layout: RunLayout = TRAINING,
 
 def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> Run:
     """The starting point (a checkpoint to continue, or pretrained weights), device, data in the model's
-    tokenizer, model, optimizer; then the checkpoint's or the pretrained model's weights."""
+    tokenizer, model, optimizer; then the checkpoint's or the pretrained model's weights. Everything that can
+    refuse the run is checked before `open_run` writes its first file, so a refused run leaves nothing behind
+    (only the corpus's own token count and ids need the token cache first)."""
     device = pick_device(cfg.device, distributed)
     configure_backends(device)
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
     cfg, start = starting_point(cfg, checkpoint, log)
+    if checkpoint is not None:
+        check_resumable(checkpoint, cfg.model)
     # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees; a
     # resumed run keeps the one it started with
     precision = run_on_main(distributed, lambda: choose_precision(
         cfg.dtype, device, cfg.model, cfg.seq_len, checkpoint.precision if checkpoint else None),
         send_result_to_all=True)
     dtype = precision.dtype
+    tracking_backend(cfg.report_to)
+    global_batch = cfg.global_batch(distributed.world_size)
     shape = conversation_shape(cfg)  # None: --data is text
     refuse_without_template(cfg, shape, start.tokenizer)
-    tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
     chat = None
     if shape is None:
+        run_on_main(distributed, lambda: check_training_data(cfg, global_batch))
+    else:  # conversations are read whole and their records checked before anything is written
+        chat, corpus, train_tokens, val_tokens = load_conversations(cfg, shape, start.tokenizer)
+    open_run(cfg, layout, timestamp, distributed, log)
+    tokenizer = start.tokenizer or fresh_tokenizer(cfg, layout, distributed)
+    if shape is None:
         corpus, train_tokens, val_tokens = load_training_data(cfg, layout, distributed, tokenizer)
-        check_corpus_fits(corpus, train_tokens, val_tokens, cfg, cfg.global_batch(distributed.world_size))
-    else:
-        chat, corpus, train_tokens, val_tokens = load_conversations(cfg, shape, tokenizer)
+        check_corpus_fits(corpus, cfg, global_batch)
     model = new_model(cfg, device)
     model.use_cpu_kernels(training_attention_by_matmuls=precision.bf16_attention_by_matmuls)
     if start.pretrained is not None:
@@ -165,6 +173,19 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     if checkpoint is not None:
         resume(run, checkpoint)
     return run
+
+
+def open_run(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log: RunLog) -> None:
+    """The run is accepted: its folders, its log file (with the lines said so far), its tracker; and what an
+    interrupted run left half-written is removed. Only rank 0 writes files; a failure stops every process."""
+    run_on_main(distributed, layout.make_dirs)
+    leftovers = run_on_main(distributed, layout.remove_interrupted_writes) or []
+    if distributed.is_main:
+        log.open()
+        log.tracker = start_tracker(cfg.report_to, layout.log_path(timestamp).with_suffix(""),
+                                    layout.log_path(timestamp).stem, cfg.to_dict())
+    if leftovers:
+        log.say(f"removed {len(leftovers)} temporary file(s) that an interrupted run left behind")
 
 
 def describe(run: Run) -> None:
@@ -405,6 +426,10 @@ class StepDisplay:
             self.run.log.write(f"step {step}/{cfg.max_steps} | loss {report.loss:.4f} | lr {report.lr:.3e} | "
                                f"grad_norm {report.grad_norm:.3f} | {tokens_per_second:,.0f} tok/s | "
                                f"{flops / 1e12:.2f} TFLOP/s{mfu}")
+            self.run.log.track(step, {"train/loss": report.loss, "train/lr": report.lr,
+                                      "train/grad_norm": report.grad_norm,
+                                      "train/tokens_seen": self.run.progress.tokens_seen,
+                                      "train/tokens_per_second": tokens_per_second})
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{report.loss:.3f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
 
@@ -471,6 +496,7 @@ def evaluate_and_record(run: Run) -> None:
         return
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} "
                 f"({run.bits_per_byte(val_loss):.4f} bits per byte)")
+    run.log.track(run.progress.step, {"val/loss": val_loss, "val/bits_per_byte": run.bits_per_byte(val_loss)})
 
 
 def log_sample(run: Run, step: int) -> None:

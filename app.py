@@ -40,7 +40,7 @@ from smolm135.checkpoint import (
     TrainingFacts,
     newest_trained_model,
 )
-from smolm135.errors import CommandLineParser, UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, path_argument, run_cli
 from smolm135.loading import TRUST_FLAG, LoadedModel, code_problem, read_config
 from smolm135.loading import load_model as load_any_model
 from smolm135.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt, start_token_id
@@ -609,13 +609,13 @@ def slider(knob: Knob) -> gr.Slider:
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(__doc__)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", default=None, help="a native checkpoint (.pt) to serve "
+    source.add_argument("--checkpoint", type=path_argument, default=None, help="a native checkpoint (.pt) to serve "
                         f"(default: the newest {' or '.join(TRAINED_MODEL_GLOBS)})")
-    source.add_argument("--model", default=os.environ.get(MODEL_ENV_VAR) or None,
+    source.add_argument("--model", type=path_argument, default=os.environ.get(MODEL_ENV_VAR) or None,
                         help=f"a Hugging Face folder or Hub id to serve (default: ${MODEL_ENV_VAR} if set)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     # Spaces set GRADIO_SERVER_NAME=0.0.0.0; anywhere else the page is for this machine only
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
                         help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME); "
                              "0.0.0.0 opens it to your network")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
@@ -631,6 +631,9 @@ def check_listen_address(host: str, port: int | None) -> None:
     anything is loaded (Gradio would say "Cannot find empty port" for both)."""
     if port is not None and not 1 <= port <= 65535:
         raise UserError(f"--port must be from 1 to 65535 (got {port})")
+    if not host.strip():  # getaddrinfo(None) would quietly mean loopback: an empty flag is no address
+        raise UserError("--host is empty: use 127.0.0.1 (this machine only), 0.0.0.0 (every network) or one of "
+                        "this machine's addresses")
     if re.fullmatch(r"[\d.]+", host):  # looks numeric: an invalid IPv4 address, never a name to look up
         try:
             ipaddress.ip_address(host)

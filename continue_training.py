@@ -23,7 +23,7 @@ from smolm135.checkpoint import (
     newest_trained_model,
 )
 from smolm135.data import DEFAULT_DATA
-from smolm135.errors import CommandLineParser, UserError, run_cli
+from smolm135.errors import EMPTY_PATH_ADVICE, CommandLineParser, UserError, path_argument, run_cli
 from smolm135.train_config import TrainConfig, add_train_arguments
 
 DEFAULT_EXTRA_STEPS = 50
@@ -76,6 +76,9 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
         raise UserError(f"--steps must be a positive whole number (got {steps})")
     if lr is not None and not (math.isfinite(lr) and lr > 0):  # checked before any file is read
         raise UserError(f"--lr must be a positive number (got {lr})")
+    for flag, path in (("--checkpoint", checkpoint), ("--data", data), ("--out-dir", out_dir)):
+        if path is not None and not str(path).strip():  # "" is not "the default": it is a path left empty
+            raise UserError(f"{flag} is empty: {EMPTY_PATH_ADVICE}")
     source = load_checkpoint(Path(checkpoint) if checkpoint else newest_final_model(out_dir))
     cfg = continued_config(source, steps, out_dir, data, lr, **overrides)
     facts = source.facts
@@ -92,19 +95,23 @@ def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_
 
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandLineParser(__doc__)
-    parser.add_argument("--checkpoint", default=None, help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
+    parser.add_argument("--checkpoint", type=path_argument, default=None,
+                        help=f"model to continue (default: newest {FINAL_MODEL_GLOB})")
     parser.add_argument("--steps", type=int, default=DEFAULT_EXTRA_STEPS, help="steps to add")
-    parser.add_argument("--data", default=None, help=f"text to train on (default: {DEFAULT_DATA}, as for the "
-                        f"trainer; the checkpoint's own data path is never used)")
+    parser.add_argument("--data", type=path_argument, default=None,
+                        help=f"text to train on (default: {DEFAULT_DATA}, as for the trainer; the checkpoint's own "
+                             f"data path is never used)")
     parser.add_argument("--text-field", default=None, help="the column holding the text in .jsonl/.parquet data "
                         "(default: the original run's)")
     parser.add_argument("--lr", type=float, default=None, help="constant learning rate for the added steps "
                         "(default: the original schedule continues)")
-    add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress"})
+    add_train_arguments(parser, only={"out_dir", "device", "dtype", "compile", "progress", "allow_binary",
+                                      "report_to"})
     args = parser.parse_args(argv)
     _, summary = continue_training(args.checkpoint, args.steps, args.out_dir, args.data, args.lr,
                                    device=args.device, dtype=args.dtype, compile=args.compile,
-                                   progress=args.progress,
+                                   progress=args.progress, allow_binary=args.allow_binary,
+                                   report_to=args.report_to,
                                    **({"text_field": args.text_field} if args.text_field else {}))
     return summary
 

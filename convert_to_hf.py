@@ -46,7 +46,7 @@ from smolm135.checkpoint import (
     write_training_info,
 )
 from smolm135.disk import WRITE_ERRORS, give_default_mode, make_room, process_alive, write_failure
-from smolm135.errors import CommandLineParser, UserError, run_cli
+from smolm135.errors import CommandLineParser, UserError, path_argument, run_cli
 from smolm135.export_gguf import (
     GGUF_TYPES,
     GREEDY_CHECKED_TYPES,
@@ -621,11 +621,13 @@ def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike
 
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(__doc__)
-    parser.add_argument("--checkpoint", help="native checkpoint to convert (default: the newest final or "
-                                             "continued model under --search-dir)")
-    parser.add_argument("--search-dir", default=".", help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
-    parser.add_argument("--output-dir", help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for "
-                                             "the full preset)")
+    parser.add_argument("--checkpoint", type=path_argument,
+                        help="native checkpoint to convert (default: the newest final or continued model under "
+                             "--search-dir)")
+    parser.add_argument("--search-dir", type=path_argument, default=".",
+                        help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
+    parser.add_argument("--output-dir", type=path_argument,
+                        help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for the full preset)")
     parser.add_argument("--license", default="apache-2.0", help="license in the model card's metadata")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repository "
                                                                  "(name or owner/name), creating it if needed")
@@ -636,13 +638,15 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
                         help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
                              f"TYPE: {', '.join(GGUF_TYPES)})")
-    parser.add_argument("--peft-adapter", metavar="DIR", help="a LoRA checkpoint: also write its adapters as a "
-                        "peft folder, for PeftModel.from_pretrained on transformers' Llama of the base model (the "
-                        "export itself holds the adapters merged)")
-    parser.add_argument("--from-hf", metavar="FOLDER", help="convert the other way: an exported folder to a "
-                                                            "native checkpoint")
-    parser.add_argument("--output", help="with --from-hf: checkpoint to write (default: "
-                                         f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
+    parser.add_argument("--peft-adapter", type=path_argument, metavar="DIR",
+                        help="a LoRA checkpoint: also write its adapters as a peft folder, for "
+                             "PeftModel.from_pretrained on transformers' Llama of the base model (the export itself "
+                             "holds the adapters merged)")
+    parser.add_argument("--from-hf", type=path_argument, metavar="FOLDER",
+                        help="convert the other way: an exported folder to a native checkpoint")
+    parser.add_argument("--output", type=path_argument,
+                        help=f"with --from-hf: checkpoint to write (default: "
+                             f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="with --from-hf: read a folder whose Python code is not this project's (only from "
                              "authors you trust; smolm135's own exports need no such permission)")

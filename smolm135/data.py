@@ -91,7 +91,14 @@ def write_default_corpus(path: Path) -> Path:
 
 def resolve_sources(data: str) -> list[Source]:
     """`--data` as a sorted list of sources: one file, every corpus file under a folder (.txt, .jsonl,
-    .jsonl.gz, .parquet), a glob, or one Hugging Face dataset (hf:NAME[:CONFIG][:SPLIT], save_to_disk folder)."""
+    .jsonl.gz, .parquet), a glob, or one Hugging Face dataset (hf:NAME[:CONFIG][:SPLIT], save_to_disk folder);
+    each local file readable."""
+    files = _find_sources(data)
+    check_readable(files)
+    return files
+
+
+def _find_sources(data: str) -> list[Source]:
     if not data.strip():  # Path("") is the current folder: its files are not what anyone meant
         raise UserError(EMPTY_DATA)
     dataset = sources.dataset_source(data)
@@ -115,6 +122,71 @@ def resolve_sources(data: str) -> list[Source]:
         return [write_default_corpus(path)]
     raise UserError(f"data file {data} does not exist: pass --data with a text, .jsonl or .parquet file, a folder "
                     f"or glob of them, or hf:NAME for a Hugging Face dataset")
+
+
+# ------------------------------------------------------------------ checks before anything is written
+
+# What the trainer reads of each text file to tell text from other bytes: enough to see a binary file's
+# nature (a header, NULs, compressed data) and little enough to cost nothing next to tokenizing.
+TEXT_SNIFF_BYTES = 1 << 20
+# UTF-8 text has no NUL bytes, and a few undecodable bytes are typos of an old encoding (they become U+FFFD
+# with a warning); more than this share of them is not text in UTF-8 (random bytes: about 45%).
+MOST_UNDECODABLE = 0.01
+
+
+def read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a --data file; a file that cannot be read is a UserError, not a traceback."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as error:
+        raise UserError(f"cannot read the data file {path}: {error.strerror or error}; check its permissions "
+                        f"(or pass another --data)") from None
+
+
+def check_not_empty(data: str, files: list[Source]) -> None:
+    if all(sources.source_size(p) == 0 for p in files):
+        raise UserError(f"data {data} is empty: put some text in it")
+
+
+def check_readable(files: list[Source]) -> None:
+    """Every local file of the sources opens for reading."""
+    for source in files:
+        if not isinstance(source, sources.HubDataset):
+            for path in sources.content_files(source):
+                read_head(path, 0)
+
+
+def not_text_reason(head: bytes) -> str | None:
+    """Why `head` (the start of a file) is not UTF-8 text, or None when it is."""
+    if b"\0" in head:
+        return "it holds NUL bytes"
+    counter = _ReplacementCounter()
+    counter.decoder()(head)  # not final: a character cut at the end of `head` is not counted
+    if counter.count > MOST_UNDECODABLE * len(head):
+        return f"{counter.count / len(head):.0%} of its first {len(head):,} bytes are not valid UTF-8"
+    return None
+
+
+def check_looks_like_text(files: list[Source], allow_binary: bool) -> None:
+    """Refuse text files whose beginning is not UTF-8 text (an image, an archive, UTF-16, random bytes): they
+    would train on U+FFFD and byte soup. `allow_binary` trains on them anyway."""
+    if allow_binary:
+        return
+    for path in filter(sources.is_text_file, files):
+        reason = not_text_reason(read_head(path, TEXT_SNIFF_BYTES))
+        if reason:
+            raise UserError(f"the data file {path} does not look like text ({reason}): re-save it as UTF-8 text, "
+                            f"or pass --allow-binary to train on it with its undecodable bytes replaced by U+FFFD")
+
+
+def most_tokens(files: list[Source]) -> int | None:
+    """An upper bound on the tokens of text files (a byte-level token spans at least one byte, plus one
+    separator per document), known before tokenizing; None when some source is not plain text (compressed
+    or streamed)."""
+    if not all(map(sources.is_text_file, files)):
+        return None
+    return sum(sources.source_size(path) for path in files) + len(files)
 
 
 # ------------------------------------------------------------------ tokenization
@@ -324,8 +396,7 @@ def load_corpus(data: str, cache_dir: str | os.PathLike, show_progress: bool = T
     torchrun run)."""
     tokenizer = tokenizer or GPT2TextTokenizer()
     files = resolve_sources(data)
-    if all(sources.source_size(p) == 0 for p in files):
-        raise UserError(f"data {data} is empty: put some text in it")
+    check_not_empty(data, files)
     key = _hash_sources(files, text_field, tokenizer.fingerprint)
     cache_dir = Path(cache_dir)
     token_path = cache_dir / f"tokens_{key[:20]}.bin"

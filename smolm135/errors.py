@@ -14,6 +14,18 @@ class UserError(Exception):
     """A problem with the user's input or environment; the message names it and says what to do."""
 
 
+# An empty path is the current folder to pathlib (Path("") == Path(".")), so `--out-dir ""` would write there and
+# `--checkpoint ""` would quietly mean "the default": a flag given as empty is refused instead.
+EMPTY_PATH_ADVICE = "give a path, or leave the flag out for its default"
+
+
+def path_argument(value: str) -> str:
+    """argparse's `type` for a flag that names a file or folder: an empty value is refused (EMPTY_PATH_ADVICE)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"is empty: {EMPTY_PATH_ADVICE}")
+    return value
+
+
 def import_extra(module: str, extra: str, feature: str) -> ModuleType:
     """`module`, which only the optional `extra` installs (pyproject.toml's optional-dependencies); without it,
     a UserError naming the install command, not a ModuleNotFoundError traceback."""

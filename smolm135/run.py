@@ -24,9 +24,20 @@ from .checkpoint import (
     save_atomic,
     save_training_checkpoint,
 )
+from . import sources
 from .chat_data import ChatData
 from .chat_training import bits_per_answer_byte
-from .data import Corpus, available_cpus, corpus_tokenizer, load_corpus, split_train_val
+from .data import (
+    Corpus,
+    available_cpus,
+    check_looks_like_text,
+    check_not_empty,
+    corpus_tokenizer,
+    load_corpus,
+    most_tokens,
+    resolve_sources,
+    split_train_val,
+)
 from .errors import UserError
 from .generation import opening_of, prompt_ids_of
 from .loading import load_model
@@ -163,16 +174,40 @@ def load_training_data(cfg: TrainConfig, layout: RunLayout, distributed: Distrib
     return corpus, train_tokens, val_tokens
 
 
-def check_corpus_fits(corpus: Corpus, train_tokens, val_tokens, cfg: TrainConfig, global_batch: int) -> None:
+def check_training_data(cfg: TrainConfig, global_batch: int) -> None:
+    """What can be known of --data before anything is written (a refused run leaves no file behind): its
+    sources exist and can be read, hold text (unless --allow-binary) and the column read, and plain text
+    holds bytes enough for one batch, since a token spans at least one byte."""
+    files = resolve_sources(cfg.data)
+    check_not_empty(cfg.data, files)
+    check_looks_like_text(files, cfg.allow_binary)
+    sources.check_text_field(files, cfg.text_field)
+    upper_bound = most_tokens(files)
+    if upper_bound is not None and not holds_a_batch(upper_bound, cfg, global_batch):
+        name = files[0].name if len(files) == 1 else f"{len(files)} files"
+        raise UserError(too_small(f"{name} has at most {upper_bound:,} tokens", cfg, global_batch))
+
+
+def holds_a_batch(n_tokens: int, cfg: TrainConfig, global_batch: int) -> bool:
+    """Whether a corpus of `n_tokens` split per --val-fraction holds one training batch and one validation
+    window (the split is `split_train_val`'s: more tokens never hold less)."""
+    n_val = int(n_tokens * cfg.val_fraction)
+    return n_tokens - n_val >= global_batch * cfg.seq_len + 1 and n_val >= cfg.seq_len + 1
+
+
+def too_small(what: str, cfg: TrainConfig, global_batch: int) -> str:
+    needed_train = global_batch * cfg.seq_len + 1
+    needed_total = math.ceil(max(needed_train / (1 - cfg.val_fraction), (cfg.seq_len + 1) / cfg.val_fraction))
+    return (f"{what}, but one batch of {global_batch} x {cfg.seq_len} needs at least {needed_total:,} (with "
+            f"{cfg.val_fraction:.0%} held out for validation): add text, or lower --batch-size / --seq-len")
+
+
+def check_corpus_fits(corpus: Corpus, cfg: TrainConfig, global_batch: int) -> None:
     if corpus.max_token_id >= cfg.model.vocab_size:
         raise UserError(f"the corpus holds token id {corpus.max_token_id}, outside the model's vocabulary of "
                         f"{cfg.model.vocab_size}: use a preset whose vocab_size covers the tokenizer")
-    needed_train = global_batch * cfg.seq_len + 1
-    if len(train_tokens) < needed_train or len(val_tokens) < cfg.seq_len + 1:
-        needed_total = math.ceil(max(needed_train / (1 - cfg.val_fraction), (cfg.seq_len + 1) / cfg.val_fraction))
-        raise UserError(f"{corpus.name} has {len(corpus.tokens):,} tokens, but one batch of {global_batch} x "
-                        f"{cfg.seq_len} needs at least {needed_total:,} (with {cfg.val_fraction:.0%} held out "
-                        f"for validation): add text, or lower --batch-size / --seq-len")
+    if not holds_a_batch(len(corpus.tokens), cfg, global_batch):
+        raise UserError(too_small(f"{corpus.name} has {len(corpus.tokens):,} tokens", cfg, global_batch))
 
 
 def new_model(cfg: TrainConfig, device: torch.device) -> SmoLM135_Model:
@@ -271,13 +306,18 @@ def adopt_model(cfg: TrainConfig, model_config: ModelConfig, source: str) -> Tra
     return adopted
 
 
-def resume(run: Run, checkpoint: Checkpoint) -> None:
-    """Load a checkpoint into the run after checking that it describes the same model; say where the run
-    stands, and what (if anything) differs in the batches it will see."""
-    differences = checkpoint.model_mismatch(run.model.config)
+def check_resumable(checkpoint: Checkpoint, model_config: ModelConfig) -> None:
+    """The checkpoint describes the model the run builds (checked before the run writes anything)."""
+    differences = checkpoint.model_mismatch(model_config)
     if differences:
         raise UserError(f"checkpoint {checkpoint.source} was trained with a different model "
                         f"({'; '.join(differences)}): use the same --preset, or --resume never to start fresh")
+
+
+def resume(run: Run, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint of the run's model (see check_resumable) into the run; say where the run stands,
+    and what (if anything) differs in the batches it will see."""
+    check_resumable(checkpoint, run.model.config)
     lora = LoraSettings.of(run.cfg)
     if lora and checkpoint.lora is None and checkpoint.started_from != run.cfg.init_from:
         checkpoint.load_weights_into(run.model)  # an --init-from checkpoint without adapters: the base to adapt

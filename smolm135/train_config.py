@@ -13,9 +13,10 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 from .budget import MEASURING_STEPS
 from .chat_data import FORMATS, LOSS_ON
 from .data import DEFAULT_DATA, EMPTY_DATA
-from .errors import UserError, speaks_for_its_node
+from .errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
 from .lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from .sources import DEFAULT_TEXT_FIELD
+from .tracking import REPORT_TO
 from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
 OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
@@ -39,6 +40,7 @@ class TrainConfig:
     format: str = "auto"  # what --data holds: auto (told by its columns) | text | chat (see chat_data.py)
     loss_on: str = "assistant"  # of conversations: assistant (the answers only) | all (every token)
     skip_bad_records: bool = False  # leave out (and count) conversation records that cannot be trained on
+    allow_binary: bool = False  # train on --data that does not look like text (see data.check_looks_like_text)
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
     model: ModelConfig | None = None  # the model to train; None: the preset's
@@ -83,6 +85,7 @@ class TrainConfig:
     trust_remote_code: bool = False  # a --init-from folder may bring code that is not ours (smolm135.loading)
     progress: bool = True  # console progress bar
     recipe: str = "seed"  # the named recipe (RECIPES) the command line's flags were laid over; recorded, not applied
+    report_to: str = "none"  # also send the log's numbers to: none | tensorboard | wandb | trackio (REPORT_TO)
 
     def __post_init__(self):
         if self.model is None and self.preset in PRESETS:  # an unknown name is reported by validate()
@@ -179,6 +182,7 @@ def recipe_table() -> str:
                      for name, recipe in RECIPES.items())
 
 MAX_SEED = 2**32 - 1  # numpy, torch and Python all accept it; the demo's seed has the same range
+PATH_FIELDS = ("out_dir", "resume", "init_from")  # files and folders besides --data (whose check names its forms)
 _POSITIVE_INTS = ("max_steps", "batch_size", "seq_len", "grad_accum", "checkpoint_every", "sample_every",
                   "sample_tokens", "eval_every", "eval_batches", "log_every", "keep_checkpoints")
 
@@ -247,11 +251,19 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not (_is_number(value) and 0 <= value < 1):
             problems.append(f"{_flag(name)} must be at least 0 and below 1 (got {value})")
+    if not (_is_number(cfg.muon_momentum) and 0 <= cfg.muon_momentum < 1):
+        problems.append(f"--muon-momentum must be at least 0 and below 1 (got {cfg.muon_momentum})")
     if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if not cfg.data.strip():
         problems.append(EMPTY_DATA)
     problems += lora_problems(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    for name in PATH_FIELDS:  # an empty path is the current folder: never what was meant
+        value = getattr(cfg, name)
+        if value is not None and not value.strip():
+            problems.append(f"{_flag(name)} is empty: {EMPTY_PATH_ADVICE}")
+    if cfg.report_to not in REPORT_TO:
+        problems.append(f"--report-to must be one of {', '.join(REPORT_TO)} (got {cfg.report_to})")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16 (got {cfg.dtype})")
     if cfg.model is None:
@@ -321,6 +333,10 @@ _HELP = {
     "lora_dropout": "dropout on the LoRA adapters' input while training (default 0)",
     "lora_targets": f"the block projections LoRA adapts, comma-separated (default {','.join(BLOCK_PROJECTIONS)}: "
                     f"attention and MLP)",
+    "allow_binary": "train on --data that does not look like text (NUL bytes, or much that is not UTF-8), its "
+                    "undecodable bytes replaced by U+FFFD",
+    "report_to": f"also send the logged numbers to: {', '.join(REPORT_TO)} (each but none an optional extra: "
+                 f"pip install -e \".[NAME]\")",
 }
 
 
@@ -339,6 +355,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, only: set[str] | None =
                                 help=_HELP.get(flag_field.name))
         else:
             kind = {"int": int, "float": float, "str": str}[str(flag_field.type).split(" |")[0]]
+            kind = path_argument if flag_field.name in PATH_FIELDS else kind
             parser.add_argument(flag, type=kind, default=default, help=_HELP.get(flag_field.name, f"default {default}"))
 
 

@@ -1,5 +1,7 @@
 """Every numeric flag of every script is checked: a bad value is one line on stderr naming the flag, exit
 status 2, no traceback, and nothing trained, loaded or written."""
+import importlib.util
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import evaluate
 import Model_smollm135_trainer
 from smolm135.errors import run_cli
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_corpus_text
 
 TRAINER_CASES = [
     (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
@@ -169,3 +171,94 @@ def test_evaluate_answers_a_damaged_model_folder_with_one_line(damage, message, 
     lines = captured.err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], captured.err[-2000:]
     assert "Traceback" not in captured.err + captured.out
+
+
+# Refusals that come after the flags are read (a device, a file, a checkpoint, a corpus, an extra): each is run in
+# an empty working folder, with what it reads in another (GIVEN), and must leave both as they were.
+GIVEN = "{given}"
+# a run the checks let through trains one quick step (and the test fails): none trains the default recipe
+FAST_TRAINER = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--data", f"{GIVEN}/corpus.txt",
+                "--max-steps", "1", "--eval-batches", "1", "--no-progress"]
+NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+NEEDS_NO_WANDB = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+LATE_CASES = [
+    ("trainer", ["--device", "cuda"], "no CUDA GPU is visible", NEEDS_NO_CUDA),
+    ("trainer", [*FAST_TRAINER, "--device", "cuda:3"], "no CUDA GPU is visible", NEEDS_NO_CUDA),
+    ("trainer", ["--device", "tpu9"], "unknown device 'tpu9'", None),
+    ("trainer", ["--device", "mps"], "Apple MPS is not available", None),
+    ("trainer", [*FAST_TRAINER, "--dtype", "float16"], "--dtype float16 is for GPUs", None),
+    ("trainer", [*FAST_TRAINER, "--data", "missing.txt"], "data file missing.txt does not exist", None),
+    ("trainer", [*FAST_TRAINER, "--data", "no_such_*.txt"], "no files match", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/empty_folder"], "holds no .txt", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/empty.txt"], "is empty: put some text in it", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/short.txt"], "needs at least", None),
+    ("trainer", [*FAST_TRAINER, "--batch-size", "4000"], "needs at least", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/random.txt"], "does not look like text", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/utf16.txt"], "NUL bytes", None),
+    ("trainer", [*FAST_TRAINER, "--tokenizer", "corpus", "--data", f"{GIVEN}/short.txt"], "needs at least", None),
+    ("trainer", [*FAST_TRAINER, "--resume", "missing.pt"], "checkpoint missing.pt does not exist", None),
+    ("trainer", [*FAST_TRAINER, "--resume", f"{GIVEN}/corpus.txt"], "is unreadable", None),
+    ("trainer", [*FAST_TRAINER, "--init-from", "missing.pt"], "does not exist", None),
+    ("trainer", [*FAST_TRAINER, "--out-dir", ""], "--out-dir: is empty", None),
+    ("trainer", [*FAST_TRAINER, "--resume", " "], "--resume: is empty", None),
+    ("trainer", [*FAST_TRAINER, "--init-from", ""], "--init-from: is empty", None),
+    ("trainer", [*FAST_TRAINER, "--optimizer", "muon", "--muon-momentum", "nan"], "--muon-momentum must be", None),
+    ("trainer", [*FAST_TRAINER, "--optimizer", "muon", "--muon-momentum", "1.5"], "--muon-momentum must be", None),
+    ("trainer", [*FAST_TRAINER, "--report-to", "mlflow"], "--report-to must be one of", None),
+    ("trainer", [*FAST_TRAINER, "--report-to", "wandb"], 'pip install -e ".[wandb]"', NEEDS_NO_WANDB),
+    ("continue", [], "train a model first", None),
+    ("continue", ["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist", None),
+    ("continue", ["--checkpoint", f"{GIVEN}/corpus.txt"], "is unreadable", None),
+    ("continue", ["--checkpoint", ""], "--checkpoint: is empty", None),
+    ("continue", ["--data", "", "--checkpoint", "missing.pt"], "--data: is empty", None),
+    ("continue", ["--out-dir", ""], "--out-dir: is empty", None),
+    ("convert", [], "no trained model under", None),
+    ("convert", ["--checkpoint", "missing.pt"], "does not exist", None),
+    ("convert", ["--checkpoint", f"{GIVEN}/corpus.txt"], "is unreadable", None),
+    ("convert", ["--checkpoint", ""], "--checkpoint: is empty", None),
+    ("convert", ["--output-dir", ""], "--output-dir: is empty", None),
+    ("convert", ["--search-dir", ""], "--search-dir: is empty", None),
+    ("convert", ["--from-hf", ""], "--from-hf: is empty", None),
+    ("convert", ["--from-hf", f"{GIVEN}/empty_folder"], "is not a Hugging Face model folder", None),
+    ("convert", ["--from-hf", f"{GIVEN}/empty_folder", "--output", ""], "--output: is empty", None),
+    ("app", ["--host", ""], "--host is empty", None),
+    ("app", ["--checkpoint", ""], "--checkpoint: is empty", None),
+    ("app", ["--model", ""], "--model: is empty", None),
+]
+
+
+@pytest.fixture
+def given_files(tmp_path):
+    """What the late refusals read: a corpus, a short and an empty one, random bytes, UTF-16, an empty folder."""
+    given = tmp_path / "given"
+    (given / "empty_folder").mkdir(parents=True)
+    (given / "corpus.txt").write_text(make_corpus_text(400), encoding="utf-8")
+    (given / "short.txt").write_text("A few words of text.\n", encoding="utf-8")
+    (given / "empty.txt").write_bytes(b"")
+    (given / "random.txt").write_bytes(random.Random(0).randbytes(100_000))
+    (given / "utf16.txt").write_text(make_corpus_text(400), encoding="utf-16")
+    return given
+
+
+def folder_contents(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("script, args, message", [pytest.param(*case[:3], marks=case[3] or ())
+                                                    for case in LATE_CASES],
+                         ids=[f"{case[0]}{' '.join(case[1])!r}" for case in LATE_CASES])
+def test_a_refusal_leaves_nothing_behind(script, args, message, given_files, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+    given_before = folder_contents(given_files)
+    args = [arg.replace(GIVEN, str(given_files)) for arg in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: SCRIPTS[script](args))
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert message in lines[0] and "Traceback" not in captured.err + captured.out
+    assert folder_contents(work) == [] and folder_contents(given_files) == given_before

@@ -191,3 +191,62 @@ def test_empty_data_argument_is_refused_rather_than_reading_the_current_folder(t
     for empty in ("", "  "):
         with pytest.raises(UserError, match="--data is empty"):
             resolve_sources(empty)
+
+
+# ------------------------------------------------------------------ files that are not text, or not readable
+
+
+def test_random_bytes_nul_bytes_and_utf16_are_not_text_and_a_few_stray_bytes_are():
+    import random
+
+    text = make_corpus_text(200).encode("utf-8")
+    noise_without_nul = bytes(byte or 1 for byte in random.Random(0).randbytes(10_000))
+    assert data.not_text_reason(noise_without_nul).endswith("are not valid UTF-8")
+    assert data.not_text_reason(text + b"\0") == "it holds NUL bytes"
+    assert data.not_text_reason(make_corpus_text(200).encode("utf-16")) == "it holds NUL bytes"
+    latin1_typos = text[:5000] + "café".encode("latin-1") + text[5000:]  # one byte in thousands: a warning only
+    assert data.not_text_reason(latin1_typos) is None
+    assert data.not_text_reason(("é" * 100).encode("utf-8")[:-1]) is None  # a character cut at the sniff's end
+
+
+def test_a_corpus_of_random_bytes_is_refused_unless_allow_binary_says_so(tmp_path):
+    import random
+
+    path = tmp_path / "noise.txt"
+    path.write_bytes(random.Random(0).randbytes(200_000))
+    with pytest.raises(UserError, match="does not look like text .*--allow-binary"):
+        data.check_looks_like_text(resolve_sources(str(path)), allow_binary=False)
+    data.check_looks_like_text(resolve_sources(str(path)), allow_binary=True)
+    assert len(load_corpus(str(path), tmp_path / "cache", show_progress=False).tokens) > 0
+
+
+def test_a_data_file_that_cannot_be_read_is_a_user_error_before_any_cache(tmp_path, monkeypatch):
+    """Root reads a file whatever its mode, so the refusal of the operating system is simulated for one file."""
+    import builtins
+
+    path = tmp_path / "locked.txt"
+    path.write_text(make_corpus_text(50), encoding="utf-8")
+    real_open = builtins.open
+
+    def open_refusing_the_file(file, *args, **kwargs):
+        if isinstance(file, (str, Path)) and Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_refusing_the_file)
+    with pytest.raises(UserError, match=r"cannot read the data file .*locked.txt: Permission denied"):
+        load_corpus(str(path), tmp_path / "cache", show_progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_data_file_without_read_permission_is_a_user_error(tmp_path):
+    path = tmp_path / "locked.txt"
+    path.write_text(make_corpus_text(50), encoding="utf-8")
+    path.chmod(0)
+    try:
+        with open(path, "rb"):
+            pytest.skip("this user reads files without read permission (root): the test above simulates it")
+    except PermissionError:
+        pass
+    with pytest.raises(UserError, match="Permission denied"):
+        resolve_sources(str(path))
