@@ -59,9 +59,9 @@ from smolm135.export_gguf import (
     write_gguf,
 )
 from smolm135.export_llama import llama_config, llama_model_from_native, reload_in_fresh_process, save_llama_model
+from smolm135.export_peft import save_peft_adapter
 from smolm135.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
-from smolm135.lora import save_peft_adapter
 from smolm135.model_card import check_license, render_model_card
 from smolm135.loading import TRUST_FLAG, load_model
 from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files

@@ -597,11 +597,13 @@ def state_problems(state: dict) -> list[str]:
     if state.get("tokenizer") is not None:
         problem = tokenizer_record_problem(state["tokenizer"])
         problems += [f"its tokenizer record does not load ({problem})"] if problem else []
-    problems += [f"model_state_dict[{name!r}] {problem}" for name, tensor in weights.items()
-                 if (problem := float_tensor_problem(tensor))]
-    if state.get("optimizer_state_dict") is not None:
+    adapters = state["lora"]["state_dict"] if state.get("lora") is not None else {}
+    problems += [f"{where}[{name!r}] {problem}"
+                 for where, tensors in (("model_state_dict", weights), ("lora adapters", adapters))
+                 for name, tensor in tensors.items() if (problem := float_tensor_problem(tensor))]
+    if state.get("optimizer_state_dict") is not None:  # a LoRA run's optimizer holds the adapters' moments
         problems += optimizer_tensor_problems(state["optimizer_state_dict"],
-                                              {tensor.shape for tensor in weights.values()})
+                                              {tensor.shape for tensor in [*weights.values(), *adapters.values()]})
     return problems
 
 

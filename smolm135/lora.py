@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -87,7 +86,7 @@ def settings_problems(rank, alpha, dropout, targets: str) -> list[str]:
 # ------------------------------------------------------------------ adapters on a native model
 
 
-def _peft_model(model: torch.nn.Module, settings: LoraSettings, target_names=None, seed: int = 0):
+def peft_wrapped(model: torch.nn.Module, settings: LoraSettings, target_names=None, seed: int = 0):
     """peft's wrapper around `model`, whose targeted layers it replaces in place by LoRA layers; every other
     weight is frozen. The adapters' initial values (A random, B zero: the update starts at 0) depend on
     `seed` alone, and the caller's random generators are left as they were."""
@@ -102,7 +101,7 @@ def _peft_model(model: torch.nn.Module, settings: LoraSettings, target_names=Non
 
 def add_adapters(model: SmoLM135_Model, settings: LoraSettings, seed: int) -> None:
     """Give `model` trainable adapters on the targeted projections and freeze everything else."""
-    _peft_model(model, settings, seed=seed)
+    peft_wrapped(model, settings, seed=seed)
 
 
 def has_adapters(model: torch.nn.Module) -> bool:
@@ -193,43 +192,11 @@ def merge_adapters(model: SmoLM135_Model, record: dict) -> None:
     """Merge a checkpoint's adapters into `model`, which holds its base weights: the model becomes a plain
     one whose projections hold W + (alpha / rank) * B @ A (peft's merge)."""
     settings = LoraSettings.from_record(record["settings"])
-    peft_model = _peft_model(model, settings)
+    peft_model = peft_wrapped(model, settings)
     base, _ = split_state_dict(model)
     load_split_state_dict(model, base, record["state_dict"])
     peft_model.merge_and_unload()
     model.eval()
-
-
-# ------------------------------------------------------------------ a peft adapter folder for transformers
-
-
-def save_peft_adapter(base: SmoLM135_Model, record: dict, folder: Path, base_model_name: str | None = None) -> Path:
-    """The adapters as a peft folder (adapter_config.json, adapter_model.safetensors) that
-    `PeftModel.from_pretrained(llama, folder)` loads on top of transformers' LlamaForCausalLM of the base
-    model `base` (unmerged). Our fused projections are split as the Llama export splits their weights: the
-    q, k and v (gate and up) adapters share A, and each takes its rows of B, so each update is exactly its
-    rows of the fused one."""
-    from .export_llama import llama_config, llama_model_from_native
-    from .llama_names import weight_names
-
-    settings = LoraSettings.from_record(record["settings"])
-    adapters, llama_adapters, llama_targets = record["state_dict"], {}, set()
-    for name in weight_names(base.config):
-        module = name.native.removesuffix(".weight")
-        if f"{module}.lora_A.weight" not in adapters:
-            continue
-        a, b = adapters[f"{module}.lora_A.weight"], adapters[f"{module}.lora_B.weight"]
-        for part, rows in zip(name.parts, b.split([part.rows for part in name.parts])):
-            llama_module = part.llama.removesuffix(".weight")
-            llama_targets.add(llama_module.rsplit(".", 1)[1])
-            llama_adapters[f"{llama_module}.lora_A.weight"] = a.float().contiguous()
-            llama_adapters[f"{llama_module}.lora_B.weight"] = rows.float().contiguous()
-    llama = llama_model_from_native(base, llama_config(base.config, None, None, None))
-    peft_model = _peft_model(llama, settings, target_names=sorted(llama_targets))
-    load_split_state_dict(llama, split_state_dict(llama)[0], llama_adapters)  # strict: every adapter has its place
-    peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name
-    peft_model.save_pretrained(folder)
-    return Path(folder)
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:
