@@ -355,16 +355,19 @@ def client(server):
     return Client(server, verbose=False)
 
 
+@pytest.mark.slow
 def test_api_answers_with_the_continuation_alone(client):
     text, status = client.predict(PROMPT, 12, 0.8, 50, 0.95, 1, api_name="/generate")
     assert text and not text.startswith(PROMPT) and "12 new tokens" in status
 
 
+@pytest.mark.slow
 def test_api_greedy_generation_with_a_fixed_seed_is_repeatable(client):
     first = client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0]
     assert client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0] == first
 
 
+@pytest.mark.slow
 def test_api_streams_intermediate_text(client):
     job = client.submit(PROMPT, 10, 0.8, 50, 0.95, 0, api_name="/generate")
     final = job.result()
@@ -372,17 +375,20 @@ def test_api_streams_intermediate_text(client):
     assert len(texts) > 2 and all(final[0].startswith(text) for text in texts)
 
 
+@pytest.mark.slow
 def test_api_empty_prompt_gets_text(client):
     text, status = client.predict("", 8, 0.8, 50, 0.95, 0, api_name="/generate")
     assert text and "Empty prompt" in status
 
 
+@pytest.mark.slow
 def test_api_prompt_longer_than_the_context_is_cut_from_the_left_and_said_so(client):
     prompt = "word " * 600  # 600 tokens against a context of 512
     text, status = client.predict(prompt, 16, 0.8, 50, 0.95, 0, api_name="/generate")
     assert text and "only its last 496 tokens were used" in status
 
 
+@pytest.mark.slow
 def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     text, status = client.predict("Hi", 10**9, -5, 10**9, 7, -1, api_name="/generate")
     assert text
@@ -394,6 +400,7 @@ def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     assert text and status.count("is not a number") == 5
 
 
+@pytest.mark.slow
 def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
     # JSON has no NaN, so gradio_client cannot send one; a hand-written request can (Python's json reads it)
     body = '{"data": ["Hi", 8, NaN, Infinity, -Infinity, NaN]}'
@@ -406,6 +413,7 @@ def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
     assert text and "Temperature nan is not a number" in status and "8 new tokens" in status
 
 
+@pytest.mark.slow
 def test_a_huge_prompt_streams_back_only_the_new_text(server):
     prompt = "All the world's a stage. " * 200_000  # 5 MB
     event = httpx.post(server + "gradio_api/call/generate", json={"data": [prompt, 200, 0.8, 50, 0.95, 0]},
@@ -422,12 +430,14 @@ def test_a_huge_prompt_streams_back_only_the_new_text(server):
     assert received < 2_000_000  # the prompt came back once per token before: about 1 GB
 
 
+@pytest.mark.slow
 def test_config_and_page_name_the_model_without_the_servers_folders(server, trained_run):
     name = Path(trained_run[2]["final_model_path"]).name
     for text in (httpx.get(server + "config", timeout=30).text, httpx.get(server, timeout=30).text):
         assert "/models/final_model_" not in text and escape_markdown(name).replace("\\", "\\\\") in text
 
 
+@pytest.mark.slow
 def test_concurrent_requests_queue_and_all_get_answers(client):
     jobs = [client.submit(f"{PROMPT} {n}", 8, 0.8, 50, 0.95, n, api_name="/generate") for n in range(3)]
     for job in jobs:
@@ -435,6 +445,7 @@ def test_concurrent_requests_queue_and_all_get_answers(client):
         assert text and "8 new tokens" in status
 
 
+@pytest.mark.slow
 def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
     from gradio_client import Client
 
@@ -451,6 +462,7 @@ def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
     assert "6 new tokens" in status
 
 
+@pytest.mark.slow
 def test_without_a_model_the_server_starts_and_answers_with_the_train_command(empty_server):
     from gradio_client import Client
 
@@ -493,6 +505,7 @@ def open_page(browser, url):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_renders_and_generate_streams_text_into_the_output(browser, server, native_model):
     page, elsewhere = open_page(browser, server)
     page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)
@@ -507,6 +520,7 @@ def test_page_renders_and_generate_streams_text_into_the_output(browser, server,
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_without_a_model_shows_the_train_command(browser, empty_server):
     page, elsewhere = open_page(browser, empty_server)
     page.locator("#model-info").get_by_text("No trained model found").wait_for(timeout=60_000)
@@ -516,6 +530,7 @@ def test_page_without_a_model_shows_the_train_command(browser, empty_server):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_chat_tab_streams_a_reply_into_the_conversation(browser, chat_server):
     page, elsewhere = open_page(browser, chat_server)
     page.get_by_role("tab", name="Chat").click()
@@ -530,6 +545,7 @@ def test_page_chat_tab_streams_a_reply_into_the_conversation(browser, chat_serve
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_of_a_model_without_chat_template_has_no_chat_tab(browser, server):
     page, _ = open_page(browser, server)
     page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)

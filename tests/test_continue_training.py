@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from continue_training import continue_training, continued_config
+from continue_training import continue_training, continued_config, main
 from Model_smollm135_trainer import train
 from smolm135.checkpoint import CONTINUED, load_checkpoint
+from smolm135.errors import run_cli
 
 from conftest import REPO_ROOT, make_corpus_text
 
@@ -24,6 +25,7 @@ def run_dir(trained_run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir, corpus_file):
     result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(run_dir), "--no-progress", "--data",
                              str(corpus_file)], capture_output=True, text=True, timeout=600)
@@ -68,6 +70,17 @@ def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
     assert log.count("| lr 1.000e-04 |") == 4
 
 
+def test_without_a_final_model_main_says_what_to_run_first(tmp_path, capsys):
+    """The script's promise below, kept in this process: main() as its __main__ calls it."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--out-dir", str(tmp_path)]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.strip().count("\n") == 0
+    assert "python Model_smollm135_trainer.py" in error
+
+
+@pytest.mark.slow
 def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
     result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)

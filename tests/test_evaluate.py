@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.checkpoint import Checkpoint, save_atomic
-from smolm135.errors import UserError
+from smolm135.errors import UserError, run_cli
 from smolm135.scoring import bits_per_byte, score_documents, score_tokens, token_stream, window_spans
 from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
@@ -143,6 +143,15 @@ def test_bad_model_and_data_paths_are_user_errors(checkpoints, tmp_path):
         evaluate.evaluate([trained], data, context=4096, device="cpu", show_progress=False)
 
 
+def test_main_error_is_one_line(tmp_path, capsys):
+    """The command line's promise below, kept in this process: main() as the script's __main__ calls it."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main([str(tmp_path / "nope.pt"), "--data", "x.txt"]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "does not exist" in error
+
+
+@pytest.mark.slow
 def test_command_line_error_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "evaluate.py", str(tmp_path / "nope.pt"), "--data", "x.txt"],
                           cwd=REPO_ROOT, capture_output=True, text=True)

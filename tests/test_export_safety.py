@@ -156,6 +156,7 @@ def limit_file_size(n_bytes: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_export_is_one_line_naming_the_disk_and_leaves_nothing_behind(trained, tmp_path):
     checkpoint, _, _ = trained
     out = tmp_path / "exports" / "tiny-hf"

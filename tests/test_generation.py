@@ -143,6 +143,7 @@ def test_one_causal_mask_is_bottom_right_aligned_for_every_attention_path():
     assert torch.equal(attention_mask_for_sdpa(padding, 2)[0, 0], mask & padding.bool())
 
 
+@pytest.mark.slow
 def test_importing_the_demo_changes_no_environment_variable():
     env = {key: value for key, value in os.environ.items() if not key.startswith("GRADIO_")}
     script = "import os; before = dict(os.environ); import app; print(dict(os.environ) == before)"

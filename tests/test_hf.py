@@ -203,6 +203,7 @@ EXPORTED_FILES = {"model.safetensors", "config.json", "generation_config.json", 
                   "README.md", "loss.png", "training_info.json"}
 
 
+@pytest.mark.slow
 def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(export):
     folder = export.folder
     assert EXPORTED_FILES <= {p.name for p in folder.iterdir()}
@@ -222,6 +223,7 @@ def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(expo
     assert (folder / "smollm135_model.py").read_text() == (Path(convert_to_hf.__file__).parent / "smollm135_model.py").read_text()
 
 
+@pytest.mark.slow
 def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(export):
     card = (export.folder / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
@@ -234,6 +236,7 @@ def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(
         assert fact in card, fact
 
 
+@pytest.mark.slow
 def test_conversion_verifies_in_a_fresh_process_and_prints_the_difference(export):
     match = re.search(r"verified: .* max abs logit difference to the native model (\S+) over (\d+) tokens", export.printed)
     assert match, export.printed
@@ -249,6 +252,7 @@ def test_logit_check_fails_above_the_limit():
         check_logits_match(expected, torch.zeros(5, 8))
 
 
+@pytest.mark.slow
 def test_push_creates_the_repository_and_uploads_the_complete_folder(export):
     calls = dict((name, kwargs) for name, kwargs in export.calls)
     assert calls["HfApi"]["token"] == "hf_test_token"
@@ -282,6 +286,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_exported_folder_loads_offline_from_anywhere_through_auto_classes_and_pipeline(export, native, tmp_path):
     card = (export.folder / "README.md").read_text()
     snippet = card.split("```python\n")[1].split("```")[0]
@@ -337,6 +342,7 @@ def test_default_output_folder_is_named_after_the_preset():
     assert default_output_dir(ModelConfig(n_layer=2)) == Path("smolm135-custom-hf")
 
 
+@pytest.mark.slow
 def test_a_foreign_non_empty_output_folder_is_refused_but_a_previous_export_is_replaced(export, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a smolm135 export"):
@@ -344,6 +350,7 @@ def test_a_foreign_non_empty_output_folder_is_refused_but_a_previous_export_is_r
     check_output_dir(export.folder)  # no error: re-converting overwrites the previous export
 
 
+@pytest.mark.slow
 def test_push_without_a_token_is_one_clear_line_and_keeps_the_folder(export, monkeypatch, capsys):
     unset_token(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda **_: pytest.fail("no upload may start without a token"))
@@ -355,6 +362,7 @@ def test_push_without_a_token_is_one_clear_line_and_keeps_the_folder(export, mon
     assert EXPORTED_FILES <= {p.name for p in export.folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_push_takes_the_token_from_hf_token(export, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
@@ -363,6 +371,7 @@ def test_push_takes_the_token_from_hf_token(export, monkeypatch):
     assert dict(RecordingHfApi.calls)["create_repo"]["token"] == "hf_from_env"
 
 
+@pytest.mark.slow
 def test_push_without_network_is_one_clear_line(export, capsys):
     with pytest.raises(SystemExit):
         run_cli(lambda: push_to_hub(export.folder, REPO_ID, token="hf_x", api=offline_api()))
@@ -370,6 +379,7 @@ def test_push_without_network_is_one_clear_line(export, capsys):
     assert error.count("\n") == 1 and "could not reach the Hugging Face Hub" in error and "is complete" in error
 
 
+@pytest.mark.slow
 def test_a_refused_token_is_one_clear_line(export, capsys):
     http = http_library()
     response = http.Response(401, request=http.Request("POST", "https://huggingface.co/api/repos/create"))
@@ -383,6 +393,7 @@ def test_a_refused_token_is_one_clear_line(export, capsys):
 # ------------------------------------------------------------------ the way back
 
 
+@pytest.mark.slow
 def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(export, native, tmp_path, capsys):
     path = main(["--from-hf", str(export.folder), "--output", str(tmp_path / "back.pt")])
     assert "continue_training.py --checkpoint" in capsys.readouterr().out
@@ -403,6 +414,7 @@ def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(exp
     assert back.lm_head.weight is back.transformer.wte.weight
 
 
+@pytest.mark.slow
 def test_from_hf_writes_where_continue_training_looks_by_default(export, tmp_path):
     path = hf_folder_to_checkpoint(export.folder, search_dir=tmp_path)
     assert path.parent == tmp_path / "models" and path.name.startswith("final_model_")
@@ -419,6 +431,7 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damaged_file", ["model.safetensors", "config.json"])
+@pytest.mark.slow
 def test_from_hf_with_a_truncated_weights_or_config_file_is_one_line_and_writes_nothing(export, damaged_file,
                                                                                         tmp_path, capsys):
     broken = tmp_path / "broken"

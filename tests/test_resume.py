@@ -51,6 +51,7 @@ def tensors_of(value):
     return [tensor for item in items for tensor in tensors_of(item)]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     """A rotary model with grouped queries, trained with Muon (and AdamW for its embeddings); the learned
     positions and AdamW alone are killed at random moments in test_crash_consistency."""
@@ -81,6 +82,7 @@ def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, tmp_path):
     process = subprocess.Popen(cli_args(corpus_file, tmp_path, 10_000), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -292,6 +292,7 @@ needs_shipped_gguf = pytest.mark.skipif(
 
 
 @needs_shipped_gguf
+@pytest.mark.slow
 def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
     from smolm135.pretrained import load_pretrained
 
@@ -306,6 +307,7 @@ def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
 
 
 @needs_shipped_gguf
+@pytest.mark.slow
 def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
     """Our tokenizer from the file's metadata (one parse, no transformers) against transformers' GGUF
     tokenizer: the same ids for digits, unicode, whitespace, chat markers and added tokens, the same
@@ -363,6 +365,7 @@ def shipped_gguf_bytes():
     (lambda data: data[:4] + bytes(range(256)) * 40, "corrupt or truncated"),
     (lambda data: b"PK\x03\x04 not a gguf", "not a GGUF file"),
 ])
+@pytest.mark.slow
 def test_damaged_gguf_is_refused_in_one_line(tmp_path, shipped_gguf_bytes, damage, named):
     from smolm135.errors import UserError
     from smolm135.pretrained import load_pretrained
@@ -569,6 +572,7 @@ def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tm
     assert again.build_tokenizer().fingerprint == load_checkpoint(alone).build_tokenizer().fingerprint
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_exports_as_a_llama_folder_with_its_own_tokenizer(pretrained_run, tiny_llama, tmp_path):
     import json
 
@@ -653,6 +657,7 @@ def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves
     assert recipe("--init-from", "smollm2-135m-instruct").lr == FINE_TUNING["lr"] and capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
 def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file, tmp_path):
     import os
     import subprocess

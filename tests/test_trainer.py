@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import smollm135_model
-from Model_smollm135_trainer import train
-from smolm135.errors import UserError
+from Model_smollm135_trainer import main, train
+from smolm135.errors import UserError, run_cli
 from smolm135.train_config import TrainConfig, get_lr
 
 from conftest import REPO_ROOT, tiny_train_config
@@ -90,7 +90,7 @@ def run_trainer(*args, cwd):
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--data", "missing.txt"], "does not exist"),
     (["--data", "empty.txt"], "is empty"),
     (["--data", "short.txt"], "needs at least"),
@@ -99,10 +99,32 @@ def run_trainer(*args, cwd):
     (["--batch-size", "-2"], "--batch-size must be a positive whole number"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--preset", "huge"], "unknown preset 'huge'"),
-])
+]
+
+
+def write_bad_data(folder):
+    (folder / "empty.txt").write_text("")
+    (folder / "short.txt").write_text("only a few words here\n")
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_to_the_trainers_main_is_one_line_and_exit_status_2(tmp_path, monkeypatch, capsys, args, message):
+    """The command line's promise below, kept in this process: main() as the script's __main__ calls it."""
+    write_bad_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--preset", "tiny", "--device", "cpu", "--no-progress", *args]))
+    error = capsys.readouterr().err
+    lines = error.strip().splitlines()
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], error
+    assert not list(tmp_path.glob("models/*.pt"))
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+@pytest.mark.slow
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "short.txt").write_text("only a few words here\n")
+    write_bad_data(tmp_path)
     result = run_trainer(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
