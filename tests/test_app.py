@@ -123,6 +123,7 @@ def grows_one_piece_at_a_time(texts: list[str]) -> bool:
     return all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
 
 
+@pytest.mark.slow
 def test_native_generation_streams_each_new_token_and_not_the_prompt(native_model):
     steps = list(app.generate_text(native_model, PROMPT, 6, 0, 50, 0.95, 0))
     texts = [text for text, _ in steps]
@@ -131,6 +132,7 @@ def test_native_generation_streams_each_new_token_and_not_the_prompt(native_mode
     assert "6 new tokens" in steps[-1][1]
 
 
+@pytest.mark.slow
 def test_generation_feeds_one_token_at_a_time_through_the_kv_cache(native_model, monkeypatch):
     fed = []
     forward = native_model.model.forward
@@ -145,11 +147,13 @@ def test_generation_feeds_one_token_at_a_time_through_the_kv_cache(native_model,
     assert fed == [(prompt_length, True)] + [(1, True)] * 4
 
 
+@pytest.mark.slow
 def test_a_seed_makes_sampling_repeatable(native_model):
     first = final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0]
     assert final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0] == first
 
 
+@pytest.mark.slow
 def test_model_panel_names_file_parameters_steps_and_validation_loss(native_model, trained_run):
     summary = app.model_summary(native_model.info)
     final_path = Path(trained_run[2]["final_model_path"])
@@ -202,6 +206,7 @@ def test_a_failing_hugging_face_generate_raises_instead_of_hanging(hf_folder, mo
         final_text(text_model, PROMPT, 8)
 
 
+@pytest.mark.slow
 def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(native_model, hf_folder):
     text_model = app.load_model(model=str(hf_folder), device="cpu")
     for model in (native_model, text_model):
@@ -209,6 +214,7 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(native_mode
         assert final_text(model, PROMPT, 6, 1e-300, 50, 0.95, 0)[0] == greedy
 
 
+@pytest.mark.slow
 def test_a_prompt_beyond_what_the_context_can_use_is_cut_before_tokenizing(native_model, monkeypatch):
     limit = app.MAX_CHARS_PER_TOKEN * native_model.info.context_length
     encoded = []
@@ -244,12 +250,14 @@ def tampered_copy(own_export: Path, where: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_our_own_export_is_found_and_served_without_asking(own_export):
     assert app.foreign_code(own_export) == [] and list(own_export.glob("*.py"))
     text_model = app.load_model(search_dirs=[own_export.parent], device="cpu", say=lambda _: None)
     assert isinstance(text_model, app.TransformersTextModel) and final_text(text_model, PROMPT, 4, 0)[0]
 
 
+@pytest.mark.slow
 def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp_path):
     folder = tampered_copy(own_export, tmp_path)
     said = []
@@ -260,6 +268,7 @@ def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp
     assert app.foreign_code(folder) == ["modeling_smolm135.py"]
 
 
+@pytest.mark.slow
 def test_named_foreign_code_runs_only_with_trust_remote_code(own_export, tmp_path, capsys):
     folder = tampered_copy(own_export, tmp_path)
     with pytest.raises(SystemExit) as exit_info:

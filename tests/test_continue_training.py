@@ -43,6 +43,7 @@ def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir, corpus_file
     assert f"train loss over steps {original['step'] + 1}-{original['step'] + 50}: first" in log
 
 
+@pytest.mark.slow
 def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     original = torch.load(source, weights_only=True)
@@ -56,6 +57,7 @@ def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir, corpus
     assert int(first_param_state["step"]) == original["step"] + 3
 
 
+@pytest.mark.slow
 def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
     (source,) = run_dir.glob("models/final_model_*.pt")
     other_text = tmp_path / "other.txt"
@@ -89,6 +91,7 @@ def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
     assert "python Model_smollm135_trainer.py" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     start = torch.load(source, weights_only=True)["step"]
@@ -98,6 +101,7 @@ def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corp
     assert summary["start_step"] == start + 3 and summary["steps"] == start + 6
 
 
+@pytest.mark.slow
 def test_a_checkpoint_never_chooses_the_text_to_train_on(run_dir, tmp_path, monkeypatch, capsys):
     """A stranger's checkpoint naming a glob of private files: without --data the run reads the default."""
     (source,) = run_dir.glob("models/final_model_*.pt")

@@ -62,6 +62,7 @@ def small_vocab_run(corpus_file, module_tmp):
     return out_dir, summary
 
 
+@pytest.mark.slow
 def test_a_small_vocabulary_trains_on_a_learned_bpe_that_the_checkpoint_records(small_vocab_run):
     out_dir, summary = small_vocab_run
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5

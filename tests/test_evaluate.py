@@ -57,6 +57,7 @@ def test_one_window_equals_a_plain_forward_pass(small_model):
     assert count == len(tokens) - 1 and math.isclose(nats, expected, rel_tol=1e-5)
 
 
+@pytest.mark.slow
 def test_sliding_windows_score_each_token_with_the_context_its_window_gives(small_model):
     tokens = np.array([END_OF_TEXT_ID] + get_tokenizer().encode_ordinary(TEXT)[:40])
     scored = np.ones(len(tokens), dtype=bool)
@@ -95,6 +96,7 @@ def checkpoints(trained_run, module_tmp):
     return summary["final_model_path"], str(untrained), str(held_out)
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
     trained, untrained, data = checkpoints
     results = evaluate.main([trained, "--compare", untrained, "--data", data, "--context", "32", "--stride", "16",
@@ -106,6 +108,7 @@ def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
     assert out.index(f"| {trained} |") < out.index(f"| {untrained} |")  # best first
 
 
+@pytest.mark.slow
 def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
     from convert_to_hf import write_hf_folder
     from smolm135.checkpoint import load_checkpoint
@@ -119,6 +122,7 @@ def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
     assert exported.score.nats == pytest.approx(native.score.nats, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_table_formats_score_like_the_same_text(checkpoints, tmp_path):
     trained, _, _ = checkpoints
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
@@ -129,6 +133,7 @@ def test_table_formats_score_like_the_same_text(checkpoints, tmp_path):
     assert as_text == as_parquet
 
 
+@pytest.mark.slow
 def test_bad_model_and_data_paths_are_user_errors(checkpoints, tmp_path):
     trained, _, data = checkpoints
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")

@@ -184,6 +184,7 @@ def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export)
     assert "llama-hf-q8_0.gguf" in card and "llama-cli" in card and "ollama" in card
 
 
+@pytest.mark.slow
 def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(tmp_path):
     from gguf import GGUFReader
 

@@ -41,6 +41,7 @@ def one_error_line(capsys, argv) -> str:
     return error
 
 
+@pytest.mark.slow
 def test_a_license_that_is_not_a_hub_identifier_is_refused_before_anything_is_written(trained, tmp_path, capsys):
     checkpoint, _, _ = trained
     injected = "mit\ninference: true\n---\n# INJECTED <script>"
@@ -70,6 +71,7 @@ def test_every_hub_license_identifier_is_accepted():
         assert yaml.safe_load(header)["license"] == license
 
 
+@pytest.mark.slow
 def test_training_info_keeps_file_names_not_local_paths(trained):
     _, _, facts = trained
     facts = TrainingFacts(**{**facts.to_info(), "train_config": {
@@ -87,6 +89,7 @@ def write_previous_export(folder: Path) -> None:
     (folder / TRAINING_INFO_FILE).write_text("{}")
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "smolm135-tiny-hf"
@@ -111,6 +114,7 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     assert str(tmp_path) not in (output / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "out-hf"
@@ -127,6 +131,7 @@ def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "out-hf"
@@ -142,6 +147,7 @@ def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
 
 
+@pytest.mark.slow
 def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
     checkpoint, _, _ = trained
     (tmp_path / "afile").write_text("x")

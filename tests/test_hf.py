@@ -34,7 +34,7 @@ from convert_to_hf import (
     push_to_hub,
 )
 from modeling_smolm135 import CACHE_OUTPUT_FIELD
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import PRESETS, ModelConfig, build_model
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import USAGE_PROMPT
@@ -78,6 +78,23 @@ def encode(prompt: str) -> torch.Tensor:
 # ------------------------------------------------------------------ the model
 
 
+def test_an_untrained_models_transformers_twin_gives_its_logits_and_greedy_tokens():
+    """The promises below on a fresh one-layer model, without the trained run: the default run keeps them."""
+    torch.manual_seed(0)
+    native = build_model("tiny", n_layer=1).eval()
+    hf_model = hf_model_from_native(native)
+    input_ids = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        expected, _ = native(input_ids)
+        got = hf_model(input_ids).logits
+    assert torch.equal(got, expected)
+    prompt = encode(PROMPTS[1])
+    cached = greedy(hf_model, prompt, use_cache=True)
+    assert torch.equal(cached, greedy(hf_model, prompt, use_cache=False))
+    assert torch.equal(cached, native.generate(prompt, max_new_tokens=12, temperature=0)[:, prompt.shape[1]:])
+
+
+@pytest.mark.slow
 def test_transformers_model_gives_exactly_the_native_logits(native, hf_model):
     input_ids = torch.randint(0, 50257, (2, 24))
     with torch.no_grad():
@@ -86,6 +103,7 @@ def test_transformers_model_gives_exactly_the_native_logits(native, hf_model):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.slow
 def test_weights_are_tied_and_attention_runs_through_sdpa(hf_model):
     assert hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     assert hf_model._tied_weights_keys == {"model.lm_head.weight": "model.transformer.wte.weight"}
@@ -93,6 +111,7 @@ def test_weights_are_tied_and_attention_runs_through_sdpa(hf_model):
     assert hf_model.can_generate()
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_greedy_generation_are_identical_and_match_native(native, hf_model):
     input_ids = encode(PROMPTS[1])
     cached = greedy(hf_model, input_ids, use_cache=True)
@@ -102,6 +121,7 @@ def test_cached_and_uncached_greedy_generation_are_identical_and_match_native(na
 
 
 @pytest.mark.parametrize("cache_argument", ["cache", "past_key_values"])
+@pytest.mark.slow
 def test_step_by_step_cached_logits_equal_a_full_forward(hf_model, cache_argument):
     input_ids = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
@@ -114,6 +134,7 @@ def test_step_by_step_cached_logits_equal_a_full_forward(hf_model, cache_argumen
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(hf_model, hf_tokenizer):
     batch = hf_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the prompts must need padding for this test"
@@ -123,6 +144,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(hf_model, 
         assert torch.equal(together[row], alone[0]), prompt
 
 
+@pytest.mark.slow
 def test_fully_padded_rows_give_finite_logits_and_leave_other_rows_alone(hf_model):
     input_ids = torch.randint(0, 50257, (3, 10))
     attention_mask = torch.ones(3, 10, dtype=torch.long)
@@ -138,6 +160,7 @@ def test_fully_padded_rows_give_finite_logits_and_leave_other_rows_alone(hf_mode
     torch.testing.assert_close(logits[0], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_labels_give_the_native_next_token_loss(native, hf_model):
     input_ids = torch.randint(0, 50257, (2, 12))
     with torch.no_grad():
@@ -146,6 +169,7 @@ def test_labels_give_the_native_next_token_loss(native, hf_model):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(hf_model):
     model = copy.deepcopy(hf_model).train()
     input_ids = torch.randint(0, 50257, (2, 12))
@@ -166,6 +190,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(hf_model):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sequence_longer_than_the_context_is_a_clear_error(hf_model):
     with pytest.raises(ValueError, match="longer than the context length"):
         hf_model(torch.zeros(1, PRESETS["tiny"].block_size + 1, dtype=torch.long))

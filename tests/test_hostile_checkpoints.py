@@ -145,6 +145,7 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated(good_state, tmp_p
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=8, checkpoint_every=4, keep_checkpoints=3))
     latest = tmp_path / "checkpoints" / "latest.pt"

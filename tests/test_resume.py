@@ -97,6 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, tmp_path):
     assert 4 <= state["step"] < 10_000
 
 
+@pytest.mark.slow
 def test_auto_resume_logs_the_step_keeps_the_precision_and_never_starts_over(corpus_file, tmp_path, monkeypatch):
     """On a CPU with bf16, `--dtype auto` measures; a later start can measure otherwise (another load, a
     cleared cache). A resume keeps the precision the run computed in, so its steps are the uninterrupted
@@ -126,6 +127,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(corpus_file, tmp_path):
         train(tiny_train_config(corpus_file, tmp_path, preset="tiny-shallow", model=shallow, max_steps=8))
 
 
+@pytest.mark.slow
 def test_torn_latest_checkpoint_falls_back_to_the_newest_intact_one(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=12, checkpoint_every=4, keep_checkpoints=3))
     latest = tmp_path / "checkpoints" / "latest.pt"
@@ -176,6 +178,7 @@ def test_unwritable_out_dir_is_a_clear_error(corpus_file, tmp_path):
         train(tiny_train_config(corpus_file, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_nan_loss_skips_the_update_then_stops_after_several_in_a_row(corpus_file, tmp_path, monkeypatch):
     original_forward = smollm135_model.SmoLM135_Model.forward
     calls = {"n": 0, "poison_from": 6, "poison_to": 7}
@@ -204,6 +207,7 @@ def test_nan_loss_skips_the_update_then_stops_after_several_in_a_row(corpus_file
     assert all(torch.isfinite(t).all() for t in kept["model_state_dict"].values())
 
 
+@pytest.mark.slow
 def test_every_checkpoint_kind_loads_with_weights_only(trained_run, tmp_path):
     cfg, _, summary, out_dir = trained_run
     run_dir = tmp_path / "run"

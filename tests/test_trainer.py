@@ -36,6 +36,7 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_ten_percent():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.slow
 def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
     cfg, model, summary, out_dir = trained_run
     assert summary["steps"] == 30 and summary["tokens_seen"] == 30 * 8 * 32
@@ -50,6 +51,7 @@ def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
     assert plots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_log_holds_config_parameters_device_steps_validation_and_samples(trained_run):
     _, _, summary, _ = trained_run
     log = open(summary["log_path"], encoding="utf-8").read()
@@ -58,6 +60,7 @@ def test_log_holds_config_parameters_device_steps_validation_and_samples(trained
         assert expected in log, expected
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only_and_rebuild_the_model(trained_run):
     cfg, model, summary, out_dir = trained_run
     for path in [out_dir / "checkpoints" / "latest.pt", summary["final_model_path"]]:
@@ -70,6 +73,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(trained_run):
             assert torch.equal(a, b.cpu())
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_only_the_newest(trained_run):
     _, _, _, out_dir = trained_run
     assert sorted(p.name for p in (out_dir / "checkpoints").glob("step_*.pt")) == ["step_0000020.pt", "step_0000030.pt"]
