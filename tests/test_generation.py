@@ -91,6 +91,7 @@ def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_cont
     assert sample.startswith(END_OF_TEXT)
 
 
+@pytest.mark.slow
 def test_the_demo_the_trainer_and_generate_fit_a_long_prompt_the_same_way(short_context_model):
     encoder = get_tokenizer()
     prompt_ids = encoder.encode_ordinary(LONG_PROMPT)

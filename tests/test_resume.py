@@ -154,6 +154,7 @@ def test_every_checkpoint_corrupt_is_refused_not_restarted(corpus_file, tmp_path
                                 resume=str(tmp_path / "checkpoints" / "step_0000004.pt.corrupt")))
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_intact(corpus_file, tmp_path, monkeypatch):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=4, checkpoint_every=4))
     real_save = torch.save

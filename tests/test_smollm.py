@@ -55,6 +55,7 @@ def test_rotary_attention_depends_only_on_relative_positions(rotary_model):
     assert not torch.allclose(other_order.flip(1)[:, -1], logits[:, -1], atol=1e-3)  # order still matters
 
 
+@pytest.mark.slow
 def test_rotary_greedy_generation_is_identical_with_and_without_the_kv_cache(rotary_model):
     prompt = torch.randint(0, 50257, (3, 7))
     cached = rotary_model.generate(prompt, max_new_tokens=25, temperature=0)
@@ -171,6 +172,7 @@ def test_imported_llama_gives_transformers_logits_on_a_left_padded_batch(tiny_ll
     assert (ours[real] - expected[real]).abs().max() / scale < 1e-4
 
 
+@pytest.mark.slow
 def test_imported_llama_continues_greedily_exactly_as_transformers(tiny_llama):
     from smolm135.pretrained import load_pretrained
 
@@ -557,6 +559,7 @@ def test_training_from_a_llama_folder_starts_fresh_with_its_weights_and_tokenize
         assert (trained[name].float() - imported.float()).abs().max() <= 3 * cfg.lr + 1e-6, name
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tmp_path):
     import shutil
 
