@@ -22,7 +22,8 @@ _SLOW_LEFT_OUT = pytest.StashKey[int]()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts servers, browsers, torchrun, kill loops, fresh interpreters or the "
-                                       f"98 MB GGUF; left out of the default run ({RUN_EVERYTHING} runs them)")
+                                       "98 MB GGUF, or takes more than a few seconds (a shared training run, "
+                                       f"torch.compile); left out of the default run ({RUN_EVERYTHING} runs them)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -142,7 +143,8 @@ def tiny_train_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained_run(corpus_file, tmp_path_factory):
-    """One short tiny-preset training run, shared by the tests that inspect its outputs."""
+    """One short tiny-preset training run, shared by the tests that inspect its outputs. It takes about a minute
+    of CPU (30 steps, evaluations, samples, 85 MB checkpoints), so every test that asks for it is marked slow."""
     from Model_smollm135_trainer import train
 
     out_dir = tmp_path_factory.mktemp("run")

@@ -124,6 +124,7 @@ def grows_one_piece_at_a_time(texts: list[str]) -> bool:
     return all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
 
 
+@pytest.mark.slow
 def test_native_generation_streams_each_new_token_and_not_the_prompt(native_model):
     steps = list(app.generate_text(native_model, PROMPT, 6, 0, 50, 0.95, 0))
     texts = [text for text, _ in steps]
@@ -132,6 +133,7 @@ def test_native_generation_streams_each_new_token_and_not_the_prompt(native_mode
     assert "6 new tokens" in steps[-1][1]
 
 
+@pytest.mark.slow
 def test_generation_feeds_one_token_at_a_time_through_the_kv_cache(native_model, monkeypatch):
     fed = []
     forward = native_model.model.forward
@@ -146,11 +148,13 @@ def test_generation_feeds_one_token_at_a_time_through_the_kv_cache(native_model,
     assert fed == [(prompt_length, True)] + [(1, True)] * 4
 
 
+@pytest.mark.slow
 def test_a_seed_makes_sampling_repeatable(native_model):
     first = final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0]
     assert final_text(native_model, PROMPT, 12, 1.0, 0, 1.0, 42)[0] == first
 
 
+@pytest.mark.slow
 def test_model_panel_names_file_parameters_steps_and_validation_loss(native_model, trained_run):
     summary = app.model_summary(native_model.info)
     final_path = Path(trained_run[2]["final_model_path"])
@@ -203,6 +207,7 @@ def test_a_failing_hugging_face_generate_raises_instead_of_hanging(hf_folder, mo
         final_text(text_model, PROMPT, 8)
 
 
+@pytest.mark.slow
 def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(native_model, hf_folder):
     text_model = app.load_model(model=str(hf_folder), device="cpu")
     for model in (native_model, text_model):
@@ -210,6 +215,7 @@ def test_a_vanishing_temperature_decodes_greedily_instead_of_failing(native_mode
         assert final_text(model, PROMPT, 6, 1e-300, 50, 0.95, 0)[0] == greedy
 
 
+@pytest.mark.slow
 def test_a_prompt_beyond_what_the_context_can_use_is_cut_before_tokenizing(native_model, monkeypatch):
     limit = app.MAX_CHARS_PER_TOKEN * native_model.info.context_length
     encoded = []
@@ -245,6 +251,7 @@ def tampered_copy(own_export: Path, where: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_our_own_export_is_found_and_served_without_asking(own_export):
     assert foreign_code(own_export) == [] and list(own_export.glob("*.py"))
     text_model = app.load_model(search_dirs=[own_export.parent], device="cpu", say=lambda _: None)
@@ -252,6 +259,7 @@ def test_our_own_export_is_found_and_served_without_asking(own_export):
     assert isinstance(text_model, app.NativeTextModel) and final_text(text_model, PROMPT, 4, 0)[0]
 
 
+@pytest.mark.slow
 def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp_path):
     folder = tampered_copy(own_export, tmp_path)
     said = []
@@ -262,6 +270,7 @@ def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp
     assert foreign_code(folder) == ["modeling_smolm135.py"]
 
 
+@pytest.mark.slow
 def test_named_foreign_code_runs_only_with_trust_remote_code(own_export, tmp_path, capsys):
     folder = tampered_copy(own_export, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -357,16 +366,19 @@ def client(server):
     return Client(server, verbose=False)
 
 
+@pytest.mark.slow
 def test_api_answers_with_the_continuation_alone(client):
     text, status = client.predict(PROMPT, 12, 0.8, 50, 0.95, 1, api_name="/generate")
     assert text and not text.startswith(PROMPT) and "12 new tokens" in status
 
 
+@pytest.mark.slow
 def test_api_greedy_generation_with_a_fixed_seed_is_repeatable(client):
     first = client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0]
     assert client.predict(PROMPT, 12, 0, 50, 0.95, 3, api_name="/generate")[0] == first
 
 
+@pytest.mark.slow
 def test_api_streams_intermediate_text(client):
     job = client.submit(PROMPT, 10, 0.8, 50, 0.95, 0, api_name="/generate")
     final = job.result()
@@ -374,17 +386,20 @@ def test_api_streams_intermediate_text(client):
     assert len(texts) > 2 and all(final[0].startswith(text) for text in texts)
 
 
+@pytest.mark.slow
 def test_api_empty_prompt_gets_text(client):
     text, status = client.predict("", 8, 0.8, 50, 0.95, 0, api_name="/generate")
     assert text and "Empty prompt" in status
 
 
+@pytest.mark.slow
 def test_api_prompt_longer_than_the_context_is_cut_from_the_left_and_said_so(client):
     prompt = "word " * 600  # 600 tokens against a context of 512
     text, status = client.predict(prompt, 16, 0.8, 50, 0.95, 0, api_name="/generate")
     assert text and "only its last 496 tokens were used" in status
 
 
+@pytest.mark.slow
 def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     text, status = client.predict("Hi", 10**9, -5, 10**9, 7, -1, api_name="/generate")
     assert text
@@ -396,6 +411,7 @@ def test_api_absurd_values_are_clamped_and_the_answer_says_so(client):
     assert text and status.count("is not a number") == 5
 
 
+@pytest.mark.slow
 def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
     # JSON has no NaN, so gradio_client cannot send one; a hand-written request can (Python's json reads it)
     body = '{"data": ["Hi", 8, NaN, Infinity, -Infinity, NaN]}'
@@ -408,6 +424,7 @@ def test_api_nan_and_infinity_in_raw_json_get_an_answer(server):
     assert text and "Temperature nan is not a number" in status and "8 new tokens" in status
 
 
+@pytest.mark.slow
 def test_a_huge_prompt_streams_back_only_the_new_text(server):
     prompt = "All the world's a stage. " * 200_000  # 5 MB
     event = httpx.post(server + "gradio_api/call/generate", json={"data": [prompt, 200, 0.8, 50, 0.95, 0]},
@@ -424,12 +441,14 @@ def test_a_huge_prompt_streams_back_only_the_new_text(server):
     assert received < 2_000_000  # the prompt came back once per token before: about 1 GB
 
 
+@pytest.mark.slow
 def test_config_and_page_name_the_model_without_the_servers_folders(server, trained_run):
     name = Path(trained_run[2]["final_model_path"]).name
     for text in (httpx.get(server + "config", timeout=30).text, httpx.get(server, timeout=30).text):
         assert "/models/final_model_" not in text and escape_markdown(name).replace("\\", "\\\\") in text
 
 
+@pytest.mark.slow
 def test_concurrent_requests_queue_and_all_get_answers(client):
     jobs = [client.submit(f"{PROMPT} {n}", 8, 0.8, 50, 0.95, n, api_name="/generate") for n in range(3)]
     for job in jobs:
@@ -437,6 +456,7 @@ def test_concurrent_requests_queue_and_all_get_answers(client):
         assert text and "8 new tokens" in status
 
 
+@pytest.mark.slow
 def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
     from gradio_client import Client
 
@@ -453,6 +473,7 @@ def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
     assert "6 new tokens" in status
 
 
+@pytest.mark.slow
 def test_without_a_model_the_server_starts_and_answers_with_the_train_command(empty_server):
     from gradio_client import Client
 
@@ -495,6 +516,7 @@ def open_page(browser, url):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_renders_and_generate_streams_text_into_the_output(browser, server, native_model):
     page, elsewhere = open_page(browser, server)
     page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)
@@ -509,6 +531,7 @@ def test_page_renders_and_generate_streams_text_into_the_output(browser, server,
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_without_a_model_shows_the_train_command(browser, empty_server):
     page, elsewhere = open_page(browser, empty_server)
     page.locator("#model-info").get_by_text("No trained model found").wait_for(timeout=60_000)
@@ -518,6 +541,7 @@ def test_page_without_a_model_shows_the_train_command(browser, empty_server):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_chat_tab_streams_a_reply_into_the_conversation(browser, chat_server):
     page, elsewhere = open_page(browser, chat_server)
     page.get_by_role("tab", name="Chat").click()
@@ -532,6 +556,7 @@ def test_page_chat_tab_streams_a_reply_into_the_conversation(browser, chat_serve
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_page_of_a_model_without_chat_template_has_no_chat_tab(browser, server):
     page, _ = open_page(browser, server)
     page.locator("#model-info").get_by_text("Parameters:").wait_for(timeout=60_000)

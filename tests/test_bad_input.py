@@ -131,6 +131,7 @@ def test_a_bad_value_is_one_line_naming_the_flag(script, args, message, tmp_path
     ("app.py", ["--port", "70000"], "--port must be from 1 to 65535"),
     ("convert_to_hf.py", ["--license", "<script>"], "is not a license identifier"),
 ])
+@pytest.mark.slow
 def test_the_scripts_themselves_answer_bad_values_with_one_line(script, args, message, tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)

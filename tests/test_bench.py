@@ -15,6 +15,7 @@ def test_reference_llama_holds_our_weights_where_the_layouts_coincide():
         assert torch.equal(tensor, expected[name]), name
 
 
+@pytest.mark.slow
 def test_a_benchmark_training_step_runs_on_both_models():
     ours, reference = model_pair(PRESETS["tiny"], torch.device("cpu"))
     tokens = token_batch(2, 17, torch.device("cpu"))
@@ -23,6 +24,7 @@ def test_a_benchmark_training_step_runs_on_both_models():
         assert 10 < loss.item() < 12  # about ln(50,304) for fresh weights
 
 
+@pytest.mark.slow
 def test_the_scripts_behind_gpu_sh_and_generation_run_in_quick_mode_on_a_cpu(capsys):
     from bench import generation, recipe_projection, throughput
 
@@ -36,6 +38,7 @@ def test_the_scripts_behind_gpu_sh_and_generation_run_in_quick_mode_on_a_cpu(cap
     assert "projected 5,000-step run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_gguf_load_benchmark_finds_the_same_weights_on_both_sides(capsys):
     from bench import gguf_load
 

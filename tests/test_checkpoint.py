@@ -43,6 +43,7 @@ def recipe_of(checkpoint: Checkpoint, data: Path, out_dir: Path, **overrides) ->
     return replace(cfg, data=str(data), out_dir=str(out_dir), **overrides)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_first_format_resumes_as_the_trainer_of_its_time_did(small_vocab_file, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     shutil.copyfile(FORMAT_1, tmp_path / "checkpoints" / "latest.pt")
@@ -70,6 +71,7 @@ def test_continuing_rebuilds_the_model_from_the_checkpoints_own_config(small_voc
     assert (model.config.n_layer, model.config.n_embd, model.config.vocab_size) == (2, 16, 512)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_only_weights_and_model_config_continues(small_vocab_file, tmp_path):
     """As from a Hugging Face folder without training_info.json: no step, no recipe, no optimizer."""
     model_config = ModelConfig.from_dict(load_checkpoint(FORMAT_1).model_config)

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from continue_training import continue_training, continued_config
+from continue_training import continue_training, continued_config, main
 from Model_smollm135_trainer import train
 from smolm135.checkpoint import CONTINUED, load_checkpoint
+from smolm135.errors import run_cli
 
 from conftest import REPO_ROOT, make_corpus_text
 
@@ -24,6 +25,7 @@ def run_dir(trained_run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir, corpus_file):
     result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(run_dir), "--no-progress", "--data",
                              str(corpus_file)], capture_output=True, text=True, timeout=600)
@@ -41,6 +43,7 @@ def test_defaults_add_fifty_steps_to_the_newest_final_model(run_dir, corpus_file
     assert f"train loss over steps {original['step'] + 1}-{original['step'] + 50}: first" in log
 
 
+@pytest.mark.slow
 def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     original = torch.load(source, weights_only=True)
@@ -54,6 +57,7 @@ def test_first_continued_loss_is_close_to_the_last_original_loss(run_dir, corpus
     assert int(first_param_state["step"]) == original["step"] + 3
 
 
+@pytest.mark.slow
 def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
     (source,) = run_dir.glob("models/final_model_*.pt")
     other_text = tmp_path / "other.txt"
@@ -68,6 +72,17 @@ def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
     assert log.count("| lr 1.000e-04 |") == 4
 
 
+def test_without_a_final_model_main_says_what_to_run_first(tmp_path, capsys):
+    """The script's promise below, kept in this process: main() as its __main__ calls it."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--out-dir", str(tmp_path)]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.strip().count("\n") == 0
+    assert "python Model_smollm135_trainer.py" in error
+
+
+@pytest.mark.slow
 def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
     result = subprocess.run([sys.executable, CONTINUE, "--out-dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
@@ -76,6 +91,7 @@ def test_without_a_final_model_it_says_what_to_run_first(tmp_path):
     assert "python Model_smollm135_trainer.py" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corpus_file):
     (source,) = run_dir.glob("models/final_model_*.pt")
     start = torch.load(source, weights_only=True)["step"]
@@ -85,6 +101,7 @@ def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corp
     assert summary["start_step"] == start + 3 and summary["steps"] == start + 6
 
 
+@pytest.mark.slow
 def test_a_checkpoint_never_chooses_the_text_to_train_on(run_dir, tmp_path, monkeypatch, capsys):
     """A stranger's checkpoint naming a glob of private files: without --data the run reads the default."""
     (source,) = run_dir.glob("models/final_model_*.pt")

@@ -62,6 +62,7 @@ def small_vocab_run(corpus_file, module_tmp):
     return out_dir, summary
 
 
+@pytest.mark.slow
 def test_a_small_vocabulary_trains_on_a_learned_bpe_that_the_checkpoint_records(small_vocab_run):
     out_dir, summary = small_vocab_run
     assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
@@ -82,6 +83,7 @@ def summary_data(summary) -> str:
     return load_checkpoint(summary["final_model_path"]).train_config["data"]
 
 
+@pytest.mark.slow
 def test_the_recorded_tokenizer_serves_evaluate_and_continue(small_vocab_run, tmp_path):
     _, summary = small_vocab_run
     held_out = tmp_path / "held_out.txt"
@@ -97,6 +99,7 @@ def test_the_recorded_tokenizer_serves_evaluate_and_continue(small_vocab_run, tm
     assert "a byte-level BPE learned from corpus.txt" in continued.stdout
 
 
+@pytest.mark.slow
 def test_the_learned_tokenizer_goes_into_the_export_and_its_card(small_vocab_run, tmp_path):
     from convert_to_hf import convert
 

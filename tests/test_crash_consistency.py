@@ -15,6 +15,8 @@ import torch
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # every test starts the trainer in fresh interpreters and kills it
+
 TRAINER = str(REPO_ROOT / "Model_smollm135_trainer.py")
 MAX_STEPS = 10
 

@@ -96,6 +96,7 @@ def test_local_rows_deal_every_row_of_the_global_batch_once_for_every_split():
         assert sorted(rows) == list(range(24)), (world_size, grad_accum)
 
 
+@pytest.mark.slow
 def test_two_processes_log_the_losses_of_one_process_at_the_same_global_batch(one_process, two_processes):
     out_dir, _ = two_processes
     distributed = history(out_dir)
@@ -103,6 +104,7 @@ def test_two_processes_log_the_losses_of_one_process_at_the_same_global_batch(on
     assert_same_losses(distributed["val"], one_process["val"][:2])
 
 
+@pytest.mark.slow
 def test_one_process_with_gradient_accumulation_logs_the_same_losses(one_process, corpus_file, tmp_path):
     train(TrainConfig(**recipe(corpus_file, tmp_path, batch_size=GLOBAL_BATCH // 2, grad_accum=2, max_steps=3)))
     accumulated = history(tmp_path)
@@ -110,12 +112,14 @@ def test_one_process_with_gradient_accumulation_logs_the_same_losses(one_process
     assert_same_losses(accumulated["val"], one_process["val"][:2])
 
 
+@pytest.mark.slow
 def test_two_processes_with_gradient_accumulation_log_the_same_losses(one_process, corpus_file, tmp_path):
     result = run(torchrun(recipe(corpus_file, tmp_path, batch_size=GLOBAL_BATCH // 4, grad_accum=2, max_steps=3)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_losses(history(tmp_path)["train"], one_process["train"][:3])
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_one_process_as_if_never_stopped(one_process, two_processes, corpus_file,
                                                                             tmp_path):
     out_dir = tmp_path / "run"
@@ -129,6 +133,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_as_if_never_stopped(one
     assert_same_losses(resumed["val"], one_process["val"])
 
 
+@pytest.mark.slow
 def test_a_rotary_model_with_grouped_queries_trains_the_same_in_two_processes(corpus_file, tmp_path):
     values = recipe(corpus_file, tmp_path / "one", preset="tiny-rotary", max_steps=3)
     train(TrainConfig(**values))
@@ -137,6 +142,7 @@ def test_a_rotary_model_with_grouped_queries_trains_the_same_in_two_processes(co
     assert_same_losses(history(tmp_path / "two")["train"], history(tmp_path / "one")["train"])
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_files_and_prints(two_processes):
     out_dir, result = two_processes
     assert not result.stderr.strip(), result.stderr  # no warning either (e.g. a process group left alive)
@@ -151,6 +157,7 @@ def test_only_rank_zero_writes_files_and_prints(two_processes):
     assert not any(key.startswith(("module.", "_orig_mod.")) for key in state["model_state_dict"])
 
 
+@pytest.mark.slow
 def test_a_user_error_on_rank_zero_stops_every_process_with_one_line(corpus_file, tmp_path):
     (tmp_path / "a_file").write_text("")
     values = recipe(corpus_file, tmp_path / "a_file" / "out")  # only rank 0 creates the out-dir, and fails
@@ -160,6 +167,7 @@ def test_a_user_error_on_rank_zero_stops_every_process_with_one_line(corpus_file
     assert len(ours) == 1 and "cannot write to --out-dir" in ours[0], result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_process_at_one_step_with_a_checkpoint(corpus_file, tmp_path):
     values = recipe(corpus_file, tmp_path, batch_size=GLOBAL_BATCH // 2, max_steps=100_000, lr_decay_steps=100_000,
                     eval_every=1, eval_batches=1, checkpoint_every=100_000)
@@ -179,6 +187,7 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_with_a_checkpoint(c
     assert 2 <= state["step"] < 100_000 and state["history"]["train"][-1][0] == state["step"]
 
 
+@pytest.mark.slow
 def test_muon_under_torchrun_logs_the_losses_of_one_process_and_resumes_in_one(corpus_file, tmp_path):
     """Muon orthogonalizes the all-reduced gradient, the same on every process, so 2 processes x 4 must follow
     1 process x 8; the pair's state saved by rank 0 then carries a one-process run on to the end."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.checkpoint import Checkpoint, save_atomic
-from smolm135.errors import UserError
+from smolm135.errors import UserError, run_cli
 from smolm135.scoring import bits_per_byte, score_documents, score_tokens, token_stream, window_spans
 from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
@@ -57,6 +57,7 @@ def test_one_window_equals_a_plain_forward_pass(small_model):
     assert count == len(tokens) - 1 and math.isclose(nats, expected, rel_tol=1e-5)
 
 
+@pytest.mark.slow
 def test_sliding_windows_score_each_token_with_the_context_its_window_gives(small_model):
     tokens = np.array([END_OF_TEXT_ID] + get_tokenizer().encode_ordinary(TEXT)[:40])
     scored = np.ones(len(tokens), dtype=bool)
@@ -95,6 +96,7 @@ def checkpoints(trained_run, module_tmp):
     return summary["final_model_path"], str(untrained), str(held_out)
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
     trained, untrained, data = checkpoints
     results = evaluate.main([trained, "--compare", untrained, "--data", data, "--context", "32", "--stride", "16",
@@ -106,6 +108,7 @@ def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
     assert out.index(f"| {trained} |") < out.index(f"| {untrained} |")  # best first
 
 
+@pytest.mark.slow
 def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
     from convert_to_hf import write_hf_folder
     from smolm135.checkpoint import load_checkpoint
@@ -119,6 +122,7 @@ def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
     assert exported.score.nats == pytest.approx(native.score.nats, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_table_formats_score_like_the_same_text(checkpoints, tmp_path):
     trained, _, _ = checkpoints
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
@@ -129,6 +133,7 @@ def test_table_formats_score_like_the_same_text(checkpoints, tmp_path):
     assert as_text == as_parquet
 
 
+@pytest.mark.slow
 def test_bad_model_and_data_paths_are_user_errors(checkpoints, tmp_path):
     trained, _, data = checkpoints
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
@@ -143,6 +148,15 @@ def test_bad_model_and_data_paths_are_user_errors(checkpoints, tmp_path):
         evaluate.evaluate([trained], data, context=4096, device="cpu", show_progress=False)
 
 
+def test_main_error_is_one_line(tmp_path, capsys):
+    """The command line's promise below, kept in this process: main() as the script's __main__ calls it."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main([str(tmp_path / "nope.pt"), "--data", "x.txt"]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "does not exist" in error
+
+
+@pytest.mark.slow
 def test_command_line_error_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "evaluate.py", str(tmp_path / "nope.pt"), "--data", "x.txt"],
                           cwd=REPO_ROOT, capture_output=True, text=True)

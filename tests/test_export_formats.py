@@ -70,6 +70,7 @@ def test_name_table_splits_and_joins_back_exactly():
         assert torch.equal(back[name], tensor), name
 
 
+@pytest.mark.slow
 def test_rotary_export_is_a_plain_llama_folder_verified_in_a_fresh_process(llama_export, rotary_tokenizer):
     folder, messages = llama_export.folder, llama_export.messages
     config = json.loads((folder / "config.json").read_text())
@@ -89,6 +90,7 @@ def card_tags(card: str) -> list[str]:
     return yaml.safe_load(card.split("---\n")[1])["tags"]
 
 
+@pytest.mark.slow
 def test_llama_export_card_names_runtimes_without_remote_code(llama_export):
     card = (llama_export.folder / "README.md").read_text()
     assert "custom_code" not in card_tags(card) and {"llama", "gguf"} <= set(card_tags(card))
@@ -120,6 +122,7 @@ def test_the_card_names_where_a_model_started_and_its_own_tokenizer():
     assert "trained from scratch" in scratch and "GPT-2's byte-level BPE" in scratch
 
 
+@pytest.mark.slow
 def test_llama_export_comes_back_as_the_same_checkpoint(llama_export, rotary_checkpoint, tmp_path):
     folder = llama_export.folder
     path = hf_folder_to_checkpoint(folder, tmp_path / "back.pt")
@@ -140,6 +143,7 @@ def one_error_line(capsys, argv) -> str:
     return error
 
 
+@pytest.mark.slow
 def test_from_hf_with_corrupt_weights_is_one_line_and_writes_nothing(llama_export, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -164,6 +168,7 @@ def test_export_into_a_foreign_non_empty_folder_is_refused(rotary_checkpoint, tm
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_gguf_files_read_back_with_native_logits_and_greedy_tokens(llama_export):
     folder, messages = llama_export.folder, llama_export.messages
     checks = {m.split(".gguf")[0].rsplit("-", 1)[1]: m for m in messages if ".gguf" in m}
@@ -247,6 +252,7 @@ def test_a_gguf_that_fails_its_check_is_removed_and_named_and_a_near_tie_is_no_f
     assert f32.endswith(f"the same {GREEDY_STEPS} greedy tokens")
 
 
+@pytest.mark.slow
 def test_gguf_file_holds_llama_metadata_and_gpt2_tokenizer(tmp_path):
     from gguf import GGUFReader
 
@@ -289,6 +295,7 @@ def test_learned_position_model_to_gguf_is_one_line_pointing_at_rotary_presets(t
 # ------------------------------------------------------------------ the Hub
 
 
+@pytest.mark.slow
 def test_push_uploads_the_gguf_files_with_the_folder(llama_export):
     calls = dict(llama_export.calls)
     assert calls["create_repo"]["repo_id"] == REPO_ID and calls["create_repo"]["token"] == "hf_test_token"
@@ -307,6 +314,7 @@ def test_push_with_gguf_but_no_token_is_one_line_before_anything_is_exported(rot
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_push_of_a_gguf_export_without_network_is_one_line_and_keeps_every_file(llama_export, capsys):
     before = sorted(p.name for p in llama_export.folder.iterdir())
     with pytest.raises(SystemExit):

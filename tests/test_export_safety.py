@@ -45,6 +45,7 @@ def one_error_line(capsys, argv) -> str:
     return error
 
 
+@pytest.mark.slow
 def test_a_license_that_is_not_a_hub_identifier_is_refused_before_anything_is_written(trained, tmp_path, capsys):
     checkpoint, _, _ = trained
     injected = "mit\ninference: true\n---\n# INJECTED <script>"
@@ -74,6 +75,7 @@ def test_every_hub_license_identifier_is_accepted():
         assert yaml.safe_load(header)["license"] == license
 
 
+@pytest.mark.slow
 def test_training_info_keeps_file_names_not_local_paths(trained):
     _, _, facts = trained
     facts = TrainingFacts(**{**facts.to_info(), "train_config": {
@@ -91,6 +93,7 @@ def write_previous_export(folder: Path) -> None:
     (folder / TRAINING_INFO_FILE).write_text("{}")
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "smolm135-tiny-hf"
@@ -116,6 +119,7 @@ def test_a_failed_export_leaves_no_partial_folder_and_the_previous_export_intact
     assert str(tmp_path) not in (output / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "out-hf"
@@ -132,6 +136,7 @@ def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "out-hf"
@@ -194,6 +199,7 @@ def test_an_export_over_an_earlier_one_keeps_what_the_user_added_and_says_so(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
 
 
+@pytest.mark.slow
 def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
     checkpoint, _, _ = trained
     (tmp_path / "afile").write_text("x")
@@ -228,6 +234,7 @@ def limit_file_size(n_bytes: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_hit_during_export_is_one_line_naming_that_limit_and_leaves_nothing_behind(trained, tmp_path):
     checkpoint, _, _ = trained
     out = tmp_path / "exports" / "tiny-hf"

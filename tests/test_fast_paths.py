@@ -81,6 +81,7 @@ def test_model_loss_without_logits_equals_the_loss_with_logits():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-rotary"])
+@pytest.mark.slow
 def test_compiled_training_step_gives_the_eager_loss_and_gradients(preset):
     torch.manual_seed(0)
     model = build_model(preset)
@@ -119,6 +120,7 @@ def test_bf16_attention_by_matmuls_matches_sdpa_in_values_and_gradients(n_kv_hea
 
 
 @pytest.mark.parametrize("by_matmuls", [True, False])
+@pytest.mark.slow
 def test_bf16_training_attends_by_matmuls_up_to_the_length_limit_only_where_chosen(monkeypatch, by_matmuls):
     calls = []
     original = CausalSelfAttention._attend_by_matmuls
@@ -134,6 +136,7 @@ def test_bf16_training_attends_by_matmuls_up_to_the_length_limit_only_where_chos
     assert calls == ([MATMUL_ATTENTION_MAX_LENGTH] * model.config.n_layer if by_matmuls else [])
 
 
+@pytest.mark.slow
 def test_bf16_training_gives_the_same_loss_and_gradients_by_either_attention_kernel():
     torch.manual_seed(0)
     model = build_model("tiny", n_kv_head=2)
@@ -228,6 +231,7 @@ def test_cpu_decoding_takes_the_split_product_where_chosen_and_prompts_do_not(mo
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.slow
 def test_every_decode_kernel_choice_generates_the_same_tokens_and_logits(dtype):
     torch.manual_seed(0)
     model = build_model("tiny", n_kv_head=2).eval().to(dtype)

@@ -89,6 +89,7 @@ def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_cont
     assert continue_text(short_context_model, GPT2TextTokenizer(), "", 3, seed=0).startswith(END_OF_TEXT)
 
 
+@pytest.mark.slow
 def test_the_demo_the_trainer_and_generate_fit_a_long_prompt_the_same_way(short_context_model):
     encoder = get_tokenizer()
     prompt_ids = encoder.encode_ordinary(LONG_PROMPT)
@@ -142,6 +143,7 @@ def test_one_causal_mask_is_bottom_right_aligned_for_every_attention_path():
     assert torch.equal(attention_mask_for_sdpa(padding, 2)[0, 0], mask & padding.bool())
 
 
+@pytest.mark.slow
 def test_importing_the_demo_changes_no_environment_variable():
     env = {key: value for key, value in os.environ.items() if not key.startswith("GRADIO_")}
     script = "import os; before = dict(os.environ); import app; print(dict(os.environ) == before)"

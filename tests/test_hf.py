@@ -34,7 +34,7 @@ from convert_to_hf import (
     push_to_hub,
 )
 from modeling_smolm135 import CACHE_OUTPUT_FIELD
-from smollm135_model import PRESETS, ModelConfig
+from smollm135_model import PRESETS, ModelConfig, build_model
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
 from smolm135.model_card import USAGE_PROMPT
@@ -78,6 +78,23 @@ def encode(prompt: str) -> torch.Tensor:
 # ------------------------------------------------------------------ the model
 
 
+def test_an_untrained_models_transformers_twin_gives_its_logits_and_greedy_tokens():
+    """The promises below on a fresh one-layer model, without the trained run: the default run keeps them."""
+    torch.manual_seed(0)
+    native = build_model("tiny", n_layer=1).eval()
+    hf_model = hf_model_from_native(native)
+    input_ids = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        expected, _ = native(input_ids)
+        got = hf_model(input_ids).logits
+    assert torch.equal(got, expected)
+    prompt = encode(PROMPTS[1])
+    cached = greedy(hf_model, prompt, use_cache=True)
+    assert torch.equal(cached, greedy(hf_model, prompt, use_cache=False))
+    assert torch.equal(cached, native.generate(prompt, max_new_tokens=12, temperature=0)[:, prompt.shape[1]:])
+
+
+@pytest.mark.slow
 def test_transformers_model_gives_exactly_the_native_logits(native, hf_model):
     input_ids = torch.randint(0, 50257, (2, 24))
     with torch.no_grad():
@@ -86,6 +103,7 @@ def test_transformers_model_gives_exactly_the_native_logits(native, hf_model):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.slow
 def test_weights_are_tied_and_attention_runs_through_sdpa(hf_model):
     assert hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     assert hf_model._tied_weights_keys == {"model.lm_head.weight": "model.transformer.wte.weight"}
@@ -93,6 +111,7 @@ def test_weights_are_tied_and_attention_runs_through_sdpa(hf_model):
     assert hf_model.can_generate()
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_greedy_generation_are_identical_and_match_native(native, hf_model):
     input_ids = encode(PROMPTS[1])
     cached = greedy(hf_model, input_ids, use_cache=True)
@@ -102,6 +121,7 @@ def test_cached_and_uncached_greedy_generation_are_identical_and_match_native(na
 
 
 @pytest.mark.parametrize("cache_argument", ["cache", "past_key_values"])
+@pytest.mark.slow
 def test_step_by_step_cached_logits_equal_a_full_forward(hf_model, cache_argument):
     input_ids = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
@@ -114,6 +134,7 @@ def test_step_by_step_cached_logits_equal_a_full_forward(hf_model, cache_argumen
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(hf_model, hf_tokenizer):
     batch = hf_tokenizer(PROMPTS, return_tensors="pt", padding=True)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the prompts must need padding for this test"
@@ -123,6 +144,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(hf_model, 
         assert torch.equal(together[row], alone[0]), prompt
 
 
+@pytest.mark.slow
 def test_fully_padded_rows_give_finite_logits_and_leave_other_rows_alone(hf_model):
     input_ids = torch.randint(0, 50257, (3, 10))
     attention_mask = torch.ones(3, 10, dtype=torch.long)
@@ -138,6 +160,7 @@ def test_fully_padded_rows_give_finite_logits_and_leave_other_rows_alone(hf_mode
     torch.testing.assert_close(logits[0], alone[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_labels_give_the_native_next_token_loss(native, hf_model):
     input_ids = torch.randint(0, 50257, (2, 12))
     with torch.no_grad():
@@ -146,6 +169,7 @@ def test_labels_give_the_native_next_token_loss(native, hf_model):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(hf_model):
     model = copy.deepcopy(hf_model).train()
     input_ids = torch.randint(0, 50257, (2, 12))
@@ -166,6 +190,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(hf_model):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sequence_longer_than_the_context_is_a_clear_error(hf_model):
     with pytest.raises(ValueError, match="longer than the context length"):
         hf_model(torch.zeros(1, PRESETS["tiny"].block_size + 1, dtype=torch.long))
@@ -203,6 +228,7 @@ EXPORTED_FILES = {"model.safetensors", "config.json", "generation_config.json", 
                   "README.md", "loss.png", "training_info.json"}
 
 
+@pytest.mark.slow
 def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(export):
     folder = export.folder
     assert EXPORTED_FILES <= {p.name for p in folder.iterdir()}
@@ -222,6 +248,7 @@ def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(expo
     assert (folder / "smollm135_model.py").read_text() == (Path(convert_to_hf.__file__).parent / "smollm135_model.py").read_text()
 
 
+@pytest.mark.slow
 def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(export):
     card = (export.folder / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
@@ -234,6 +261,7 @@ def test_model_card_has_hub_metadata_architecture_training_facts_plot_and_usage(
         assert fact in card, fact
 
 
+@pytest.mark.slow
 def test_conversion_verifies_in_a_fresh_process_and_prints_the_difference(export):
     match = re.search(r"verified: .* max abs logit difference to the native model (\S+) over (\d+) tokens", export.printed)
     assert match, export.printed
@@ -249,6 +277,7 @@ def test_logit_check_fails_above_the_limit():
         check_logits_match(expected, torch.zeros(5, 8))
 
 
+@pytest.mark.slow
 def test_push_creates_the_repository_and_uploads_the_complete_folder(export):
     calls = dict((name, kwargs) for name, kwargs in export.calls)
     assert calls["HfApi"]["token"] == "hf_test_token"
@@ -282,6 +311,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_exported_folder_loads_offline_from_anywhere_through_auto_classes_and_pipeline(export, native, tmp_path):
     card = (export.folder / "README.md").read_text()
     snippet = card.split("```python\n")[1].split("```")[0]
@@ -337,6 +367,7 @@ def test_default_output_folder_is_named_after_the_preset():
     assert default_output_dir(ModelConfig(n_layer=2)) == Path("smolm135-custom-hf")
 
 
+@pytest.mark.slow
 def test_a_foreign_non_empty_output_folder_is_refused_but_a_previous_export_is_replaced(export, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a smolm135 export"):
@@ -344,6 +375,7 @@ def test_a_foreign_non_empty_output_folder_is_refused_but_a_previous_export_is_r
     check_output_dir(export.folder)  # no error: re-converting overwrites the previous export
 
 
+@pytest.mark.slow
 def test_push_without_a_token_is_one_clear_line_and_keeps_the_folder(export, monkeypatch, capsys):
     unset_token(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda **_: pytest.fail("no upload may start without a token"))
@@ -355,6 +387,7 @@ def test_push_without_a_token_is_one_clear_line_and_keeps_the_folder(export, mon
     assert EXPORTED_FILES <= {p.name for p in export.folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_push_takes_the_token_from_hf_token(export, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
@@ -363,6 +396,7 @@ def test_push_takes_the_token_from_hf_token(export, monkeypatch):
     assert dict(RecordingHfApi.calls)["create_repo"]["token"] == "hf_from_env"
 
 
+@pytest.mark.slow
 def test_push_without_network_is_one_clear_line(export, capsys):
     with pytest.raises(SystemExit):
         run_cli(lambda: push_to_hub(export.folder, REPO_ID, token="hf_x", api=offline_api()))
@@ -370,6 +404,7 @@ def test_push_without_network_is_one_clear_line(export, capsys):
     assert error.count("\n") == 1 and "could not reach the Hugging Face Hub" in error and "is complete" in error
 
 
+@pytest.mark.slow
 def test_a_refused_token_is_one_clear_line(export, capsys):
     http = http_library()
     response = http.Response(401, request=http.Request("POST", "https://huggingface.co/api/repos/create"))
@@ -383,6 +418,7 @@ def test_a_refused_token_is_one_clear_line(export, capsys):
 # ------------------------------------------------------------------ the way back
 
 
+@pytest.mark.slow
 def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(export, native, tmp_path, capsys):
     path = main(["--from-hf", str(export.folder), "--output", str(tmp_path / "back.pt")])
     assert "continue_training.py --checkpoint" in capsys.readouterr().out
@@ -403,6 +439,7 @@ def test_exported_folder_comes_back_as_a_native_checkpoint_with_equal_logits(exp
     assert back.lm_head.weight is back.transformer.wte.weight
 
 
+@pytest.mark.slow
 def test_from_hf_writes_where_continue_training_looks_by_default(export, tmp_path):
     path = hf_folder_to_checkpoint(export.folder, search_dir=tmp_path)
     assert path.parent == tmp_path / "models" and path.name.startswith("final_model_")
@@ -419,6 +456,7 @@ def _truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damaged_file", ["model.safetensors", "config.json"])
+@pytest.mark.slow
 def test_from_hf_with_a_truncated_weights_or_config_file_is_one_line_and_writes_nothing(export, damaged_file,
                                                                                         tmp_path, capsys):
     broken = tmp_path / "broken"

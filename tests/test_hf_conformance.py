@@ -162,6 +162,7 @@ def fine_tune(folder, out_dir, per_device_batch_size, accumulation_steps, datase
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_trainer_makes_the_same_update_with_and_without_gradient_accumulation(folder, tmp_path):
     # 2 steps of 4 rows each; rows keep different numbers of targets, so averaging per micro-batch would differ
     ids = random_ids(batch=8, length=12, seed=3)
@@ -197,6 +198,7 @@ def test_a_checkpoint_without_the_tied_embedding_reports_it_missing_and_still_ru
         assert torch.isfinite(model(random_ids()).logits).all()
 
 
+@pytest.mark.slow
 def test_torch_export_with_a_padding_mask_gives_the_eager_logits(model):
     input_ids, mask = random_ids(), left_padded_mask()
     kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}

@@ -216,6 +216,7 @@ def test_progress_fields_of_none_read_as_their_defaults(good_state, tmp_path):
     assert read == (4, 0, 0.0, 0)
 
 
+@pytest.mark.slow
 def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=8, checkpoint_every=4, keep_checkpoints=3))
     latest = tmp_path / "checkpoints" / "latest.pt"

@@ -1,6 +1,7 @@
 """float16 training, as on GPUs without bf16: dynamic loss scaling, skipped overflows, the scale in checkpoints.
 
 CPU autocast runs float16 too (slowly), so these run here with the trainer's device check bypassed."""
+import pytest
 import torch
 
 import Model_smollm135_trainer as trainer
@@ -23,6 +24,7 @@ def test_auto_precision_is_float16_on_a_gpu_without_bf16(monkeypatch):
     assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_float16_overflows_skip_the_update_halve_the_scale_and_resume_exactly(corpus_file, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "choose_precision", lambda requested, *args: Precision(DTYPES[requested]))
     monkeypatch.setattr(torch.amp, "GradScaler", HighInitialScale)

@@ -9,8 +9,9 @@ import pytest
 
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                                reason="glibc's malloc only")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
+                                 reason="glibc's malloc only"),
+              pytest.mark.slow]  # each test measures in fresh interpreters that import torch
 
 # In a child process, so that the malloc settings stay out of the test process. A "step" allocates and
 # frees buffers of 100, 200 and 50 MB, as a training step does its activations and gradients.

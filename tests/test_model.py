@@ -10,6 +10,7 @@ def tiny_model():
     return build_model("tiny").eval()
 
 
+@pytest.mark.slow
 def test_full_preset_has_the_seed_layout_and_true_parameter_count():
     model = SmoLM135_Model(config)
     cfg = model.config
@@ -20,6 +21,7 @@ def test_full_preset_has_the_seed_layout_and_true_parameter_count():
                       "non_embedding": 119_474_496, "total": 149_629_248}
 
 
+@pytest.mark.slow
 def test_grouped_query_preset_matches_smollm_attention_layout():
     counts = build_model("smolm135-gqa").num_parameters()
     assert counts["total"] == 136_358_208
@@ -77,6 +79,7 @@ def test_grouped_query_attention_and_gradient_checkpointing_give_the_same_loss()
         torch.testing.assert_close(g, p.grad)
 
 
+@pytest.mark.slow
 def test_seed_notebook_usage_works_as_written(tmp_path):
     from smollm135_model import SmoLM135_Model, config  # noqa: F811 — exactly the seed's import
     tiny = PRESETS["tiny"]

@@ -111,6 +111,7 @@ def test_the_decode_probe_answers_in_kernel_choices_and_leaves_the_model_as_it_w
     assert len(json.loads(cache.read_text())) == 1
 
 
+@pytest.mark.slow
 def test_the_trainer_says_which_precision_auto_chose_and_why(corpus_file, tmp_path, monkeypatch, cache):
     from Model_smollm135_trainer import train
 

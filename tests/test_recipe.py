@@ -69,6 +69,7 @@ def test_muon_orthogonalizes_in_fp32_unless_the_run_trains_in_bf16():
         assert muon.orthogonalize_dtype == expected
 
 
+@pytest.mark.slow
 def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(corpus_file, tmp_path):
     short = dict(max_steps=4, checkpoint_every=2, eval_every=4, sample_every=100)
     train(tiny_train_config(corpus_file, tmp_path, optimizer="muon", **short))

@@ -51,6 +51,7 @@ def tensors_of(value):
     return [tensor for item in items for tensor in tensors_of(item)]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     """A rotary model with grouped queries, trained with Muon (and AdamW for its embeddings); the learned
     positions and AdamW alone are killed at random moments in test_crash_consistency."""
@@ -81,6 +82,7 @@ def test_resume_after_sigkill_is_bitwise_identical(corpus_file, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(moments_a, moments_b))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, tmp_path):
     process = subprocess.Popen(cli_args(corpus_file, tmp_path, 10_000), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -95,6 +97,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, tmp_path):
     assert 4 <= state["step"] < 10_000
 
 
+@pytest.mark.slow
 def test_auto_resume_logs_the_step_keeps_the_precision_and_never_starts_over(corpus_file, tmp_path, monkeypatch):
     """On a CPU with bf16, `--dtype auto` measures; a later start can measure otherwise (another load, a
     cleared cache). A resume keeps the precision the run computed in, so its steps are the uninterrupted
@@ -124,6 +127,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(corpus_file, tmp_path):
         train(tiny_train_config(corpus_file, tmp_path, preset="tiny-shallow", model=shallow, max_steps=8))
 
 
+@pytest.mark.slow
 def test_torn_latest_checkpoint_falls_back_to_the_newest_intact_one(corpus_file, tmp_path):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=12, checkpoint_every=4, keep_checkpoints=3))
     latest = tmp_path / "checkpoints" / "latest.pt"
@@ -150,6 +154,7 @@ def test_every_checkpoint_corrupt_is_refused_not_restarted(corpus_file, tmp_path
                                 resume=str(tmp_path / "checkpoints" / "step_0000004.pt.corrupt")))
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_intact(corpus_file, tmp_path, monkeypatch):
     train(tiny_train_config(corpus_file, tmp_path, max_steps=4, checkpoint_every=4))
     real_save = torch.save
@@ -174,6 +179,7 @@ def test_unwritable_out_dir_is_a_clear_error(corpus_file, tmp_path):
         train(tiny_train_config(corpus_file, blocker / "run"))
 
 
+@pytest.mark.slow
 def test_nan_loss_skips_the_update_then_stops_after_several_in_a_row(corpus_file, tmp_path, monkeypatch):
     original_forward = smollm135_model.SmoLM135_Model.forward
     calls = {"n": 0, "poison_from": 6, "poison_to": 7}
@@ -202,6 +208,7 @@ def test_nan_loss_skips_the_update_then_stops_after_several_in_a_row(corpus_file
     assert all(torch.isfinite(t).all() for t in kept["model_state_dict"].values())
 
 
+@pytest.mark.slow
 def test_every_checkpoint_kind_loads_with_weights_only(trained_run, tmp_path):
     cfg, _, summary, out_dir = trained_run
     run_dir = tmp_path / "run"

@@ -55,6 +55,7 @@ def test_rotary_attention_depends_only_on_relative_positions(rotary_model):
     assert not torch.allclose(other_order.flip(1)[:, -1], logits[:, -1], atol=1e-3)  # order still matters
 
 
+@pytest.mark.slow
 def test_rotary_greedy_generation_is_identical_with_and_without_the_kv_cache(rotary_model):
     prompt = torch.randint(0, 50257, (3, 7))
     cached = rotary_model.generate(prompt, max_new_tokens=25, temperature=0)
@@ -171,6 +172,7 @@ def test_imported_llama_gives_transformers_logits_on_a_left_padded_batch(tiny_ll
     assert (ours[real] - expected[real]).abs().max() / scale < 1e-4
 
 
+@pytest.mark.slow
 def test_imported_llama_continues_greedily_exactly_as_transformers(tiny_llama):
     from smolm135.pretrained import load_pretrained
 
@@ -292,6 +294,7 @@ needs_shipped_gguf = pytest.mark.skipif(
 
 
 @needs_shipped_gguf
+@pytest.mark.slow
 def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
     from smolm135.pretrained import load_pretrained
 
@@ -306,6 +309,7 @@ def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
 
 
 @needs_shipped_gguf
+@pytest.mark.slow
 def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
     """Our tokenizer from the file's metadata (one parse, no transformers) against transformers' GGUF
     tokenizer: the same ids for digits, unicode, whitespace, chat markers and added tokens, the same
@@ -363,6 +367,7 @@ def shipped_gguf_bytes():
     (lambda data: data[:4] + bytes(range(256)) * 40, "corrupt or truncated"),
     (lambda data: b"PK\x03\x04 not a gguf", "not a GGUF file"),
 ])
+@pytest.mark.slow
 def test_damaged_gguf_is_refused_in_one_line(tmp_path, shipped_gguf_bytes, damage, named):
     from smolm135.errors import UserError
     from smolm135.pretrained import load_pretrained
@@ -554,6 +559,7 @@ def test_training_from_a_llama_folder_starts_fresh_with_its_weights_and_tokenize
         assert (trained[name].float() - imported.float()).abs().max() <= 3 * cfg.lr + 1e-6, name
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tmp_path):
     import shutil
 
@@ -569,6 +575,7 @@ def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tm
     assert again.build_tokenizer().fingerprint == load_checkpoint(alone).build_tokenizer().fingerprint
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_exports_as_a_llama_folder_with_its_own_tokenizer(pretrained_run, tiny_llama, tmp_path):
     import json
 
@@ -656,6 +663,7 @@ def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves
     assert recipe("--init-from", "smollm2-135m-instruct").lr == FINE_TUNING["lr"] and capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
 def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file, tmp_path):
     import os
     import subprocess

@@ -184,6 +184,7 @@ def test_hub_ids_parse_name_config_and_split(monkeypatch):
         resolve_sources("hf:a:b:c:d")
 
 
+@pytest.mark.slow
 def test_trainer_trains_on_a_parquet_column_named_by_the_flag(tmp_path):
     from Model_smollm135_trainer import build_parser, train
     from smolm135.train_config import config_from_args

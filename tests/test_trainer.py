@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import smollm135_model
-from Model_smollm135_trainer import train
-from smolm135.errors import UserError
+from Model_smollm135_trainer import main, train
+from smolm135.errors import UserError, run_cli
 from smolm135.train_config import TrainConfig, get_lr
 
 from conftest import REPO_ROOT, tiny_train_config
@@ -36,6 +36,7 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_ten_percent():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.slow
 def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
     cfg, model, summary, out_dir = trained_run
     assert summary["steps"] == 30 and summary["tokens_seen"] == 30 * 8 * 32
@@ -50,6 +51,7 @@ def test_short_tiny_run_learns_and_writes_the_documented_files(trained_run):
     assert plots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_log_holds_config_parameters_device_steps_validation_and_samples(trained_run):
     _, _, summary, _ = trained_run
     log = open(summary["log_path"], encoding="utf-8").read()
@@ -58,6 +60,7 @@ def test_log_holds_config_parameters_device_steps_validation_and_samples(trained
         assert expected in log, expected
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only_and_rebuild_the_model(trained_run):
     cfg, model, summary, out_dir = trained_run
     for path in [out_dir / "checkpoints" / "latest.pt", summary["final_model_path"]]:
@@ -70,6 +73,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(trained_run):
             assert torch.equal(a, b.cpu())
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_only_the_newest(trained_run):
     _, _, _, out_dir = trained_run
     assert sorted(p.name for p in (out_dir / "checkpoints").glob("step_*.pt")) == ["step_0000020.pt", "step_0000030.pt"]
@@ -90,7 +94,7 @@ def run_trainer(*args, cwd):
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["--data", "missing.txt"], "does not exist"),
     (["--data", "empty.txt"], "is empty"),
     (["--data", "short.txt"], "needs at least"),
@@ -99,10 +103,32 @@ def run_trainer(*args, cwd):
     (["--batch-size", "-2"], "--batch-size must be a positive whole number"),
     (["--lr", "0"], "--lr must be a positive number"),
     (["--preset", "huge"], "unknown preset 'huge'"),
-])
+]
+
+
+def write_bad_data(folder):
+    (folder / "empty.txt").write_text("")
+    (folder / "short.txt").write_text("only a few words here\n")
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_to_the_trainers_main_is_one_line_and_exit_status_2(tmp_path, monkeypatch, capsys, args, message):
+    """The command line's promise below, kept in this process: main() as the script's __main__ calls it."""
+    write_bad_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(["--preset", "tiny", "--device", "cpu", "--no-progress", *args]))
+    error = capsys.readouterr().err
+    lines = error.strip().splitlines()
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], error
+    assert not list(tmp_path.glob("models/*.pt"))
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+@pytest.mark.slow
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path, args, message):
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "short.txt").write_text("only a few words here\n")
+    write_bad_data(tmp_path)
     result = run_trainer(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
