@@ -5,7 +5,7 @@ seed) or rotary (queries and keys rotated inside attention, as Llama and SmolLM)
 of causal self-attention (through `scaled_dot_product_attention`, i.e. flash attention where the hardware
 has it) and a SwiGLU MLP, a final RMSNorm, and an output head tied to the token embedding. With rotary
 positions, grouped-query attention and the 49,152-token vocabulary this is the Llama layout of SmolLM-135M
-and SmolLM2-135M, whose weights load unchanged apart from fusing q/k/v and gate/up (smolm135/pretrained.py).
+and SmolLM2-135M, whose weights load unchanged apart from fusing q/k/v and gate/up (smolm135/interop/pretrained.py).
 
 Notebook usage, as in the original recipe:
 
@@ -160,7 +160,7 @@ LOSS_CHUNK_ELEMENTS = 1 << 26
 class CpuKernels:
     """Which of two ways of computing the same values the model takes on a CPU. Which one is faster
     depends on the processor and its BLAS (the split product below doubled decoding speed on one 2-core
-    host and halved it on another), so the defaults are the plain ways, and `smolm135/probes.py` turns an
+    host and halved it on another), so the defaults are the plain ways, and `smolm135/runtime/probes.py` turns an
     alternative on where a short measurement on the running host shows it faster."""
 
     split_products: bool = False  # products of up to FEW_ROWS rows (decoding) through few_row_linear

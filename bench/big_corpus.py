@@ -30,11 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-from smolm135 import data
+from smolm135.data import corpus as data
 from smolm135.checkpoint import TRAINING
 from smolm135.errors import CommandLineParser, run_cli
-from smolm135.probes import this_host
-from smolm135.tokenizer import get_tokenizer
+from smolm135.runtime.probes import this_host
+from smolm135.data.tokenizer import get_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
@@ -73,8 +73,8 @@ def tiktoken_seconds(path: Path, threads: int) -> tuple[float, int]:
 # Runs in a fresh process, so that its peak resident memory is load_corpus's alone.
 LOAD_CORPUS = """
 import json, resource, sys, time
-from smolm135 import data
-from smolm135.tokenizer import get_tokenizer
+from smolm135.data import corpus as data
+from smolm135.data.tokenizer import get_tokenizer
 get_tokenizer()  # built once per process, outside the timing as in the tiktoken measurement
 started = time.perf_counter()
 data._hash_sources([__import__("pathlib").Path({path!r})])

@@ -7,7 +7,7 @@
 Both models hold the same weights where their layouts coincide (see harness.model_pair) and decode the
 same prompt greedily for exactly 128 tokens (no end-of-text stop). A round is one whole `generate` call,
 prompt included; tokens/s is new tokens over its wall time. Ours takes the decode kernels its one-time probe
-found fastest on this host (printed; see smolm135/probes.py).
+found fastest on this host (printed; see smolm135/runtime/probes.py).
 
 Decoding a token reads every weight once, so memory bandwidth bounds it: the bound printed is the host's
 copy bandwidth (bytes copied per second, each read once and written once, over a tensor far larger than
@@ -31,7 +31,7 @@ from bench.harness import (
     token_batch,
 )
 from smolm135.errors import run_cli
-from smolm135.runtime import synchronize
+from smolm135.runtime.device import synchronize
 
 
 def add_arguments(parser):

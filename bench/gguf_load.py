@@ -18,12 +18,12 @@ import torch
 
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
 from smollm135_model import PRESETS, SmoLM135_Model
-from smolm135.data import shakespeare_text
+from smolm135.data.corpus import shakespeare_text
 from smolm135.errors import run_cli
-from smolm135.export_gguf import write_gguf
-from smolm135.pretrained import builtin_gguf_path, llama_state_dict_to_native, load_pretrained
-from smolm135.probes import this_host
-from smolm135.tokenizer import train_byte_level_bpe
+from smolm135.interop.export_gguf import write_gguf
+from smolm135.interop.pretrained import builtin_gguf_path, llama_state_dict_to_native, load_pretrained
+from smolm135.runtime.probes import this_host
+from smolm135.data.tokenizer import train_byte_level_bpe
 
 
 def add_arguments(parser):

@@ -13,8 +13,8 @@ import torch
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, SmoLM135_Model
 from smolm135.errors import CommandLineParser
-from smolm135.probes import this_host
-from smolm135.runtime import choose_precision, configure_backends, device_description, pick_device, synchronize
+from smolm135.runtime.probes import this_host
+from smolm135.runtime.device import choose_precision, configure_backends, device_description, pick_device, synchronize
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,9 +114,9 @@ def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype
     """One step as the trainer takes it: forward with the loss under autocast, backward, gradient
     clipping, AdamW, zero_grad. tokens (B, T + 1). Ours takes next-token targets, transformers' Llama
     takes labels and shifts them itself."""
-    from smolm135.optim import configure_optimizer
-    from smolm135.runtime import autocast
-    from smolm135.train_config import TrainConfig
+    from smolm135.training.optim import configure_optimizer
+    from smolm135.runtime.device import autocast
+    from smolm135.training.config import TrainConfig
 
     device = tokens.device
     optimizer = configure_optimizer(model, TrainConfig(), device)

@@ -25,14 +25,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.corpus_formats import host_line
-from Model_smollm135_trainer import train
+from smolm135.training.trainer import train
 from smollm135_model import PRESETS, ModelConfig
 from smolm135.checkpoint import load_checkpoint
-from smolm135.data import DEFAULT_DATA, load_corpus, split_train_val
+from smolm135.data.corpus import DEFAULT_DATA, load_corpus, split_train_val
 from smolm135.errors import CommandLineParser, run_cli
-from smolm135.runtime import pick_device, pick_dtype
-from smolm135.scoring import validation_bits_per_byte
-from smolm135.train_config import RECIPES, TrainConfig
+from smolm135.runtime.device import pick_device, pick_dtype
+from smolm135.inference.scoring import validation_bits_per_byte
+from smolm135.training.config import RECIPES, TrainConfig
 
 CALIBRATION_STEPS = 6
 
@@ -44,7 +44,7 @@ def gpt(n_layer: int, n_embd: int, intermediate_size: int, block_size: int = 128
                        intermediate_size=intermediate_size, **config)
 
 
-# the trainer's cpu-scratch recipe (smolm135.train_config.RECIPES), but for its steps and when it evaluates
+# the trainer's cpu-scratch recipe (smolm135.training.config.RECIPES), but for its steps and when it evaluates
 CPU_SCRATCH = {name: RECIPES["cpu-scratch"].values[name] for name in ("preset", "optimizer", "lr", "batch_size",
                                                                        "seq_len")}
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from bench.harness import median, parse_args, print_row
 from smolm135.errors import run_cli
-from smolm135.export_gguf import write_gguf
-from smolm135.pretrained import builtin_gguf_path, load_pretrained
-from smolm135.probes import this_host
+from smolm135.interop.export_gguf import write_gguf
+from smolm135.interop.pretrained import builtin_gguf_path, load_pretrained
+from smolm135.runtime.probes import this_host
 
 BUILTIN = "smollm2-135m-instruct"
 PROMPT = "The capital of France is"

@@ -24,7 +24,7 @@ from bench.train_memory import resident_bytes, settle_cpu_memory
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import run_cli
 from smolm135.lora import BLOCK_PROJECTIONS, LoraSettings, add_adapters, trainable_parameters
-from smolm135.train_config import FINE_TUNING
+from smolm135.training.config import FINE_TUNING
 
 SIDES = ("full fine-tuning", "LoRA")
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from bench.harness import parse_args
-from Model_smollm135_trainer import train
-from smolm135.data import shakespeare_text
+from smolm135.training.trainer import train
+from smolm135.data.corpus import shakespeare_text
 from smolm135.errors import run_cli
-from smolm135.probes import this_host
-from smolm135.train_config import TrainConfig
+from smolm135.runtime.probes import this_host
+from smolm135.training.config import TrainConfig
 
 RECIPE_STEPS = TrainConfig().max_steps  # 5,000
 STEP_LINE = re.compile(r"step (\d+)/\d+ \| .* \| ([\d,]+) tok/s")

@@ -20,7 +20,7 @@ from bench.harness import (
 )
 from smollm135_model import SmoLM135_Model
 from smolm135.errors import UserError, run_cli
-from smolm135.runtime import DTYPES, choose_precision, peak_flops
+from smolm135.runtime.device import DTYPES, choose_precision, peak_flops
 
 
 def add_arguments(parser):

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
-from smolm135.data import load_corpus, shakespeare_text
+from smolm135.data.corpus import load_corpus, shakespeare_text
 from smolm135.errors import run_cli
-from smolm135.probes import this_host
-from smolm135.tokenizer import get_tokenizer
+from smolm135.runtime.probes import this_host
+from smolm135.data.tokenizer import get_tokenizer
 
 
 def main(argv=None) -> dict[str, float]:

@@ -14,7 +14,7 @@ Format versions (`format_version` in the file):
      `data_position.next_step` equal to `step`. Still read.
   2  adds `format_version` and `nonfinite_in_a_row`; `data_position` holds seed, global batch size,
      sequence length and corpus key, which a resume compares with its own.
-  3  adds `tokenizer`: the record of the tokenizer the model reads (`smolm135.tokenizer.tokenizer_from_record`),
+  3  adds `tokenizer`: the record of the tokenizer the model reads (`smolm135.data.tokenizer.tokenizer_from_record`),
      GPT-2's or a pretrained model's own tokenizer.json. Versions 1 and 2 used GPT-2.
   4  adds `lora`: a LoRA run's settings and adapters (smolm135/lora.py); `model_state_dict` then holds the
      base weights, unmerged. A reader of version 3 would load the base alone, so the version says it cannot.
@@ -37,12 +37,12 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
-from .disk import make_room, process_alive, write_failure
-from .errors import UserError
-from .lora import is_adapter_record, load_weights
-from .probes import hand_decode_probe
-from .runtime import is_precision_record
-from .tokenizer import tokenizer_from_record, tokenizer_record_problem
+from smolm135.runtime.disk import make_room, process_alive, write_failure
+from smolm135.errors import UserError
+from smolm135.lora import is_adapter_record, load_weights
+from smolm135.runtime.probes import hand_decode_probe
+from smolm135.runtime.device import is_precision_record
+from smolm135.data.tokenizer import tokenizer_from_record, tokenizer_record_problem
 
 FORMAT_NAME = "smolm135-checkpoint"
 FORMAT_VERSION = 4

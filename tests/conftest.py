@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from smolm135.probes import CACHE_DIR_ENV
-from smolm135.train_config import TrainConfig
+from smolm135.runtime.probes import CACHE_DIR_ENV
+from smolm135.training.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow"'
@@ -100,7 +100,7 @@ def smollm_style_tokenizer(text: str, vocab_size: int = 400):
     """A byte-level BPE trained on `text` that splits digits one by one first, as SmolLM's tokenizer.json does."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from smolm135.tokenizer import END_OF_TEXT, JsonTokenizer
+    from smolm135.data.tokenizer import END_OF_TEXT, JsonTokenizer
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -116,7 +116,7 @@ def smollm_style_tokenizer(text: str, vocab_size: int = 400):
 def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:
     """Lines of GPT-2 tokens with ids below 512 that no merge joins, so a model with a 512-row embedding
     (small enough for a checkpoint kept in the repository) can train on it."""
-    from smolm135.tokenizer import get_tokenizer
+    from smolm135.data.tokenizer import get_tokenizer
 
     encoder = get_tokenizer()
     words = [encoder.decode([i]) for i in range(256, 512)]
@@ -145,7 +145,7 @@ def tiny_train_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
 def trained_run(corpus_file, tmp_path_factory):
     """One short tiny-preset training run, shared by the tests that inspect its outputs. It takes about a minute
     of CPU (30 steps, evaluations, samples, 85 MB checkpoints), so every test that asks for it is marked slow."""
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     out_dir = tmp_path_factory.mktemp("run")
     cfg = tiny_train_config(corpus_file, out_dir)
@@ -178,7 +178,7 @@ def tiny_chat_backend():
 
 def tiny_chat_tokenizer():
     """A JsonTokenizer with a chat template, ending turns with <|im_end|> as SmolLM2-Instruct does."""
-    from smolm135.tokenizer import JsonTokenizer
+    from smolm135.data.tokenizer import JsonTokenizer
 
     return JsonTokenizer(tiny_chat_backend().to_str(), eos_token="<|im_end|>", bos_token="<|im_start|>",
                          chat_template=CHAT_TEMPLATE)

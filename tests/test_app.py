@@ -18,10 +18,11 @@ import httpx
 import pytest
 import torch
 
-import app
+from smolm135.inference import demo as app
 from smolm135.checkpoint import TRAINING_INFO_FILE
-from smolm135.loading import foreign_code
-from smolm135.markdown import escape_markdown
+from smolm135.errors import run_cli
+from smolm135.interop.loading import foreign_code
+from smolm135.interop.markdown import escape_markdown
 
 from conftest import REPO_ROOT, save_tiny_chat_checkpoint
 
@@ -88,7 +89,7 @@ def test_without_any_model_the_page_says_how_to_train_one(tmp_path):
 
 def test_a_missing_checkpoint_is_one_line_on_stderr_and_exit_status_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        app.run_cli(lambda: app.main(["--checkpoint", str(tmp_path / "nope.pt")]))
+        run_cli(lambda: app.main(["--checkpoint", str(tmp_path / "nope.pt")]))
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "nope.pt does not exist" in error
 
@@ -114,7 +115,7 @@ def test_a_port_in_use_is_one_line_on_stderr(tmp_path, monkeypatch, capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(SystemExit) as exit_info:
-            app.run_cli(lambda: app.main(["--port", str(taken.getsockname()[1])]))
+            run_cli(lambda: app.main(["--port", str(taken.getsockname()[1])]))
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.startswith("error: cannot listen on 127.0.0.1:")
     assert "Cannot find empty port" in error and error.count("\n") == 1
@@ -171,7 +172,7 @@ def hf_folder(module_tmp):
     """A tiny stock transformers model with the offline GPT-2 tokenizer, saved as a folder."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    from smolm135.tokenizer import END_OF_TEXT, gpt2_bpe_files
+    from smolm135.data.tokenizer import END_OF_TEXT, gpt2_bpe_files
 
     encoder_json, vocab_bpe = gpt2_bpe_files()
     folder = module_tmp.mktemp("space") / "tiny-hf"
@@ -234,7 +235,7 @@ MARKER = "remote_code_ran.txt"
 @pytest.fixture(scope="module")
 def own_export(native_model, trained_run, module_tmp):
     """A folder convert_to_hf.py writes (unverified: the export's own tests verify it)."""
-    from convert_to_hf import write_hf_folder
+    from smolm135.interop.convert import write_hf_folder
     from smolm135.checkpoint import load_checkpoint
 
     folder = module_tmp.mktemp("exports") / "smolm135-tiny-hf"
@@ -274,7 +275,7 @@ def test_a_folder_with_foreign_code_is_never_picked_by_searching(own_export, tmp
 def test_named_foreign_code_runs_only_with_trust_remote_code(own_export, tmp_path, capsys):
     folder = tampered_copy(own_export, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        app.run_cli(lambda: app.main(["--model", str(folder), "--device", "cpu"]))
+        run_cli(lambda: app.main(["--model", str(folder), "--device", "cpu"]))
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "--trust-remote-code" in error
     assert not (tmp_path / MARKER).exists()

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import app
-import continue_training
-import convert_to_hf
-import evaluate
-import Model_smollm135_trainer
+from smolm135.inference import demo as app
+from smolm135.training import continuation as continue_training
+from smolm135.interop import convert as convert_to_hf
+from smolm135.inference import evaluate as evaluate
+from smolm135.training import trainer as Model_smollm135_trainer
 from smolm135.errors import run_cli
 
 from conftest import REPO_ROOT, make_corpus_text

@@ -2,9 +2,9 @@
 encoding. (bench/big_corpus.py measures the throughput and the memory on hundreds of MB.)"""
 from concurrent.futures import ThreadPoolExecutor
 
-from smolm135 import data
-from smolm135.data import _map_in_order, _split_for_encoding, load_corpus
-from smolm135.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
+from smolm135.data import corpus as data
+from smolm135.data.corpus import _map_in_order, _split_for_encoding, load_corpus
+from smolm135.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, get_tokenizer
 
 from conftest import make_corpus_text
 

@@ -3,11 +3,11 @@ makes every figure exact; nothing here measures real time)."""
 import pytest
 import torch
 
-from Model_smollm135_trainer import train
-from smolm135.budget import Costs, events, seconds_to_finish, steps_within
+from smolm135.training.trainer import train
+from smolm135.training.budget import Costs, events, seconds_to_finish, steps_within
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError
-from smolm135.train_config import TrainConfig, validate
+from smolm135.training.config import TrainConfig, validate
 
 from conftest import tiny_train_config
 

@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
-import app
+from smolm135.inference import demo as app
 from smollm135_model import build_model
 from smolm135.errors import UserError
-from smolm135.generation import fit_conversation
-from smolm135.tokenizer import GPT2TextTokenizer, JsonTokenizer, render_chat
+from smolm135.inference.generation import fit_conversation
+from smolm135.data.tokenizer import GPT2TextTokenizer, JsonTokenizer, render_chat
 
 from conftest import CHAT_TEMPLATE, CHAT_VOCAB_SIZE, save_tiny_chat_checkpoint, tiny_chat_backend, tiny_chat_tokenizer
 

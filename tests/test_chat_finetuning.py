@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from smollm135_model import PRESETS
-from smolm135.chat_data import (
+from smolm135.data.chat import (
     IGNORE_INDEX,
     SHAPES,
     Conversation,
@@ -171,7 +171,7 @@ def test_a_bad_record_is_one_line_naming_its_file_and_number_or_is_skipped_and_c
 
 
 def replace_template(tokenizer, template: str):
-    from smolm135.tokenizer import JsonTokenizer
+    from smolm135.data.tokenizer import JsonTokenizer
 
     return JsonTokenizer(tokenizer.tokenizer_json, tokenizer.eos_token, tokenizer.bos_token, template)
 
@@ -238,7 +238,7 @@ def chat_run_config(tmp_path: Path, **overrides):
 
 @pytest.mark.slow
 def test_a_chat_run_is_judged_on_held_out_answers_and_resumes_bitwise_equal(tmp_path):
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     whole, summary = train(chat_run_config(tmp_path / "whole"))
     log = Path(summary["log_path"]).read_text()
@@ -256,7 +256,7 @@ def test_a_chat_run_is_judged_on_held_out_answers_and_resumes_bitwise_equal(tmp_
 
 
 def test_a_model_without_a_chat_template_refuses_conversations(tmp_path):
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     data = write_jsonl(tmp_path / "chat.jsonl", conversations(10))
     with pytest.raises(UserError, match="no chat template") as error:
@@ -269,7 +269,7 @@ def test_a_model_without_a_chat_template_refuses_conversations(tmp_path):
 
 
 def test_evaluate_scores_conversations_on_their_answers(chat_tokenizer, tmp_path):
-    import evaluate
+    from smolm135.inference import evaluate as evaluate
 
     records = conversations(6)
     data = write_jsonl(tmp_path / "chat.jsonl", records)
@@ -289,7 +289,7 @@ def test_evaluate_scores_conversations_on_their_answers(chat_tokenizer, tmp_path
 
 def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):
     pytest.importorskip("chatterbot_corpus")
-    from smolm135.chat_corpus import write_chatterbot_jsonl
+    from smolm135.data.chat_corpus import write_chatterbot_jsonl
 
     path = write_chatterbot_jsonl(tmp_path / "chatterbot.jsonl")
     assert detect_shape([path]).name == "messages"
@@ -302,7 +302,7 @@ def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):
 
 
 def test_format_and_loss_on_flags_name_their_choices():
-    from smolm135.train_config import TrainConfig, validate
+    from smolm135.training.config import TrainConfig, validate
 
     with pytest.raises(UserError) as error:
         validate(TrainConfig(preset="tiny", format="xml", loss_on="user"))
@@ -313,7 +313,7 @@ def test_format_and_loss_on_flags_name_their_choices():
 def test_evaluation_scores_every_held_out_row_or_rows_spread_over_them_all():
     from types import SimpleNamespace
 
-    from smolm135.chat_training import evaluation_rows
+    from smolm135.training.chat import evaluation_rows
 
     chat = SimpleNamespace(val=[None] * 10)  # rows are packed longest first: the first ones alone would mislead
     assert evaluation_rows(chat, 16).tolist() == list(range(10))

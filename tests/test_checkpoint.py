@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from continue_training import continue_training
-from Model_smollm135_trainer import train
+from smolm135.training.continuation import continue_training
+from smolm135.training.trainer import train
 from smollm135_model import ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import (
     FORMAT_VERSION,
@@ -21,7 +21,7 @@ from smolm135.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
-from smolm135.train_config import TrainConfig
+from smolm135.training.config import TrainConfig
 
 from conftest import REPO_ROOT, make_small_vocab_text
 

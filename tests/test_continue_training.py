@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from continue_training import continue_training, continued_config, main
-from Model_smollm135_trainer import train
+from smolm135.training.continuation import continue_training, continued_config, main
+from smolm135.training.trainer import train
 from smolm135.checkpoint import CONTINUED, load_checkpoint
 from smolm135.errors import run_cli
 

@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from evaluate import main as evaluate_main
-from Model_smollm135_trainer import train
+from smolm135.inference.evaluate import main as evaluate_main
+from smolm135.training.trainer import train
 from smollm135_model import PRESETS
-from smolm135 import data
+from smolm135.data import corpus as data
 from smolm135.checkpoint import load_checkpoint
-from smolm135.data import corpus_tokenizer
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
+from smolm135.data.corpus import corpus_tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
 from conftest import REPO_ROOT, make_corpus_text, tiny_train_config
 
@@ -101,7 +101,7 @@ def test_the_recorded_tokenizer_serves_evaluate_and_continue(small_vocab_run, tm
 
 @pytest.mark.slow
 def test_the_learned_tokenizer_goes_into_the_export_and_its_card(small_vocab_run, tmp_path):
-    from convert_to_hf import convert
+    from smolm135.interop.convert import convert
 
     _, summary = small_vocab_run
     folder = convert(summary["final_model_path"], tmp_path / "hf", say=lambda _: None)  # verified in a fresh process

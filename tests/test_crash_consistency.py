@@ -144,7 +144,7 @@ def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_completes
 
 
 def test_temporary_files_of_killed_runs_are_removed_and_those_of_live_ones_kept(corpus_file, tmp_path):
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
     from conftest import tiny_train_config
 
     for folder in ("checkpoints", "models"):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from smolm135 import data
-from smolm135.data import batch_offsets, get_batch, load_corpus, resolve_sources, split_train_val
+from smolm135.data import corpus as data
+from smolm135.data.corpus import batch_offsets, get_batch, load_corpus, resolve_sources, split_train_val
 from smolm135.errors import UserError
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 from conftest import make_corpus_text
 

@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from Model_smollm135_trainer import train
-from smolm135.data import local_rows
-from smolm135.train_config import TrainConfig
+from smolm135.training.trainer import train
+from smolm135.data.corpus import local_rows
+from smolm135.training.config import TrainConfig
 
 from conftest import REPO_ROOT
 

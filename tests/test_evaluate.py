@@ -1,4 +1,4 @@
-"""evaluate.py and smolm135/scoring.py: bits per byte, loss and perplexity over sliding windows."""
+"""evaluate.py and smolm135/inference/scoring.py: bits per byte, loss and perplexity over sliding windows."""
 import math
 import subprocess
 import sys
@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import evaluate
+from smolm135.inference import evaluate as evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.checkpoint import Checkpoint, save_atomic
 from smolm135.errors import UserError, run_cli
-from smolm135.scoring import bits_per_byte, score_documents, score_tokens, token_stream, window_spans
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from smolm135.inference.scoring import bits_per_byte, score_documents, score_tokens, token_stream, window_spans
+from smolm135.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 from conftest import REPO_ROOT, make_corpus_text
 
@@ -110,7 +110,7 @@ def test_compare_prints_a_table_and_training_shows(checkpoints, capsys):
 
 @pytest.mark.slow
 def test_hugging_face_export_scores_as_its_checkpoint(checkpoints, tmp_path):
-    from convert_to_hf import write_hf_folder
+    from smolm135.interop.convert import write_hf_folder
     from smolm135.checkpoint import load_checkpoint
 
     trained, _, data = checkpoints

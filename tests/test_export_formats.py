@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-import convert_to_hf
-from convert_to_hf import convert, hf_folder_to_checkpoint, main, push_to_hub
+from smolm135.interop import convert as convert_to_hf
+from smolm135.interop.convert import convert, hf_folder_to_checkpoint, main, push_to_hub
 from smollm135_model import PRESETS, SmoLM135_Model, padded_vocab_size
 from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.errors import UserError, run_cli
-from smolm135.export_gguf import GREEDY_STEPS, greedy_departures, native_greedy, write_gguf
-from smolm135.llama_names import llama_to_native, native_to_llama
-from smolm135.model_card import render_model_card
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
+from smolm135.interop.export_gguf import GREEDY_STEPS, greedy_departures, native_greedy, write_gguf
+from smolm135.interop.llama_names import llama_to_native, native_to_llama
+from smolm135.interop.model_card import render_model_card
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
 from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 from hub_fakes import RecordingHfApi, offline_api, unset_token

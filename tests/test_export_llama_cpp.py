@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert_to_hf import MAX_LOGIT_DIFFERENCE
+from smolm135.interop.convert import MAX_LOGIT_DIFFERENCE
 from smollm135_model import PRESETS, padded_vocab_size
-from smolm135.export_gguf import RELATIVE_TOLERANCE, greedy_departures, native_greedy, write_gguf
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer
+from smolm135.interop.export_gguf import RELATIVE_TOLERANCE, greedy_departures, native_greedy, write_gguf
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 
 from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import convert_to_hf
-from convert_to_hf import Verification, export, public_facts
+from smolm135.interop import convert as convert_to_hf
+from smolm135.interop.convert import Verification, export, public_facts
 from smollm135_model import PRESETS, padded_vocab_size
 from smolm135.checkpoint import TRAINING_INFO_FILE, Checkpoint, TrainingFacts, load_checkpoint, save_atomic
-from smolm135.disk import make_room, write_failure
+from smolm135.runtime.disk import make_room, write_failure
 from smolm135.errors import run_cli
-from smolm135.model_card import HUB_LICENSES, render_model_card
+from smolm135.interop.model_card import HUB_LICENSES, render_model_card
 
 from conftest import REPO_ROOT, make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
@@ -209,7 +209,7 @@ def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_exported_and_checkpointed_files_have_the_mode_a_plain_open_gives(tmp_path, monkeypatch):
-    from smolm135 import probes
+    from smolm135.runtime import probes
 
     before = os.umask(0o022)
     try:

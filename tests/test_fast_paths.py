@@ -264,13 +264,13 @@ def probe_choosing_the_alternatives(asked: list):
 
 
 def test_a_model_measures_nothing_unless_a_probe_is_handed_to_it(monkeypatch):
-    import smolm135.probes
+    import smolm135.runtime.probes
 
-    monkeypatch.setattr(smolm135.probes, "cpu_decode_kernels", lambda model: pytest.fail("measured"))
+    monkeypatch.setattr(smolm135.runtime.probes, "cpu_decode_kernels", lambda model: pytest.fail("measured"))
     model = build_model("tiny")
     assert model.decode_kernel_probe is None
     model.generate(torch.randint(0, 50257, (1, 4)), max_new_tokens=2, temperature=0)
-    assert smolm135.probes.hand_decode_probe(model).decode_kernel_probe is not None
+    assert smolm135.runtime.probes.hand_decode_probe(model).decode_kernel_probe is not None
 
 
 def test_generate_asks_the_probe_once_per_weight_dtype_and_its_choice_holds_while_generating():

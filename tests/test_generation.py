@@ -13,16 +13,16 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-import app
+from smolm135.inference import demo as app
 from conftest import REPO_ROOT
-from convert_to_hf import build_generation_config, build_hf_tokenizer, hf_model_from_native
+from smolm135.interop.convert import build_generation_config, build_hf_tokenizer, hf_model_from_native
 from modeling_smolm135 import SmoLM135Config, attention_mask_for_sdpa
 from smollm135_model import PRESETS, SmoLM135_Model, build_model, causal_mask, fit_to_context
 from smolm135.checkpoint import TrainingFacts
-from smolm135.generation import SAMPLING, continue_text, decode_bytes, fit_prompt, start_token_id
-from smolm135.model_card import render_model_card
-from smolm135.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer
-from smolm135.train_config import TrainConfig
+from smolm135.inference.generation import SAMPLING, continue_text, decode_bytes, fit_prompt, start_token_id
+from smolm135.interop.model_card import render_model_card
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer
+from smolm135.training.config import TrainConfig
 
 LONG_PROMPT = " ".join(["the old king follows a small boat down the river at night"] * 6)  # about 70 tokens
 

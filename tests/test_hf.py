@@ -21,8 +21,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from transformers import DynamicCache
 
-import convert_to_hf
-from convert_to_hf import (
+from smolm135.interop import convert as convert_to_hf
+from smolm135.interop.convert import (
     build_hf_tokenizer,
     check_logits_match,
     check_output_dir,
@@ -37,8 +37,8 @@ from modeling_smolm135 import CACHE_OUTPUT_FIELD
 from smollm135_model import PRESETS, ModelConfig, build_model
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
-from smolm135.model_card import USAGE_PROMPT
-from smolm135.tokenizer import get_tokenizer
+from smolm135.interop.model_card import USAGE_PROMPT
+from smolm135.data.tokenizer import get_tokenizer
 
 from hub_fakes import FailingHfApi, RecordingHfApi, http_library, offline_api, unset_token
 

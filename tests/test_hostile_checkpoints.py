@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import app
-import continue_training
-import convert_to_hf
-import evaluate
-import Model_smollm135_trainer
-from Model_smollm135_trainer import train
+from smolm135.inference import demo as app
+from smolm135.training import continuation as continue_training
+from smolm135.interop import convert as convert_to_hf
+from smolm135.inference import evaluate as evaluate
+from smolm135.training import trainer as Model_smollm135_trainer
+from smolm135.training.trainer import train
 from smollm135_model import ModelConfig, SmoLM135_Model
 from smolm135.checkpoint import CheckpointError, load_checkpoint
 from smolm135.errors import run_cli
-from smolm135.train_config import TrainConfig
+from smolm135.training.config import TrainConfig
 
 from conftest import make_small_vocab_text, tiny_train_config
 

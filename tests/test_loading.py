@@ -1,4 +1,4 @@
-"""One loader (smolm135.loading) for every script, and one trust policy: a folder's own Python code runs only
+"""One loader (smolm135.interop.loading) for every script, and one trust policy: a folder's own Python code runs only
 when it is byte for byte this project's and its auto_map names its own files, or when the user named the
 model and passed --trust-remote-code."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import app
-import convert_to_hf
-import evaluate
+from smolm135.inference import demo as app
+from smolm135.interop import convert as convert_to_hf
+from smolm135.inference import evaluate as evaluate
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import UserError, run_cli
 
@@ -54,7 +54,7 @@ def folder_naming_another_repository(where: Path, model_type: str = "gpt2") -> P
 
 
 def copy_of_our_code(folder: Path, auto_map_target: str) -> Path:
-    from smolm135.loading import OUR_CODE_DIR
+    from smolm135.interop.loading import OUR_CODE_DIR
 
     folder.mkdir()
     shutil.copy(OUR_CODE_DIR / "modeling_smolm135.py", folder / "modeling_smolm135.py")
@@ -64,7 +64,7 @@ def copy_of_our_code(folder: Path, auto_map_target: str) -> Path:
 
 
 def test_the_policy_trusts_only_our_own_files_named_by_their_own_auto_map(tmp_path):
-    from smolm135.loading import code_problem
+    from smolm135.interop.loading import code_problem
 
     ours = copy_of_our_code(tmp_path / "ours", "modeling_smolm135.SmoLM135ForCausalLM")
     assert code_problem(ours, json.loads((ours / "config.json").read_text())) is None
@@ -107,7 +107,7 @@ def test_evaluate_refuses_a_folder_naming_another_repositorys_code_without_the_f
 @pytest.mark.parametrize("script", ["convert", "trainer"])
 def test_the_native_readers_refuse_a_folder_naming_another_repositorys_code_without_the_flag(
         script, tmp_path, auto_classes, monkeypatch, capsys):
-    import Model_smollm135_trainer
+    from smolm135.training import trainer as Model_smollm135_trainer
 
     folder = folder_naming_another_repository(tmp_path, model_type="llama")
     monkeypatch.chdir(tmp_path)
@@ -135,7 +135,7 @@ def own_export(module_tmp):
 
 @pytest.mark.slow  # the export writes GPT-2's tokenizer
 def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching(own_export):
-    from smolm135.loading import load_model
+    from smolm135.interop.loading import load_model
 
     native, folder = own_export
     assert list(folder.glob("*.py")) and json.loads((folder / "config.json").read_text())["auto_map"]
@@ -148,7 +148,7 @@ def test_our_own_export_loads_natively_with_no_flag_even_when_found_by_searching
 
 @pytest.mark.slow  # the export writes GPT-2's tokenizer
 def test_our_own_code_pointed_at_from_elsewhere_is_refused(own_export, tmp_path):
-    from smolm135.loading import load_model
+    from smolm135.interop.loading import load_model
 
     _, folder = own_export
     copy = tmp_path / "copy"

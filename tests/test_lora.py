@@ -17,7 +17,7 @@ from smolm135.lora import (
     has_adapters,
     split_state_dict,
 )
-from smolm135.train_config import validate
+from smolm135.training.config import validate
 
 SETTINGS = LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=BLOCK_PROJECTIONS)
 
@@ -73,7 +73,7 @@ def test_a_checkpoint_whose_adapters_do_not_fit_its_rank_is_refused(tmp_path):
 
 
 def test_the_peft_adapter_folder_on_transformers_llama_of_the_base_gives_the_merged_logits(tmp_path):
-    from convert_to_hf import peft_adapter_logits, write_peft_adapter
+    from smolm135.interop.convert import peft_adapter_logits, write_peft_adapter
 
     checkpoint, _ = lora_checkpoint()
     merged = checkpoint.build_model()
@@ -106,7 +106,7 @@ def lora_run_config(corpus_file, out_dir, **overrides):
 
 @pytest.mark.slow
 def test_a_lora_run_stopped_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(corpus_file, tmp_path):
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     _, uninterrupted = train(lora_run_config(corpus_file, tmp_path / "whole"))
     train(lora_run_config(corpus_file, tmp_path / "parts", max_steps=2))
@@ -137,7 +137,7 @@ def test_a_lora_run_from_a_checkpoint_without_adapters_adapts_its_weights_from_s
     from dataclasses import replace
 
     from conftest import CHAT_VOCAB_SIZE, save_tiny_chat_checkpoint
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     source = load_checkpoint(save_tiny_chat_checkpoint(tmp_path / "plain.pt"))
     model = replace(PRESETS["tiny-rotary"], vocab_size=CHAT_VOCAB_SIZE)
@@ -151,7 +151,7 @@ def test_a_lora_run_from_a_checkpoint_without_adapters_adapts_its_weights_from_s
 
 def test_the_peft_adapter_export_of_a_checkpoint_without_adapters_is_one_line(tmp_path):
     from conftest import save_tiny_chat_checkpoint
-    from convert_to_hf import main
+    from smolm135.interop.convert import main
 
     path = save_tiny_chat_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(UserError, match="has no LoRA adapters.*--lora-rank"):
@@ -164,7 +164,7 @@ def test_the_peft_adapter_export_of_a_checkpoint_without_adapters_is_one_line(tm
 def test_the_export_of_a_lora_checkpoint_is_the_merged_model_and_its_peft_adapter(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from convert_to_hf import convert
+    from smolm135.interop.convert import convert
 
     checkpoint, _ = lora_checkpoint()  # GPT-2's tokenizer (no record), which fits the 50,304-row embedding
     path = save_atomic(checkpoint, tmp_path / "lora.pt")
@@ -183,9 +183,9 @@ def test_lora_on_a_pretrained_llama_exports_an_adapter_that_peft_loads_on_that_v
     from transformers import AutoModelForCausalLM
 
     from conftest import make_corpus_text
-    from convert_to_hf import MAX_LOGIT_DIFFERENCE, write_peft_adapter
-    from Model_smollm135_trainer import train
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.convert import MAX_LOGIT_DIFFERENCE, write_peft_adapter
+    from smolm135.training.trainer import train
+    from smolm135.interop.pretrained import load_pretrained
     from test_smollm import save_tiny_llama
 
     folder = tmp_path / "llama"

@@ -4,8 +4,8 @@ CPU autocast runs float16 too (slowly), so these run here with the trainer's dev
 import pytest
 import torch
 
-import Model_smollm135_trainer as trainer
-from smolm135.runtime import DTYPES, Precision, pick_dtype
+from smolm135.training import trainer
+from smolm135.runtime.device import DTYPES, Precision, pick_dtype
 
 from conftest import tiny_train_config
 

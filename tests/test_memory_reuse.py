@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[
 # frees buffers of 100, 200 and 50 MB, as a training step does its activations and gradients.
 STEPS = """
 import resource, sys, torch
-from smolm135.runtime import configure_backends
+from smolm135.runtime.device import configure_backends
 configure_backends(torch.device("cpu"), reuse_freed_memory={reuse})
 
 def page_faults_of_a_step():

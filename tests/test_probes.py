@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from smollm135_model import CpuKernels, ModelConfig, build_model
-from smolm135 import probes
-from smolm135.runtime import choose_precision
+from smolm135.runtime import probes
+from smolm135.runtime.device import choose_precision
 
 from conftest import tiny_train_config
 
@@ -113,7 +113,7 @@ def test_the_decode_probe_answers_in_kernel_choices_and_leaves_the_model_as_it_w
 
 @pytest.mark.slow
 def test_the_trainer_says_which_precision_auto_chose_and_why(corpus_file, tmp_path, monkeypatch, cache):
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     monkeypatch.setattr(probes, "this_host", lambda: fake_host(["avx2"]))
     cfg = tiny_train_config(corpus_file, tmp_path / "run", dtype="auto", max_steps=1, eval_every=100,

@@ -3,11 +3,12 @@ resume after SIGKILL: test_resume)."""
 import pytest
 import torch
 
-from Model_smollm135_trainer import train
+from smolm135.training.trainer import train
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import UserError
-from smolm135.optim import OptimizerPair, configure_optimizer
-from smolm135.train_config import TrainConfig, validate
+from smolm135.training.optim import OptimizerPair, configure_optimizer
+from smolm135.training.budget import MEASURING_STEPS
+from smolm135.training.config import TrainConfig, validate
 
 from conftest import tiny_train_config
 
@@ -33,7 +34,7 @@ def test_muon_updates_the_blocks_matrices_and_adamw_the_embeddings_and_norms():
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_our_muon_in_bf16_is_torchs_to_the_bit_and_in_fp32_close_to_it(nesterov):
-    from smolm135.optim import Muon
+    from smolm135.training.optim import Muon
 
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(48, 16, generator=generator), torch.randn(16, 40, generator=generator)]
@@ -80,14 +81,14 @@ def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(c
 
 
 def recipe_of(*argv) -> TrainConfig:
-    from Model_smollm135_trainer import build_parser
-    from smolm135.train_config import config_from_args, parse_train_args
+    from smolm135.training.trainer import build_parser
+    from smolm135.training.config import config_from_args, parse_train_args
 
     return config_from_args(parse_train_args(build_parser(), list(argv)))
 
 
 def test_a_named_recipe_fills_the_flags_and_the_command_line_overrides_it(capsys):
-    from smolm135.train_config import RECIPES, from_recipe
+    from smolm135.training.config import RECIPES, from_recipe
 
     scratch = recipe_of("--recipe", "cpu-scratch", "--lr", "1e-3", "--out-dir", "run")
     assert scratch.recipe == "cpu-scratch" and scratch.lr == 1e-3 and scratch.out_dir == "run"
@@ -101,15 +102,18 @@ def test_a_named_recipe_fills_the_flags_and_the_command_line_overrides_it(capsys
     assert recipe_of("--recipe", "cpu-scratch", "--minutes", "0").minutes == 0  # its budget, turned off
 
 
-def test_the_cpu_scratch_recipe_evaluates_and_checkpoints_its_last_step():
-    cfg = recipe_of("--recipe", "cpu-scratch")
-    validate(cfg)
-    assert cfg.max_steps % cfg.eval_every == 0 and cfg.checkpoint_every == cfg.max_steps
+def test_the_quick_start_recipes_are_valid_and_let_their_budget_decide_the_steps():
+    for name in ("cpu-scratch", "finetune"):
+        cfg = recipe_of("--recipe", name)
+        validate(cfg)
+        # the step count is the budget's (--max-steps only bounds it); the last step, whichever the budget
+        # fixes, is evaluated, sampled and checkpointed like every run's
+        assert cfg.minutes == 10 and cfg.max_steps >= 1000 and cfg.warmup_steps >= MEASURING_STEPS
 
 
 def test_recipe_list_prints_each_recipe_with_its_values_and_exits_0(capsys):
-    from Model_smollm135_trainer import main
-    from smolm135.train_config import RECIPES
+    from smolm135.training.trainer import main
+    from smolm135.training.config import RECIPES
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--recipe", "list"])
@@ -121,8 +125,8 @@ def test_recipe_list_prints_each_recipe_with_its_values_and_exits_0(capsys):
 
 
 def test_help_names_the_recipes(capsys):
-    from Model_smollm135_trainer import main
-    from smolm135.train_config import RECIPES
+    from smolm135.training.trainer import main
+    from smolm135.training.config import RECIPES
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -147,9 +151,9 @@ def test_the_log_and_the_checkpoint_record_the_recipe_and_its_resolved_values(tr
 
 @pytest.mark.slow  # imports the demo (gradio)
 def test_the_demo_and_the_benchmark_name_the_recipe_instead_of_spelling_its_flags():
-    import app
+    from smolm135.inference import demo as app
     from bench.learning import RECIPES as BENCH_RECIPES
-    from smolm135.train_config import RECIPES
+    from smolm135.training.config import RECIPES
 
     assert app.TRAIN_COMMAND == "python Model_smollm135_trainer.py --recipe cpu-scratch"
     assert all(BENCH_RECIPES["cpu-scratch"][name] == value for name, value in RECIPES["cpu-scratch"].values.items()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import smollm135_model
-from continue_training import continue_training
-from Model_smollm135_trainer import train
+from smolm135.training.continuation import continue_training
+from smolm135.training.trainer import train
 from smolm135 import checkpoint
 from smolm135.errors import UserError
 
@@ -102,7 +102,7 @@ def test_auto_resume_logs_the_step_keeps_the_precision_and_never_starts_over(cor
     """On a CPU with bf16, `--dtype auto` measures; a later start can measure otherwise (another load, a
     cleared cache). A resume keeps the precision the run computed in, so its steps are the uninterrupted
     run's; a fresh start measures again."""
-    from smolm135 import probes
+    from smolm135.runtime import probes
 
     answers = [probes.PrecisionChoice(torch.float32, "fp32: bf16 took 1.02x the time of fp32 here"),
                probes.PrecisionChoice(torch.float32, "fp32: bf16 took 1.50x the time of fp32 here")]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, SmoLM135_Model, sample_next_token
-from smolm135.tokenizer import get_tokenizer
+from smolm135.data.tokenizer import get_tokenizer
 
 PADDED = PRESETS["tiny"].vocab_size  # 50,304: 47 rows past GPT-2's 50,257 tokens
 

@@ -149,7 +149,7 @@ def tiny_llama(module_tmp):
 
 def test_imported_llama_gives_transformers_logits_on_a_left_padded_batch(tiny_llama):
     from modeling_smolm135 import attention_mask_for_sdpa, position_ids_from_attention_mask
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     folder, hf_model, hf_tokenizer = tiny_llama
     pretrained = load_pretrained(str(folder))
@@ -174,7 +174,7 @@ def test_imported_llama_gives_transformers_logits_on_a_left_padded_batch(tiny_ll
 
 @pytest.mark.slow
 def test_imported_llama_continues_greedily_exactly_as_transformers(tiny_llama):
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     folder, hf_model, hf_tokenizer = tiny_llama
     pretrained = load_pretrained(str(folder))
@@ -188,8 +188,8 @@ def test_imported_llama_continues_greedily_exactly_as_transformers(tiny_llama):
 
 
 def test_imported_tokenizer_is_the_folders_own(tiny_llama):
-    from smolm135.pretrained import load_pretrained
-    from smolm135.tokenizer import tokenizer_from_record
+    from smolm135.interop.pretrained import load_pretrained
+    from smolm135.data.tokenizer import tokenizer_from_record
 
     folder, _, hf_tokenizer = tiny_llama
     tokenizer = load_pretrained(str(folder)).tokenizer
@@ -211,7 +211,7 @@ def _saved(record):
 
 
 def test_llama_of_another_size_maps_onto_a_custom_config(tmp_path):
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     from conftest import make_corpus_text
 
@@ -231,7 +231,7 @@ def test_llama_of_another_size_maps_onto_a_custom_config(tmp_path):
 ])
 def test_llama_the_architecture_cannot_express_is_refused_naming_the_difference(tmp_path, overrides, named):
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     from conftest import make_corpus_text
 
@@ -245,7 +245,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_llama, tmp_p
     import shutil
 
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     folder = tmp_path / "small-vocab"
     shutil.copytree(tiny_llama[0], folder)
@@ -260,7 +260,7 @@ def test_a_config_far_larger_than_its_weights_is_refused_before_anything_is_buil
     import shutil
 
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     folder = tmp_path / "hostile"
     shutil.copytree(tiny_llama[0], folder)
@@ -274,7 +274,7 @@ def test_hub_id_offline_is_refused_naming_the_offline_choices(monkeypatch):
     from huggingface_hub import constants
 
     from smolm135.errors import UserError
-    from smolm135.pretrained import is_pretrained_source, load_pretrained
+    from smolm135.interop.pretrained import is_pretrained_source, load_pretrained
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -296,7 +296,7 @@ needs_shipped_gguf = pytest.mark.skipif(
 @needs_shipped_gguf
 @pytest.mark.slow
 def test_builtin_smollm2_instruct_loads_from_the_shipped_gguf_and_knows_paris():
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     pretrained = load_pretrained("smollm2-135m-instruct")  # dequantizing 98 MB takes a while on 2 cores
     assert pretrained.config == PRESETS["smollm2-135m"]  # the preset is the published model's layout
@@ -318,8 +318,8 @@ def test_the_shipped_gguf_tokenizer_reads_text_as_transformers_reads_it():
     piece of its own ("\n\n" then "1"), which transformers' loader splits by GPT-2's rule alone."""
     from transformers import AutoTokenizer
 
-    from smolm135.import_gguf import gguf_tokenizer, open_gguf
-    from smolm135.pretrained import builtin_gguf_path
+    from smolm135.interop.import_gguf import gguf_tokenizer, open_gguf
+    from smolm135.interop.pretrained import builtin_gguf_path
 
     from conftest import make_corpus_text
 
@@ -341,7 +341,7 @@ def test_a_gguf_tokenizer_that_is_not_byte_level_bpe_is_one_line(tmp_path):
     from gguf import GGUFWriter
 
     from smolm135.errors import UserError
-    from smolm135.import_gguf import gguf_tokenizer, open_gguf
+    from smolm135.interop.import_gguf import gguf_tokenizer, open_gguf
 
     writer = GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
     writer.add_tokenizer_model("llama")  # sentencepiece, as Llama 2's
@@ -356,7 +356,7 @@ def test_a_gguf_tokenizer_that_is_not_byte_level_bpe_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped_gguf_bytes():
-    from smolm135.pretrained import builtin_gguf_path
+    from smolm135.interop.pretrained import builtin_gguf_path
 
     return builtin_gguf_path("smollm2-135m-instruct").read_bytes()
 
@@ -370,7 +370,7 @@ def shipped_gguf_bytes():
 @pytest.mark.slow
 def test_damaged_gguf_is_refused_in_one_line(tmp_path, shipped_gguf_bytes, damage, named):
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     path = tmp_path / "model.gguf"
     path.write_bytes(damage(shipped_gguf_bytes))
@@ -380,7 +380,7 @@ def test_damaged_gguf_is_refused_in_one_line(tmp_path, shipped_gguf_bytes, damag
 
 
 def test_gguf_without_the_gguf_package_says_what_to_install(monkeypatch, tmp_path):
-    from smolm135 import pretrained
+    from smolm135.interop import pretrained
     from smolm135.errors import UserError
 
     real_find_spec = importlib.util.find_spec
@@ -401,8 +401,8 @@ def test_gguf_reads_back_as_written_and_as_transformers_reads_it(tmp_path, gguf_
     from transformers import AutoModelForCausalLM
 
     from smollm135_model import padded_vocab_size
-    from smolm135.export_gguf import write_gguf
-    from smolm135.pretrained import llama_state_dict_to_native, load_pretrained
+    from smolm135.interop.export_gguf import write_gguf
+    from smolm135.interop.pretrained import llama_state_dict_to_native, load_pretrained
 
     from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
@@ -455,7 +455,7 @@ def metadata_gguf(path: Path, block_count) -> Path:
 ])
 def test_gguf_metadata_that_its_tensors_do_not_back_is_refused_in_one_line(tmp_path, block_count, named):
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     with pytest.raises(UserError, match=named) as refused:
         load_pretrained(str(metadata_gguf(tmp_path / "m.gguf", block_count)))
@@ -466,7 +466,7 @@ def test_a_gguf_tensor_type_the_gguf_package_cannot_read_is_one_line_naming_the_
     import gguf
 
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     def cannot(data, qtype):
         raise NotImplementedError(f"Dequantization for {qtype.name} is not yet implemented")
@@ -479,7 +479,7 @@ def test_a_gguf_tensor_type_the_gguf_package_cannot_read_is_one_line_naming_the_
 
 def test_missing_gguf_file_is_refused():
     from smolm135.errors import UserError
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     with pytest.raises(UserError, match="does not exist"):
         load_pretrained("no/such/model.gguf")
@@ -492,7 +492,7 @@ def word_level_tokenizer(n_words: int):
     """A JsonTokenizer over a whitespace vocabulary of `n_words` entries, <|endoftext|> first."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from smolm135.tokenizer import JsonTokenizer
+    from smolm135.data.tokenizer import JsonTokenizer
 
     vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(n_words - 2)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -503,8 +503,8 @@ def word_level_tokenizer(n_words: int):
 def test_token_cache_is_keyed_by_tokenizer_and_stores_the_smallest_id_type(tmp_path):
     import numpy as np
 
-    from smolm135.data import load_corpus
-    from smolm135.tokenizer import token_dtype
+    from smolm135.data.corpus import load_corpus
+    from smolm135.data.tokenizer import token_dtype
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("w5 w7 w65000 w9\n")
@@ -532,7 +532,7 @@ def pretrained_run(tiny_llama, corpus_file, module_tmp):
     """Three steps of training that start from the tiny Llama folder."""
     from conftest import tiny_train_config
 
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
 
     out_dir = module_tmp.mktemp("from-llama")
     cfg = tiny_train_config(corpus_file, out_dir, preset="smolm135", init_from=str(tiny_llama[0]), max_steps=3,
@@ -543,7 +543,7 @@ def pretrained_run(tiny_llama, corpus_file, module_tmp):
 
 def test_training_from_a_llama_folder_starts_fresh_with_its_weights_and_tokenizer(pretrained_run, tiny_llama):
     from smolm135.checkpoint import load_checkpoint
-    from smolm135.pretrained import load_pretrained
+    from smolm135.interop.pretrained import load_pretrained
 
     cfg, model, summary, out_dir = pretrained_run
     pretrained = load_pretrained(str(tiny_llama[0]))
@@ -563,7 +563,7 @@ def test_training_from_a_llama_folder_starts_fresh_with_its_weights_and_tokenize
 def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tmp_path):
     import shutil
 
-    from continue_training import continue_training
+    from smolm135.training.continuation import continue_training
     from smolm135.checkpoint import load_checkpoint
 
     cfg, _, summary, out_dir = pretrained_run
@@ -579,7 +579,7 @@ def test_a_pretrained_run_continues_from_its_checkpoint_alone(pretrained_run, tm
 def test_a_pretrained_run_exports_as_a_llama_folder_with_its_own_tokenizer(pretrained_run, tiny_llama, tmp_path):
     import json
 
-    from convert_to_hf import convert
+    from smolm135.interop.convert import convert
 
     _, _, summary, _ = pretrained_run
     folder = convert(summary["final_model_path"], tmp_path / "export", say=lambda *_: None)  # verifies itself
@@ -597,7 +597,7 @@ def test_bits_per_byte_is_the_validation_loss_per_byte_of_validation_text(pretra
     import math
 
     from smolm135.checkpoint import load_checkpoint
-    from smolm135.data import split_train_val
+    from smolm135.data.corpus import split_train_val
 
     cfg, _, summary, out_dir = pretrained_run
     tokenizer = load_checkpoint(summary["final_model_path"]).build_tokenizer()
@@ -612,7 +612,7 @@ def test_bits_per_byte_is_the_validation_loss_per_byte_of_validation_text(pretra
 
 def test_evaluate_scores_a_pretrained_run_with_its_own_tokenizer_beside_its_start(pretrained_run, tiny_llama,
                                                                                   corpus_file):
-    import evaluate
+    from smolm135.inference import evaluate as evaluate
 
     _, _, summary, _ = pretrained_run
     text = corpus_file.read_text()[:3000]
@@ -628,7 +628,7 @@ def test_evaluate_scores_a_pretrained_run_with_its_own_tokenizer_beside_its_star
 def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama, corpus_file, tmp_path):
     from conftest import tiny_train_config
 
-    from Model_smollm135_trainer import train
+    from smolm135.training.trainer import train
     from smolm135.errors import UserError
 
     cfg = tiny_train_config(corpus_file, tmp_path, preset="tiny", init_from=str(tiny_llama[0]))
@@ -638,8 +638,8 @@ def test_explicit_preset_that_is_not_the_pretrained_model_is_refused(tiny_llama,
 
 def test_a_pretrained_start_takes_the_fine_tuning_recipe_for_each_flag_it_leaves_out(tmp_path, capsys,
                                                                                      monkeypatch):
-    from Model_smollm135_trainer import build_parser
-    from smolm135.train_config import RECIPES, TrainConfig, config_from_args, parse_train_args
+    from smolm135.training.trainer import build_parser
+    from smolm135.training.config import RECIPES, TrainConfig, config_from_args, parse_train_args
 
     FINE_TUNING = RECIPES["finetune"].values
 
@@ -680,7 +680,7 @@ def test_offline_hub_id_in_the_trainer_is_one_line_and_exit_status_2(corpus_file
 
 
 def test_the_demo_serves_a_pretrained_run_with_the_tokenizer_its_checkpoint_records(pretrained_run):
-    import app
+    from smolm135.inference import demo as app
 
     _, _, summary, _ = pretrained_run
     text_model = app.load_model(checkpoint=summary["final_model_path"], device="cpu")

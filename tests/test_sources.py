@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from smolm135 import data, sources
-from smolm135.data import load_corpus, resolve_sources
+from smolm135.data import corpus as data
+from smolm135.data import sources
+from smolm135.data.corpus import load_corpus, resolve_sources
 from smolm135.errors import UserError
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 from conftest import make_corpus_text, tiny_train_config
 
@@ -186,8 +187,8 @@ def test_hub_ids_parse_name_config_and_split(monkeypatch):
 
 @pytest.mark.slow
 def test_trainer_trains_on_a_parquet_column_named_by_the_flag(tmp_path):
-    from Model_smollm135_trainer import build_parser, train
-    from smolm135.train_config import config_from_args
+    from smolm135.training.trainer import build_parser, train
+    from smolm135.training.config import config_from_args
 
     path = write_parquet(tmp_path / "c.parquet", [make_corpus_text(300, seed=i) for i in range(4)], column="content")
     assert config_from_args(build_parser().parse_args(["--text-field", "content"])).text_field == "content"

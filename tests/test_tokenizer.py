@@ -2,8 +2,8 @@ import shutil
 
 import pytest
 
-from smolm135 import tokenizer
-from smolm135.tokenizer import END_OF_TEXT_ID, get_tokenizer
+from smolm135.data import tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 
 def test_gpt2_ids_for_the_reference_sentence():

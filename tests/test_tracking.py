@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-import Model_smollm135_trainer
+from smolm135.training import trainer as Model_smollm135_trainer
 from smolm135.errors import run_cli
-from smolm135.tracking import Tracker, start_tracker
-from smolm135.training_log import RunLog
+from smolm135.training.tracking import Tracker, start_tracker
+from smolm135.training.log import RunLog
 
 from conftest import tiny_train_config
 

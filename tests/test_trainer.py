@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import smollm135_model
-from Model_smollm135_trainer import main, train
+from smolm135.training.trainer import main, train
 from smolm135.errors import UserError, run_cli
-from smolm135.train_config import TrainConfig, get_lr
+from smolm135.training.config import TrainConfig, get_lr
 
 from conftest import REPO_ROOT, tiny_train_config
 
@@ -141,8 +141,8 @@ def test_every_sample_continues_the_opening_of_the_validation_text(trained_run):
     import re
 
     from smolm135.checkpoint import TRAINING
-    from smolm135.data import load_corpus, split_train_val
-    from smolm135.tokenizer import GPT2TextTokenizer
+    from smolm135.data.corpus import load_corpus, split_train_val
+    from smolm135.data.tokenizer import GPT2TextTokenizer
 
     cfg, _, summary, out_dir = trained_run
     corpus = load_corpus(cfg.data, TRAINING.under(out_dir).cache_dir, show_progress=False, quiet=True)
@@ -155,7 +155,7 @@ def test_every_sample_continues_the_opening_of_the_validation_text(trained_run):
 
 
 def test_a_sample_prompt_opens_the_first_document_that_starts_in_the_text():
-    from smolm135.generation import opening_of
+    from smolm135.inference.generation import opening_of
 
     separator = 0
     assert opening_of([5, 6, 0, 7, 8, 9, 0, 3], separator, length=2) == [7, 8]
@@ -168,7 +168,7 @@ def test_a_sample_prompt_opens_the_first_document_that_starts_in_the_text():
 def test_a_chat_models_sample_also_answers_a_fixed_message_through_its_template():
     from types import SimpleNamespace
 
-    from Model_smollm135_trainer import SAMPLE_MESSAGE, sample_text
+    from smolm135.training.trainer import SAMPLE_MESSAGE, sample_text
     from smollm135_model import build_model
 
     from conftest import CHAT_VOCAB_SIZE, tiny_chat_tokenizer

@@ -1,5 +1,5 @@
 """A rotary model as a plain transformers `LlamaForCausalLM` folder: config.json with model_type llama and no
-auto_map, q/k/v and gate/up split back into transformers' names (smolm135/llama_names.py), safetensors. Such a
+auto_map, q/k/v and gate/up split back into transformers' names (smolm135/interop/llama_names.py), safetensors. Such a
 folder loads with `AutoModelForCausalLM.from_pretrained(path)` and no remote code, and so in every runtime
 that reads Llama folders (vLLM, llama.cpp's converter, MLX, ...).
 
@@ -17,8 +17,8 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
-from .errors import UserError
-from .llama_names import check_rotary, native_to_llama
+from smolm135.errors import UserError
+from smolm135.interop.llama_names import check_rotary, native_to_llama
 
 
 def llama_config(cfg: ModelConfig, bos_token_id: int, eos_token_id: int, pad_token_id: int):

@@ -132,7 +132,7 @@ def validation_bits_per_byte(model, tokens: np.ndarray, context: int, device: to
     `context` that do not overlap, as training sees text; separators are context only, as in
     score_documents. `max_tokens` scores only the split's beginning (the (B, T, vocab) logits are the cost);
     `text_bytes` counts the bytes of text some ids spell (the tokenizer's `text_bytes`)."""
-    from .runtime import autocast
+    from smolm135.runtime.device import autocast
 
     tokens = np.asarray(tokens[:max_tokens] if max_tokens else tokens, dtype=np.int64)
     scored = tokens != separator_id

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from .disk import give_default_mode
+from smolm135.runtime.disk import give_default_mode
 
 CACHE_DIR_ENV = "SMOLM135_CACHE_DIR"
 CACHE_FILE = "probes.json"

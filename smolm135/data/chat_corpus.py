@@ -2,7 +2,7 @@
 dialogues by topic in many languages) as a messages .jsonl the trainer reads.
 
     pip install chatterbot-corpus --no-deps
-    python -c "from smolm135.chat_corpus import write_chatterbot_jsonl; write_chatterbot_jsonl('chat.jsonl')"
+    python -c "from smolm135.data.chat_corpus import write_chatterbot_jsonl; write_chatterbot_jsonl('chat.jsonl')"
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from smolm135.errors import UserError
 
 SHUFFLE_SEED = 0  # the topics come one file after another; shuffled, the held-out tail samples all of them
 

@@ -10,16 +10,16 @@ from types import MappingProxyType
 
 from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
-from .budget import MEASURING_STEPS
-from .chat_data import FORMATS, LOSS_ON
-from .data import DEFAULT_DATA, EMPTY_DATA
-from .errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
-from .lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
-from .sources import DEFAULT_TEXT_FIELD
-from .tracking import REPORT_TO
-from .tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
+from smolm135.training.budget import MEASURING_STEPS
+from smolm135.data.chat import FORMATS, LOSS_ON
+from smolm135.data.corpus import DEFAULT_DATA, EMPTY_DATA
+from smolm135.errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
+from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
+from smolm135.data.sources import DEFAULT_TEXT_FIELD
+from smolm135.training.tracking import REPORT_TO
+from smolm135.data.tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
-OPTIMIZERS = ("adamw", "muon")  # built by smolm135/optim.py
+OPTIMIZERS = ("adamw", "muon")  # built by smolm135/training/optim.py
 # A model trained from scratch reads GPT-2's tokens (gpt2) or a byte-level BPE of its vocabulary size learned
 # from the corpus (corpus); auto takes GPT-2's where the model's vocabulary holds it. A checkpoint or a
 # pretrained model brings its own.
@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 1337
     resume: str = "auto"  # auto | never | PATH
     init_from: str | None = None  # a checkpoint to start from (weights, optimizer, step) when not resuming
-    trust_remote_code: bool = False  # a --init-from folder may bring code that is not ours (smolm135.loading)
+    trust_remote_code: bool = False  # a --init-from folder may bring code that is not ours (smolm135.interop.loading)
     progress: bool = True  # console progress bar
     recipe: str = "seed"  # the named recipe (RECIPES) the command line's flags were laid over; recorded, not applied
     report_to: str = "none"  # also send the log's numbers to: none | tensorboard | wandb | trackio (REPORT_TO)
@@ -393,7 +393,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 
 def _implied_recipe(init_from: str | None) -> str:
     if init_from:
-        from .pretrained import is_pretrained_source
+        from smolm135.interop.pretrained import is_pretrained_source
 
         if is_pretrained_source(init_from):
             return PRETRAINED_RECIPE

@@ -26,11 +26,11 @@ OPENING_SEARCH_TOKENS = 1 << 20
 def start_token_id(tokenizer) -> int | None:
     """The token an empty prompt starts from: the tokenizer's beginning of text, so the model continues from
     where its training texts begin (GPT-2's `<|endoftext|>`, which also separates them). Takes a tiktoken
-    encoding, one of this project's tokenizers (`smolm135.tokenizer`) or a transformers tokenizer; None when
+    encoding, one of this project's tokenizers (`smolm135.data.tokenizer`) or a transformers tokenizer; None when
     the tokenizer has no such token."""
     if hasattr(tokenizer, "eot_token"):  # tiktoken.Encoding
         return tokenizer.eot_token
-    if hasattr(tokenizer, "document_separator_id"):  # smolm135.tokenizer: GPT2TextTokenizer, JsonTokenizer
+    if hasattr(tokenizer, "document_separator_id"):  # smolm135.data.tokenizer: GPT2TextTokenizer, JsonTokenizer
         bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
         return bos if bos is not None else tokenizer.document_separator_id
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -123,7 +123,7 @@ def continue_ids(model: SmoLM135_Model, tokenizer, prompt_ids: list[int], max_ne
 def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens: int, seed: int,
                   sampling: Sampling = SAMPLING) -> str:
     """The fitted prompt and its sampled continuation, as text. `tokenizer` is one of this project's
-    tokenizers (`smolm135.tokenizer`); an empty prompt starts from `start_token_id`."""
+    tokenizers (`smolm135.data.tokenizer`); an empty prompt starts from `start_token_id`."""
     kept, continuation = continue_ids(model, tokenizer, prompt_ids_of(tokenizer, prompt), max_new_tokens, seed,
                                       sampling)
     return tokenizer.decode(kept + continuation)

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import sources
-from .disk import process_alive
-from .errors import UserError
-from .sources import DEFAULT_TEXT_FIELD, Source
-from .tokenizer import (
+from smolm135.data import sources
+from smolm135.runtime.disk import process_alive
+from smolm135.errors import UserError
+from smolm135.data.sources import DEFAULT_TEXT_FIELD, Source
+from smolm135.data.tokenizer import (
     END_OF_TEXT,
     GPT2TextTokenizer,
     JsonTokenizer,

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .chat_data import IGNORE_INDEX, ChatData, ConversationShape, Windows, detect_shape, load_chat_data
-from .data import DEFAULT_DATA, TRAIN_STREAM, Corpus, resolve_sources
-from .errors import UserError
-from .runtime import autocast
+from smolm135.data.chat import IGNORE_INDEX, ChatData, ConversationShape, Windows, detect_shape, load_chat_data
+from smolm135.data.corpus import DEFAULT_DATA, TRAIN_STREAM, Corpus, resolve_sources
+from smolm135.errors import UserError
+from smolm135.runtime.device import autocast
 
 
 def row_indices(n_windows: int, n_rows: int, seed: int, stream: int, index: int) -> np.ndarray:
@@ -75,7 +75,7 @@ def bits_per_answer_byte(chat: ChatData, loss: float, max_rows: int) -> float:
 def answer_sample(model, tokenizer, messages: list[dict], max_new_tokens: int, seed: int) -> str:
     """The model's answer to `messages` (a held-out conversation up to a user turn), rendered with the
     generation prompt and sampled under the generation policy until the end of its turn."""
-    from .generation import SAMPLING, fit_prompt
+    from smolm135.inference.generation import SAMPLING, fit_prompt
 
     device = model.lm_head.weight.device
     prompt_ids = tokenizer.encode(tokenizer.chat_prompt(messages))

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
 
-from .checkpoint import (
+from smolm135.checkpoint import (
     Checkpoint,
     DataPosition,
     Progress,
@@ -24,10 +24,10 @@ from .checkpoint import (
     save_atomic,
     save_training_checkpoint,
 )
-from . import sources
-from .chat_data import ChatData
-from .chat_training import bits_per_answer_byte
-from .data import (
+from smolm135.data import sources
+from smolm135.data.chat import ChatData
+from smolm135.training.chat import bits_per_answer_byte
+from smolm135.data.corpus import (
     Corpus,
     available_cpus,
     check_looks_like_text,
@@ -38,16 +38,16 @@ from .data import (
     resolve_sources,
     split_train_val,
 )
-from .errors import UserError
-from .generation import opening_of, prompt_ids_of
-from .loading import load_model
-from .lora import LoraSettings, adapter_record, mismatch, split_state_dict
-from .pretrained import PretrainedModel, is_pretrained_source
-from .probes import hand_decode_probe
-from .runtime import Distributed, main_process_first, precision_record, run_on_main
-from .tokenizer import GPT2TextTokenizer
-from .train_config import TrainConfig, validate
-from .training_log import RunLog
+from smolm135.errors import UserError
+from smolm135.inference.generation import opening_of, prompt_ids_of
+from smolm135.interop.loading import load_model
+from smolm135.lora import LoraSettings, adapter_record, mismatch, split_state_dict
+from smolm135.interop.pretrained import PretrainedModel, is_pretrained_source
+from smolm135.runtime.probes import hand_decode_probe
+from smolm135.runtime.device import Distributed, main_process_first, precision_record, run_on_main
+from smolm135.data.tokenizer import GPT2TextTokenizer
+from smolm135.training.config import TrainConfig, validate
+from smolm135.training.log import RunLog
 
 
 @dataclass
@@ -279,7 +279,7 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
 
 def pretrained_start(spec: str, trust_remote_code: bool) -> PretrainedModel:
     """The weights, config and tokenizer of a pretrained --init-from, read by the one loader
-    (smolm135.loading) under its trust policy."""
+    (smolm135.interop.loading) under its trust policy."""
     loaded = load_model(spec, trust_remote_code=trust_remote_code, native_only=True)
     return PretrainedModel(loaded.model.config, loaded.model.state_dict(), loaded.tokenizer, loaded.description)
 

@@ -1,7 +1,7 @@
 """A rotary model as one GGUF file (llama architecture) for llama.cpp, ollama and transformers' GGUF loader.
 
 Written through the `gguf` package's GGUFWriter and quantizer; no byte of the format is spelled here. The
-tensors are the Llama layout's (smolm135/llama_names.py) with q and k permuted to llama.cpp's rotary
+tensors are the Llama layout's (smolm135/interop/llama_names.py) with q and k permuted to llama.cpp's rotary
 convention (its converter's `permute`; transformers' GGUF loader undoes it). The tokenizer goes in as llama.cpp
 describes a byte-level BPE: tokens, token types and merges, with the pre-tokenizer "gpt-2" for GPT-2's and
 "smollm" for SmolLM's (as the SmolLM2 GGUF files describe theirs).
@@ -19,8 +19,8 @@ import torch
 
 from smollm135_model import SmoLM135_Model
 
-from .errors import UserError
-from .llama_names import (
+from smolm135.errors import UserError
+from smolm135.interop.llama_names import (
     GGUF_BYTE_LEVEL_BPE,
     GGUF_GPT2_SPLIT,
     GGUF_SMOLLM_SPLIT,
@@ -29,7 +29,7 @@ from .llama_names import (
     native_to_parts,
     permute_for_llama_cpp,
 )
-from .tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
+from smolm135.data.tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # Max abs logit difference to the native fp32 model, as a fraction of the native logits' largest magnitude:

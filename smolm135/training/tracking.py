@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from .errors import import_extra
+from smolm135.errors import import_extra
 
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 PROJECT = "smolm135"  # the wandb and trackio project every run reports to

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from smollm135_model import SmoLM135_Model
 
-from .checkpoint import TrainingFacts, load_checkpoint, read_training_info
-from .errors import UserError
-from .pretrained import BUILTIN_MODELS, HUB_ID, download_from_hub, load_hf_folder, load_pretrained
-from .tokenizer import GPT2TextTokenizer
+from smolm135.checkpoint import TrainingFacts, load_checkpoint, read_training_info
+from smolm135.errors import UserError
+from smolm135.interop.pretrained import BUILTIN_MODELS, HUB_ID, download_from_hub, load_hf_folder, load_pretrained
+from smolm135.data.tokenizer import GPT2TextTokenizer
 
-OUR_CODE_DIR = Path(__file__).resolve().parents[1]  # where modeling_smolm135.py and the files it imports live
+OUR_CODE_DIR = Path(__file__).resolve().parents[2]  # where modeling_smolm135.py and the files it imports live
 TRUST_FLAG = "--trust-remote-code"
 HF_KIND = "Hugging Face model"
 SMOLM135_MODEL_TYPE = "smolm135"  # modeling_smolm135.SmoLM135Config.model_type, read here without importing it
@@ -101,6 +101,7 @@ def load_model(spec: str, trust_remote_code: bool = False, named: bool = True,
     """Any model spec -> a LoadedModel on the CPU. `named`: the user gave this spec (a folder found by searching
     is not, and its code never runs). `native_only`: the caller needs the native model (to train or convert
     it); an architecture only transformers can run is refused instead of loaded."""
+    spec = str(spec)
     if spec in BUILTIN_MODELS or spec.endswith(".gguf"):
         return native_from_pretrained(spec, load_pretrained(spec), "GGUF model")
     path = Path(spec).expanduser()
@@ -198,7 +199,7 @@ def load_smolm135_folder(folder: Path, source: str, facts: TrainingFacts, descri
 def folder_tokenizer(folder: Path, native: SmoLM135_Model, source: str):
     """GPT-2's tokenizer for a folder that holds GPT-2's (as convert_to_hf.py writes it for a model trained
     with it), else the folder's own tokenizer.json."""
-    from .pretrained import tokenizer_from_transformers
+    from smolm135.interop.pretrained import tokenizer_from_transformers
 
     tokenizer_config = folder / "tokenizer_config.json"
     try:

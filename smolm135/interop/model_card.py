@@ -7,11 +7,11 @@ import math
 
 from smollm135_model import GPT2_VOCAB_SIZE, SAMPLING, VOCAB_PADDING_MULTIPLE, ModelConfig
 
-from .checkpoint import TRAINING_INFO_FILE, TrainingFacts
-from .errors import UserError
-from .export_card import runtimes_section
-from .markdown import escape_markdown
-from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
+from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts
+from smolm135.errors import UserError
+from smolm135.interop.export_card import runtimes_section
+from smolm135.interop.markdown import escape_markdown
+from smolm135.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 USAGE_PROMPT = "To be, or not to be"
 CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation")
@@ -120,7 +120,7 @@ def render_model_card(model_config: ModelConfig, parameters: int, facts: Trainin
     """README.md text: YAML metadata for the Hub, then architecture, training, loss plot and usage (for a
     rotary model, exported as a plain Llama folder: the runtimes that load it and its `gguf_files`). Text that
     comes from a file (the data's name, the model's name, the starting point) is escaped: it shows as written,
-    never as markup. `tokenizer`: the model's own (`smolm135.tokenizer`); None means GPT-2's."""
+    never as markup. `tokenizer`: the model's own (`smolm135.data.tokenizer`); None means GPT-2's."""
     cfg = model_config
     tokenizer_words, vocabulary_words = tokenizer_sentence(tokenizer)
     rotary = cfg.position_embedding == "rotary"

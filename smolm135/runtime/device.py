@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from smolm135.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -170,9 +170,9 @@ def choose_precision(requested: str, device: torch.device, model_config=None, se
                      resumed: dict | None = None) -> Precision:
     """The training precision. `auto`: on CUDA bf16 (float16 before Ampere); on a CPU whichever of fp32
     and bf16 autocast trains `model_config` (default: the smolm135 preset) faster on this host, measured
-    once and remembered (smolm135/probes.py); elsewhere fp32. `resumed`, the precision record of the run
+    once and remembered (smolm135/runtime/probes.py); elsewhere fp32. `resumed`, the precision record of the run
     being resumed (`precision_record`), is kept on the same kind of device unless --dtype names another."""
-    from . import probes
+    from smolm135.runtime import probes
 
     if resumed and resumed["device"] == device.type and requested in ("auto", resumed["dtype"]):
         return Precision(DTYPES[resumed["dtype"]], f"{resumed['dtype']}, as the run being resumed computed"

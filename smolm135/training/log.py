@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .tracking import Tracker
+from smolm135.training.tracking import Tracker
 
 
 class RunLog:

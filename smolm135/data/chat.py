@@ -29,10 +29,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import sources
-from .errors import UserError
-from .sources import Source
-from .tokenizer import render_chat
+from smolm135.data import sources
+from smolm135.errors import UserError
+from smolm135.data.sources import Source
+from smolm135.data.tokenizer import render_chat
 
 FORMATS = ("auto", "text", "chat")  # --format: auto tells conversations from text by the columns
 LOSS_ON = ("assistant", "all")  # --loss-on: the assistant's tokens only (as TRL's assistant_only_loss), or all

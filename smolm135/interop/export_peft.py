@@ -6,9 +6,9 @@ from pathlib import Path
 
 from smollm135_model import SmoLM135_Model
 
-from .export_llama import llama_config, llama_model_from_native
-from .llama_names import weight_names
-from .lora import ADAPTER_NAME, LoraSettings, load_split_state_dict, peft_wrapped, split_state_dict
+from smolm135.interop.export_llama import llama_config, llama_model_from_native
+from smolm135.interop.llama_names import weight_names
+from smolm135.lora import ADAPTER_NAME, LoraSettings, load_split_state_dict, peft_wrapped, split_state_dict
 
 
 def save_peft_adapter(base: SmoLM135_Model, record: dict, folder: Path, base_model_name: str | None = None) -> Path:

@@ -5,8 +5,8 @@ transformers' GGUF loader reads the same file, but parses its metadata three tim
 and the tokenizer), and that metadata is mostly the vocabulary: for SmolLM2's 49,152 tokens and their merges,
 about 5 s per parse on 2 cores of an AMD EPYC (bench/README.md, host B: loading the built-in GGUF). Here the
 file is parsed once; the `gguf` package dequantizes each tensor (the same function transformers calls), the
-rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/llama_names.py), and the
-tokenizer is the inverse of what smolm135/export_gguf.py writes: llama.cpp's token list, merges and token
+rows of q and k go back from llama.cpp's rotary order to transformers' (smolm135/interop/llama_names.py), and the
+tokenizer is the inverse of what smolm135/interop/export_gguf.py writes: llama.cpp's token list, merges and token
 types back into a `tokenizer.json`.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 
 from smollm135_model import ModelConfig
 
-from .errors import UserError
-from .llama_names import (
+from smolm135.errors import UserError
+from smolm135.interop.llama_names import (
     GGUF_BYTE_LEVEL_BPE,
     GGUF_EMBEDDING,
     GGUF_OUTPUT,
@@ -30,7 +30,7 @@ from .llama_names import (
     llama_cpp_rotated_heads,
     permute_from_llama_cpp,
 )
-from .tokenizer import JsonTokenizer, byte_level_spelling
+from smolm135.data.tokenizer import JsonTokenizer, byte_level_spelling
 
 
 def open_gguf(path: Path):
@@ -68,7 +68,7 @@ def field_value(reader, key: str, default=None):
 
 def llama_config(reader, path: Path):
     """The file's llama.* metadata as the attributes of a transformers LlamaConfig, for the checks and the
-    mapping that a Hugging Face folder's config goes through (smolm135/pretrained.py)."""
+    mapping that a Hugging Face folder's config goes through (smolm135/interop/pretrained.py)."""
     def need(key: str, kind: type = int, default=None):
         value = field_value(reader, f"llama.{key}", default)
         if value is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-from .errors import UserError, import_extra
+from smolm135.errors import UserError, import_extra
 
 TEXT_SUFFIX = ".txt"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")

@@ -1,6 +1,6 @@
 """The one table between the native weight names and the Llama layout's: transformers' `LlamaForCausalLM` names
-and llama.cpp's GGUF names. Importing a Llama model (smolm135/pretrained.py) and exporting one
-(smolm135/export_llama.py, smolm135/export_gguf.py) read the same rows, in opposite directions.
+and llama.cpp's GGUF names. Importing a Llama model (smolm135/interop/pretrained.py) and exporting one
+(smolm135/interop/export_llama.py, smolm135/interop/export_gguf.py) read the same rows, in opposite directions.
 
 A native tensor is one or more Llama tensors stacked along dim 0: `qkv_proj` is q, k, v and `gate_up_proj` is
 gate, up, in that order (the order in which the native layers split them).
@@ -13,7 +13,7 @@ import torch
 
 from smollm135_model import ModelConfig
 
-from .errors import UserError
+from smolm135.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import math
 
 import torch
 
-from .checkpoint import PARTS_KEY
-from .errors import UserError
-from .train_config import TrainConfig, get_lr
+from smolm135.checkpoint import PARTS_KEY
+from smolm135.errors import UserError
+from smolm135.training.config import TrainConfig, get_lr
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,

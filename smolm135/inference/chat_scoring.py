@@ -10,9 +10,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .chat_data import BadRecord, BadRecords, ConversationEncoder, ConversationShape, Fitting, fit_to_window, read_conversations
-from .errors import UserError
-from .scoring import LogitsFn, Score
+from smolm135.data.chat import (
+    BadRecord,
+    BadRecords,
+    ConversationEncoder,
+    ConversationShape,
+    Fitting,
+    fit_to_window,
+    read_conversations,
+)
+from smolm135.errors import UserError
+from smolm135.inference.scoring import LogitsFn, Score
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Text in, token batches out: where documents come from, the tokenizers, the token cache, batches."""

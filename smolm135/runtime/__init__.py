@@ -1,0 +1,1 @@
+"""Where and how code runs: device and precision, torchrun, what this host computes fastest, disk writes."""

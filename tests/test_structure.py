@@ -1,0 +1,106 @@
+"""The package shows its stages, and imports run one way: a module imports only from its own stage or an earlier
+one, no module imports itself round a cycle, the model file imports nothing of the package, and nothing imports
+a script."""
+import ast
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+PACKAGE = "smolm135"
+# Earlier stages first. A module may import from its own stage and from earlier ones, never from a later one.
+STAGES = (
+    ("smolm135.errors", "smolm135.runtime"),  # leaves: user errors, device, precision, probes, disk writes
+    ("smolm135.data",),  # documents, tokenizers, token cache, batches
+    ("smolm135.checkpoint", "smolm135.lora", "smolm135.loss_plot"),  # what a run leaves behind
+    ("smolm135.interop",),  # other formats in and out, one loader for any model
+    ("smolm135.inference",),  # generation, scoring, evaluation, the demo
+    ("smolm135.training",),  # recipes, optimizers, the run, the loop
+)
+MODEL_FILES = ("smollm135_model", "modeling_smolm135")
+SCRIPTS = ("Model_smollm135_trainer", "continue_training", "evaluate", "convert_to_hf", "app")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function, relative imports made absolute."""
+    own = module_name(path).split(".")
+    package = own if path.name == "__init__.py" else own[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found.add(module)
+            found |= {f"{module}.{alias.name}" for alias in node.names}  # from package import module
+    return found
+
+
+def project_modules() -> dict[str, Path]:
+    files = [*(REPO_ROOT / PACKAGE).rglob("*.py"), *(REPO_ROOT / f"{name}.py" for name in MODEL_FILES)]
+    return {module_name(path): path for path in files}
+
+
+def stage_of(module: str) -> int | None:
+    return next((rank for rank, prefixes in enumerate(STAGES)
+                 if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)), None)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: {imported for imported in imported_modules(path) if imported in modules and imported != name}
+            for name, path in modules.items()}
+
+
+def test_every_module_of_the_package_belongs_to_a_stage():
+    unplaced = [name for name in project_modules() if name.startswith(PACKAGE + ".") and stage_of(name) is None]
+    assert unplaced == []
+
+
+def test_imports_run_from_later_stages_to_earlier_ones_only():
+    backwards = [f"{name} (stage {stage_of(name)}) imports {imported} (stage {stage_of(imported)})"
+                 for name, imports in import_graph().items() if stage_of(name) is not None
+                 for imported in imports if stage_of(imported) is not None and stage_of(imported) > stage_of(name)]
+    assert backwards == []
+
+
+def test_no_module_imports_itself_round_a_cycle():
+    graph = import_graph()
+    cycles = []
+
+    def visit(name, path):
+        for imported in graph[name]:
+            if imported in path:
+                cycles.append(" -> ".join(path[path.index(imported):] + [imported]))
+            elif imported not in done:
+                visit(imported, path + [imported])
+        done.add(name)
+
+    done = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_the_model_file_imports_nothing_of_the_package():
+    for name in MODEL_FILES:
+        assert not any(module.startswith(PACKAGE) for module in imported_modules(REPO_ROOT / f"{name}.py")), name
+
+
+def test_nothing_imports_a_script():
+    importers = [f"{path.relative_to(REPO_ROOT)} imports {module}"
+                 for path in REPO_ROOT.rglob("*.py") if ".git" not in path.parts and path.stem not in SCRIPTS
+                 for module in imported_modules(path) if module.split(".")[0] in SCRIPTS]
+    assert importers == []
+
+
+def test_each_script_only_parses_its_arguments_and_calls_the_package():
+    for script in SCRIPTS:
+        tree = ast.parse((REPO_ROOT / f"{script}.py").read_text(encoding="utf-8"))
+        assert not [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))], script
