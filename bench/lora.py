@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 import torch
 
 from bench.harness import describe, median, parse_args, print_row, time_interleaved, token_batch, training_step
-from bench.train_memory import resident_bytes, settle_cpu_memory
+from bench.train_memory import measured_in_child, print_memory, step_memory
 from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.errors import run_cli
 from smolm135.lora import BLOCK_PROJECTIONS, LoraSettings, add_adapters, trainable_parameters
-from smolm135.training.config import FINE_TUNING
+from smolm135.training.config import RECIPES
+
+FINE_TUNING = RECIPES["finetune"].values  # the batch a fine-tune steps on
 
 SIDES = ("full fine-tuning", "LoRA")
 
@@ -49,27 +50,8 @@ def bench_model(side: str, quick: bool, rank: int, device) -> SmoLM135_Model:
 def measure(args, side: str, batch_size: int, seq_len: int) -> dict[str, int]:
     """Run in the child: memory of one fp32 training step of `side`."""
     model = bench_model(side, args.quick, args.rank, args.device)
-    step = training_step(model, "ours", token_batch(batch_size, seq_len + 1, args.device), torch.float32)
-    step()  # warm-up: allocates the AdamW state
-    if args.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        resting = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return {"resting": resting, "peak": torch.cuda.max_memory_allocated()}
-    resting = settle_cpu_memory()
-    step()
-    return {"resting": resting, "peak": resident_bytes("VmHWM")}
-
-
-def run_child(argv: list[str], side: str) -> dict[str, int]:
-    result = subprocess.run([sys.executable, "-m", "bench.lora", *argv, "--measure", side],
-                            capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"measuring {side} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return step_memory(training_step(model, "ours", token_batch(batch_size, seq_len + 1, args.device), torch.float32),
+                       args.device)
 
 
 def main(argv=None) -> dict[str, float]:
@@ -91,13 +73,8 @@ def main(argv=None) -> dict[str, float]:
     for side, values in seconds.items():
         print_row(side, values, "s")
     del models, steps  # the children measure memory alone
-    memory = {side: run_child(argv, side) for side in SIDES}
-    print(f"training step memory, {batch_size} x {seq_len}, float32:")
-    for side, used in memory.items():
-        step_peak, resting, peak = (value / 2**20 for value in
-                                    (used["peak"] - used["resting"], used["resting"], used["peak"]))
-        print(f"  {side:<20} step peak {step_peak:>9,.0f} MiB   resting {resting:>9,.0f} MiB   "
-              f"total peak {peak:>9,.0f} MiB")
+    memory = {side: measured_in_child("bench.lora", [*argv, "--measure", side], side) for side in SIDES}
+    print_memory(memory, f"{batch_size} x {seq_len}, float32")
     full, lora = (memory[side] for side in SIDES)
     ratios = {"step time": median(seconds["LoRA"]) / median(seconds["full fine-tuning"]),
               "step peak memory": (lora["peak"] - lora["resting"]) / (full["peak"] - full["resting"]),

@@ -65,9 +65,14 @@ def measure(args, side: str, dtype: torch.dtype, batch_size: int, seq_len: int) 
     ours, reference = model_pair(bench_config(args.quick), args.device)
     model = ours if side == "ours" else reference
     del ours, reference  # the other one
-    step = training_step(model, side, token_batch(batch_size, seq_len + 1, args.device), dtype)
+    return step_memory(training_step(model, side, token_batch(batch_size, seq_len + 1, args.device), dtype),
+                       args.device)
+
+
+def step_memory(step, device: torch.device) -> dict[str, int]:
+    """Bytes in use before a training step (after a warm-up step allocated the optimizer state) and at its peak."""
     step()  # warm-up: allocates the AdamW state
-    if args.device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -82,10 +87,25 @@ def measure(args, side: str, dtype: torch.dtype, batch_size: int, seq_len: int) 
 
 def run_child(argv: list[str], side: str, dtype: torch.dtype) -> dict[str, int]:
     dtype_name = str(dtype).replace("torch.", "")
-    result = subprocess.run([sys.executable, "-m", "bench.train_memory", *argv, "--measure", side, "--dtype", dtype_name],
-                            capture_output=True, text=True)
+    return measured_in_child("bench.train_memory", [*argv, "--measure", side, "--dtype", dtype_name],
+                             f"{side} ({dtype_name})")
+
+
+def print_memory(results: dict[str, dict[str, int]], what: str) -> None:
+    """Each side's step peak (above its resting memory), resting and total peak, in MiB."""
+    print(f"training step memory, {what}:")
+    for label, memory in results.items():
+        step_peak, resting, peak = (value / 2**20 for value in
+                                    (memory["peak"] - memory["resting"], memory["resting"], memory["peak"]))
+        print(f"  {label:<20} step peak {step_peak:>9,.0f} MiB   resting {resting:>9,.0f} MiB   "
+              f"total peak {peak:>9,.0f} MiB")
+
+
+def measured_in_child(module: str, argv: list[str], what: str) -> dict[str, int]:
+    """A benchmark's memory figures measured in a fresh process (`python -m module argv`), whose peak is its own."""
+    result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"measuring {side} ({dtype_name}) failed:\n{result.stderr}")
+        raise RuntimeError(f"measuring {what} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -103,12 +123,7 @@ def main(argv=None) -> dict[str, float]:
     for dtype in precisions(args.device, cfg, seq_len)[0]:
         results = {label: run_child(argv, side, dtype) for label, side in SIDES.items()}
         name = str(dtype).replace("torch.", "")
-        print(f"training step memory, {batch_size} x {seq_len}, {name}:")
-        for label, memory in results.items():
-            step_peak, resting, peak = (value / 2**20 for value in
-                                        (memory["peak"] - memory["resting"], memory["resting"], memory["peak"]))
-            print(f"  {label:<20} step peak {step_peak:>9,.0f} MiB   resting {resting:>9,.0f} MiB   "
-                  f"total peak {peak:>9,.0f} MiB")
+        print_memory(results, f"{batch_size} x {seq_len}, {name}")
         ours, reference = (results[label] for label in SIDES)
         ratios[f"{name} step peak"] = (ours["peak"] - ours["resting"]) / (reference["peak"] - reference["resting"])
         ratios[f"{name} total peak"] = ours["peak"] / reference["peak"]

@@ -115,6 +115,13 @@ def test_a_bad_value_is_one_line_naming_the_flag(script, args, message, tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "requirements.txt").write_text("torch\n")  # what --data "" once tokenized
+    refused_in_one_line(script, args, message, monkeypatch, capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "requirements.txt"]  # nothing written
+
+
+def refused_in_one_line(script: str, args: list[str], message: str, monkeypatch, capsys) -> None:
+    """The script, run in-process with no model named by the environment, exits 2 with one `error:` line
+    holding `message`, and no traceback."""
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
     with pytest.raises(SystemExit) as exit_info:
@@ -123,7 +130,6 @@ def test_a_bad_value_is_one_line_naming_the_flag(script, args, message, tmp_path
     lines = captured.err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert message in lines[0] and "Traceback" not in captured.err + captured.out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "requirements.txt"]  # nothing written
 
 
 @pytest.mark.parametrize("script, args, message", [
@@ -252,14 +258,6 @@ def test_a_refusal_leaves_nothing_behind(script, args, message, given_files, tmp
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
     given_before = folder_contents(given_files)
-    args = [arg.replace(GIVEN, str(given_files)) for arg in args]
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: SCRIPTS[script](args))
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert message in lines[0] and "Traceback" not in captured.err + captured.out
+    refused_in_one_line(script, [arg.replace(GIVEN, str(given_files)) for arg in args], message, monkeypatch, capsys)
     assert folder_contents(work) == [] and folder_contents(given_files) == given_before

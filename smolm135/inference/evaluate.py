@@ -135,12 +135,8 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
     texts = read_documents(data, text_field)
     if not any(texts):
         raise UserError(f"data {data} holds no text to score")
-    torch_device = pick_device(device)
-    configure_backends(torch_device)
-    torch_dtype = pick_dtype(dtype, torch_device)
     results = []
-    for spec in models:
-        model = load_any_model(spec, torch_device, torch_dtype, trust_remote_code)
+    for spec, model, torch_device in scoring_models(models, device, dtype, trust_remote_code):
         window = context if context is not None else model.context_length
         step = stride if stride is not None else max(1, window // 2)
         problems = check_window(window, step, model)
@@ -151,8 +147,17 @@ def evaluate(models: list[str], data: str, context: int | None = None, stride: i
         result = Result(spec, model.parameters, model.tokenizer_name, window, step, score)
         say(result_line(result))
         results.append(result)
-        del model
+        del model  # before the next one is loaded
     return results
+
+
+def scoring_models(models: list[str], device: str, dtype: str, trust_remote_code: bool) -> Iterator[tuple]:
+    """(spec, ScoringModel, torch device) for each model in turn, each let go before the next is loaded."""
+    torch_device = pick_device(device)
+    configure_backends(torch_device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    for spec in models:
+        yield spec, load_any_model(spec, torch_device, torch_dtype, trust_remote_code), torch_device
 
 
 def conversations_in(data: str, data_format: str):
@@ -172,12 +177,8 @@ def evaluate_conversations(models: list[str], data: str, shape, context: int | N
     """Each model's loss on the answers of --data's conversations, rendered by its own chat template."""
     from smolm135.inference.chat_scoring import score_conversations
 
-    torch_device = pick_device(device)
-    configure_backends(torch_device)
-    torch_dtype = pick_dtype(dtype, torch_device)
     results = []
-    for spec in models:
-        model = load_any_model(spec, torch_device, torch_dtype, trust_remote_code)
+    for spec, model, torch_device in scoring_models(models, device, dtype, trust_remote_code):
         if model.tokenizer is None or not model.tokenizer.has_chat_template:
             raise UserError(f"--data {data} holds conversations, but {spec} has no chat template to render them: "
                             f"score a chat model, or pass --format text to score a text column")
