@@ -26,7 +26,7 @@ from transformers import DynamicCache, GenerationMixin, PretrainedConfig, PreTra
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 try:  # inside an exported folder, transformers imports these files as one package
-    from smollm135_model import GPT2_END_OF_TEXT_ID, ModelConfig, SmoLM135_Model, causal_mask
+    from .smollm135_model import GPT2_END_OF_TEXT_ID, ModelConfig, SmoLM135_Model, causal_mask
 except ImportError:  # imported from the repository, where the files are top-level modules
     from smollm135_model import GPT2_END_OF_TEXT_ID, ModelConfig, SmoLM135_Model, causal_mask
 
