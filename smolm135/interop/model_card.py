@@ -3,12 +3,11 @@ trained, and code that loads it."""
 from __future__ import annotations
 
 import json
-import math
 
 from smollm135_model import GPT2_VOCAB_SIZE, SAMPLING, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts
-from smolm135.errors import UserError
+from smolm135.errors import UserError, is_number
 from smolm135.interop.export_card import runtimes_section
 from smolm135.interop.markdown import escape_markdown
 from smolm135.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
@@ -74,7 +73,7 @@ def sampling_sentence() -> str:
 
 def _number(value, fmt: str) -> str:
     """A recorded number, formatted; anything else a checkpoint may hold in its place is 'not recorded'."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value):
         return "not recorded"
     return format(value, fmt)
 
