@@ -19,9 +19,9 @@ from smolm135.interop.convert import build_generation_config, build_hf_tokenizer
 from modeling_smolm135 import SmoLM135Config, attention_mask_for_sdpa
 from smollm135_model import PRESETS, SmoLM135_Model, build_model, causal_mask, fit_to_context
 from smolm135.checkpoint import TrainingFacts
-from smolm135.inference.generation import SAMPLING, continue_text, decode_bytes, fit_prompt, start_token_id
+from smolm135.inference.generation import SAMPLING, continue_text, decode_bytes, fit_prompt
 from smolm135.interop.model_card import render_model_card
-from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer, start_token_id
 from smolm135.training.config import TrainConfig
 
 LONG_PROMPT = " ".join(["the old king follows a small boat down the river at night"] * 6)  # about 70 tokens
