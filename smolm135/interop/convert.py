@@ -55,7 +55,14 @@ from smolm135.interop.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
 from smolm135.interop.model_card import DEFAULT_LICENSE, check_license, render_model_card
 from smolm135.interop.loading import TRUST_FLAG, load_model
-from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
+from smolm135.data.tokenizer import (
+    END_OF_TEXT,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    get_tokenizer,
+    gpt2_bpe_files,
+    start_token_id,
+)
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
@@ -153,9 +160,8 @@ def special_token_ids(tokenizer=None) -> dict:
     """bos/eos/pad ids of the transformers config: the model's own tokenizer's, or GPT-2's <|endoftext|> (as
     SmoLM135Config's defaults) for the GPT-2 encoding."""
     if isinstance(tokenizer, JsonTokenizer):
-        bos = tokenizer.token_id(tokenizer.bos_token)
-        return {"bos_token_id": bos if bos is not None else tokenizer.eos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+        return {"bos_token_id": start_token_id(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.eos_token_id}
     config = SmoLM135Config()
     return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id}
