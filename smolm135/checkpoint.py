@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import re
@@ -38,7 +37,7 @@ import torch
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
 from smolm135.runtime.disk import make_room, process_alive, write_failure
-from smolm135.errors import UserError
+from smolm135.errors import UserError, is_int, is_number
 from smolm135.lora import is_adapter_record, load_weights
 from smolm135.runtime.probes import hand_decode_probe
 from smolm135.runtime.device import is_precision_record
@@ -493,16 +492,12 @@ def _is_optimizer_state(value) -> bool:
                     for group in value["param_groups"]))
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _count(value, minimum: int = 0) -> bool:
-    return _is_int(value) and value >= minimum
+    return is_int(value) and value >= minimum
+
+
+def _recorded_loss(value) -> bool:
+    return is_number(value, finite=False)
 
 
 def model_config_problems(config) -> list[str]:
@@ -517,9 +512,9 @@ def model_config_problems(config) -> list[str]:
         if isinstance(default, bool):
             fits = isinstance(value, bool)
         elif isinstance(default, int) or default is None:  # None: an optional count (n_kv_head)
-            fits = _is_int(value) or (default is None and value is None)
+            fits = is_int(value) or (default is None and value is None)
         elif isinstance(default, float):
-            fits = _is_number(value) and math.isfinite(value)
+            fits = is_number(value)
         else:
             fits = isinstance(value, type(default))
         if not fits:
@@ -559,11 +554,13 @@ def state_problems(state: dict) -> list[str]:
     kinds = {
         "train_config": lambda v: isinstance(v, dict),
         "step": _count, "tokens_seen": _count, "nonfinite_in_a_row": _count,
-        "elapsed_seconds": lambda v: _is_number(v) and v >= 0,
-        "train_loss": _is_number, "val_loss": _is_number,
+        "elapsed_seconds": lambda v: is_number(v) and v >= 0,
+        # a validation loss is recorded as it came out, NaN or infinite included (only a step's non-finite loss
+        # skips its update), so a run's own checkpoint holding one must still load
+        "train_loss": _recorded_loss, "val_loss": _recorded_loss,
         "history": lambda v: isinstance(v, dict) and all(
             isinstance(v.get(kind, []), list) and all(isinstance(point, (list, tuple)) and len(point) == 2
-                                                      and _count(point[0]) and _is_number(point[1])
+                                                      and _count(point[0]) and _recorded_loss(point[1])
                                                       for point in v.get(kind, [])) for kind in ("train", "val")),
         "optimizer_state_dict": lambda v: _is_optimizer_state(v) or (
             isinstance(v, dict) and isinstance(v.get(PARTS_KEY), list) and len(v) == 1

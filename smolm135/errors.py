@@ -1,9 +1,11 @@
-"""One exception type for mistakes a user can fix, the command-line wrapper that prints it, and the argument
-parser whose own errors are one line too."""
+"""One exception type for mistakes a user can fix, the command-line wrapper that prints it, the argument
+parser whose own errors are one line too, and what counts as a whole number or a number wherever a flag, a
+checkpoint or a file gives one."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from types import ModuleType
@@ -12,6 +14,16 @@ from typing import Callable
 
 class UserError(Exception):
     """A problem with the user's input or environment; the message names it and says what to do."""
+
+
+def is_int(value) -> bool:
+    """A whole number: an int, and not a bool (which Python counts as one, so `True` would pass for 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value, finite: bool = True) -> bool:
+    """A real number: an int or a float, not a bool; finite unless `finite=False` (a recorded loss may be NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
 
 
 # An empty path is the current folder to pathlib (Path("") == Path(".")), so `--out-dir ""` would write there and

@@ -14,12 +14,13 @@ peft is imported only where adapters are made or merged: importing it imports tr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from smollm135_model import SmoLM135_Model
+
+from smolm135.errors import is_int, is_number
 
 # The Linear layers inside a Block of smollm135_model.py (attention: qkv_proj, o_proj; MLP: gate_up_proj,
 # down_proj), the layers LoRA may adapt. The embedding and the output head, tied to it, are left out: an
@@ -66,14 +67,14 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 def settings_problems(rank, alpha, dropout, targets: str) -> list[str]:
     """What is wrong with the --lora-* flags, as phrases for train_config.validate (empty: usable)."""
-    if not (isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank <= MAX_RANK):
+    if not (is_int(rank) and 0 <= rank <= MAX_RANK):
         return [f"--lora-rank must be a whole number from 0 (no LoRA) to {MAX_RANK} (got {rank})"]
     if rank == 0:
         return []
     problems = []
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    if not (is_number(alpha) and alpha > 0):
         problems.append(f"--lora-alpha must be a positive number (got {alpha})")
-    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+    if not (is_number(dropout) and 0 <= dropout < 1):
         problems.append(f"--lora-dropout must be at least 0 and below 1 (got {dropout})")
     names = parse_targets(targets) if isinstance(targets, str) else ()
     unknown = [name for name in names if name not in BLOCK_PROJECTIONS]

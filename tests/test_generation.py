@@ -14,14 +14,15 @@ import torch
 from transformers import GenerationConfig
 
 from smolm135.inference import demo as app
-from conftest import REPO_ROOT
-from smolm135.interop.convert import build_generation_config, build_hf_tokenizer, hf_model_from_native
+from conftest import REPO_ROOT, smollm_style_tokenizer
+from smolm135.interop.convert import (build_generation_config, build_hf_tokenizer, hf_model_from_native,
+                                      special_token_ids)
 from modeling_smolm135 import SmoLM135Config, attention_mask_for_sdpa
 from smollm135_model import PRESETS, SmoLM135_Model, build_model, causal_mask, fit_to_context
 from smolm135.checkpoint import TrainingFacts
-from smolm135.inference.generation import SAMPLING, continue_text, decode_bytes, fit_prompt, start_token_id
+from smolm135.inference.generation import SAMPLING, continue_text, decode_bytes, fit_prompt
 from smolm135.interop.model_card import render_model_card
-from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, get_tokenizer
+from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, start_token_id
 from smolm135.training.config import TrainConfig
 
 LONG_PROMPT = " ".join(["the old king follows a small boat down the river at night"] * 6)  # about 70 tokens
@@ -87,6 +88,18 @@ def test_an_empty_prompt_starts_from_the_end_of_text_token_everywhere(short_cont
     assert started_from == [[50256]]
 
     assert continue_text(short_context_model, GPT2TextTokenizer(), "", 3, seed=0).startswith(END_OF_TEXT)
+
+
+def test_a_model_with_its_own_tokenizer_starts_from_its_bos_else_its_separator_in_the_demo_and_the_export(
+        short_context_model):
+    with_bos = smollm_style_tokenizer("some text to learn from, 123 and 456. " * 20)
+    without_bos = JsonTokenizer(with_bos.tokenizer_json, eos_token="<|im_end|>")
+    assert start_token_id(with_bos) == with_bos.token_id("<|im_start|>")
+    assert start_token_id(without_bos) == without_bos.document_separator_id == without_bos.token_id(END_OF_TEXT)
+    info = native_text_model(short_context_model).info
+    for tokenizer in (with_bos, without_bos):
+        demo_start = app.NativeTextModel(short_context_model, info, tokenizer).start_token_id
+        assert demo_start == special_token_ids(tokenizer)["bos_token_id"] == start_token_id(tokenizer)
 
 
 @pytest.mark.slow

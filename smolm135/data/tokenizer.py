@@ -178,6 +178,20 @@ class JsonTokenizer:
                 "bos_token": self.bos_token, "chat_template": self.chat_template, "origin": self.origin}
 
 
+def start_token_id(tokenizer) -> int | None:
+    """The token a text starts from where it has none of its own (an empty prompt, a document scored by a model
+    that only transformers runs): the tokenizer's beginning of text, so the model continues from where its
+    training texts begin (GPT-2's `<|endoftext|>`, which also separates them), else the token that separates
+    documents (a transformers tokenizer: its end of text). Takes a tiktoken encoding, one of the tokenizers
+    above or a transformers tokenizer; None when the tokenizer has no such token."""
+    if hasattr(tokenizer, "eot_token"):  # tiktoken.Encoding
+        return tokenizer.eot_token
+    if hasattr(tokenizer, "document_separator_id"):  # GPT2TextTokenizer, JsonTokenizer
+        bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
+        return bos if bos is not None else tokenizer.document_separator_id
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
 SMALLEST_BPE_VOCABULARY = 257  # a byte-level BPE's alphabet (every byte) and <|endoftext|>, before any merge
 
 

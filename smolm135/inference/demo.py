@@ -27,16 +27,16 @@ from smolm135.checkpoint import (
 from smolm135.errors import CommandLineParser, UserError, path_argument
 from smolm135.interop.loading import TRUST_FLAG, LoadedModel, code_problem, read_config
 from smolm135.interop.loading import load_model as load_any_model
-from smolm135.inference.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt, start_token_id
+from smolm135.inference.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt
 from smolm135.interop.markdown import escape_markdown
 from smolm135.runtime.device import pick_device
 from smolm135.data.tokenizer import (
     END_OF_TEXT,
-    END_OF_TEXT_ID,
     GPT2TextTokenizer,
     JsonTokenizer,
     get_tokenizer,
     render_chat,
+    start_token_id,
 )
 
 APP_DIR = Path(__file__).resolve().parents[2]  # where app.py lives: the checkout, or a Space's folder
@@ -149,11 +149,8 @@ class NativeTextModel:
         # GPT-2's (models trained from scratch) or the model's own (started from SmolLM & co), as recorded
         self.tokenizer = tokenizer if tokenizer is not None else GPT2TextTokenizer()
         self.encoder = get_tokenizer()
-        self.start_token_id = END_OF_TEXT_ID  # what an empty prompt starts from, as in GPT-2
+        self.start_token_id = start_token_id(self.tokenizer)  # None: an empty prompt cannot start
         self.end_token_ids = self.tokenizer.end_token_ids  # a chat model's end of turn, and the end of a text
-        if isinstance(self.tokenizer, JsonTokenizer):
-            bos = self.tokenizer.token_id(self.tokenizer.bos_token)
-            self.start_token_id = next(t for t in (bos, self.tokenizer.eos_token_id, 0) if t is not None)
 
     @property
     def has_chat_template(self) -> bool:

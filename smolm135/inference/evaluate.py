@@ -14,7 +14,7 @@ from smolm135.interop.loading import TRUST_FLAG, load_model
 from smolm135.runtime.device import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.inference.scoring import LogitsFn, Score, score_documents
 from smolm135.data.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
-from smolm135.data.tokenizer import GPT2TextTokenizer
+from smolm135.data.tokenizer import GPT2TextTokenizer, start_token_id
 
 
 @dataclass
@@ -62,7 +62,7 @@ def native_scoring_model(name: str, model, device: torch.device, dtype: torch.dt
 def transformers_scoring_model(spec: str, model, tokenizer, device: torch.device, dtype: torch.dtype) -> ScoringModel:
     """A causal LM only transformers can run, with its own tokenizer."""
     model = model.to(device).eval()
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    start_id = start_token_id(tokenizer)
     if start_id is None:
         raise UserError(f"the tokenizer in {spec} has neither a beginning- nor an end-of-text token to start "
                         f"documents with")

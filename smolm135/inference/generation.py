@@ -1,5 +1,5 @@
-"""The generation policy, as the scripts ask for it: the sampling defaults, the token an empty prompt starts
-from, and how a prompt (or a chat's conversation) and its continuation are fitted into the model's context.
+"""The generation policy, as the scripts ask for it: the sampling defaults, a prompt's ids (an empty one starts
+from the tokenizer's `start_token_id`), and how a prompt (or a chat's conversation) and its continuation are fitted into the model's context.
 
 The sampling defaults (`SAMPLING`) and the fitting rule (`fit_to_context`) are defined in `smollm135_model.py`,
 because its `generate` uses them and that file travels with every exported model; the demo (`app.py`), the
@@ -12,8 +12,10 @@ import torch
 
 from smollm135_model import SAMPLING, Sampling, SmoLM135_Model, fit_to_context
 
+from smolm135.data.tokenizer import start_token_id
+
 __all__ = ["SAMPLING", "Sampling", "answer", "continue_ids", "continue_text", "decode_bytes", "fit_conversation",
-           "fit_prompt", "opening_of", "prompt_ids_of", "start_token_id"]
+           "fit_prompt", "opening_of", "prompt_ids_of"]
 
 # How long a prompt taken from the validation text is (the trainer's samples): a sentence or two, and room
 # left for the continuation in the smallest presets' contexts.
@@ -21,19 +23,6 @@ OPENING_TOKENS = 32
 # How far into the validation text a document start is looked for; a text that holds none there (one long
 # file) is opened where the split begins.
 OPENING_SEARCH_TOKENS = 1 << 20
-
-
-def start_token_id(tokenizer) -> int | None:
-    """The token an empty prompt starts from: the tokenizer's beginning of text, so the model continues from
-    where its training texts begin (GPT-2's `<|endoftext|>`, which also separates them). Takes a tiktoken
-    encoding, one of this project's tokenizers (`smolm135.data.tokenizer`) or a transformers tokenizer; None when
-    the tokenizer has no such token."""
-    if hasattr(tokenizer, "eot_token"):  # tiktoken.Encoding
-        return tokenizer.eot_token
-    if hasattr(tokenizer, "document_separator_id"):  # smolm135.data.tokenizer: GPT2TextTokenizer, JsonTokenizer
-        bos = tokenizer.token_id(tokenizer.bos_token) if hasattr(tokenizer, "token_id") else None
-        return bos if bos is not None else tokenizer.document_separator_id
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
 def prompt_ids_of(tokenizer, prompt: str) -> list[int]:

@@ -53,9 +53,16 @@ from smolm135.interop.export_llama import (
 from smolm135.interop.export_peft import save_peft_adapter
 from smolm135.interop.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
-from smolm135.interop.model_card import check_license, render_model_card
+from smolm135.interop.model_card import DEFAULT_LICENSE, check_license, render_model_card
 from smolm135.interop.loading import TRUST_FLAG, load_model
-from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer, JsonTokenizer, get_tokenizer, gpt2_bpe_files
+from smolm135.data.tokenizer import (
+    END_OF_TEXT,
+    GPT2TextTokenizer,
+    JsonTokenizer,
+    get_tokenizer,
+    gpt2_bpe_files,
+    start_token_id,
+)
 
 MAX_LOGIT_DIFFERENCE = 1e-4  # fp32 on both sides: the same kernels on the same weights
 VERIFY_TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 🤖 def f(x):\n\treturn x ** 2\n"
@@ -153,9 +160,8 @@ def special_token_ids(tokenizer=None) -> dict:
     """bos/eos/pad ids of the transformers config: the model's own tokenizer's, or GPT-2's <|endoftext|> (as
     SmoLM135Config's defaults) for the GPT-2 encoding."""
     if isinstance(tokenizer, JsonTokenizer):
-        bos = tokenizer.token_id(tokenizer.bos_token)
-        return {"bos_token_id": bos if bos is not None else tokenizer.eos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id}
+        return {"bos_token_id": start_token_id(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.eos_token_id}
     config = SmoLM135Config()
     return {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id}
@@ -205,7 +211,7 @@ def transformers_progress_bars_off():
 
 
 def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-                    license: str = "apache-2.0", gguf_files: tuple[str, ...] = (), tokenizer=None,
+                    license: str = DEFAULT_LICENSE, gguf_files: tuple[str, ...] = (), tokenizer=None,
                     name: str | None = None) -> Path:
     """Write weights, config, code, tokenizer (the model's own, by default GPT-2's), generation config,
     training info, loss plot and model card (which names the `gguf_files` written beside them) straight into
@@ -361,7 +367,7 @@ def carry_over_added_files(previous: Path, export_dir: Path) -> list[str]:
 
 
 def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model_id: str | None = None,
-           license: str = "apache-2.0", gguf_types: tuple[str, ...] = (), tokenizer=None,
+           license: str = DEFAULT_LICENSE, gguf_types: tuple[str, ...] = (), tokenizer=None,
            say=print) -> Verification:
     """Write the folder (and a .gguf in it for each of `gguf_types`) beside `output_dir`, verify it there, then
     rename it into place: a failure (a full disk, a kill, a broken folder) leaves no partial folder and any
@@ -414,7 +420,7 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
 
 
 def convert(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-            model_id: str | None = None, license: str = "apache-2.0", say=print,
+            model_id: str | None = None, license: str = DEFAULT_LICENSE, say=print,
             gguf_types: tuple[str, ...] = (), peft_adapter: str | os.PathLike | None = None) -> Path:
     """Export the checkpoint to a verified Hugging Face folder, and to one verified .gguf file in it for each of
     `gguf_types`; returns the folder. A LoRA checkpoint is exported with its adapters merged, and with
@@ -548,8 +554,11 @@ def hub_token(repo_id: str, token: str | None, consequence: str) -> str:
     return token
 
 
+DEFAULT_COMMIT_MESSAGE = "Upload smolm135 model"  # the Hub commit of an upload, unless another message is given
+
+
 def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-                commit_message: str = "Upload smolm135 model", api=None) -> str:
+                commit_message: str = DEFAULT_COMMIT_MESSAGE, api=None) -> str:
     """Create the model repository if needed and upload `folder`, with the .gguf files an export wrote in it;
     returns the repository URL.
 
@@ -619,13 +628,13 @@ def build_parser() -> CommandLineParser:
                         help=f"folder holding {' and '.join(TRAINED_MODEL_GLOBS)}")
     parser.add_argument("--output-dir", type=path_argument,
                         help="folder to write (default: smolm135-<preset>-hf, smolm135-hf for the full preset)")
-    parser.add_argument("--license", default="apache-2.0", help="license in the model card's metadata")
+    parser.add_argument("--license", default=DEFAULT_LICENSE, help="license in the model card's metadata")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repository "
                                                                  "(name or owner/name), creating it if needed")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN or the saved "
                                         "`hf auth login`)")
-    parser.add_argument("--commit-message", default="Upload smolm135 model", help="commit message of the upload")
+    parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE, help="commit message of the upload")
     parser.add_argument("--gguf", nargs="+", choices=GGUF_TYPES, default=[], metavar="TYPE",
                         help=f"also write <folder>/<folder>-TYPE.gguf for llama.cpp and ollama (rotary models; "
                              f"TYPE: {', '.join(GGUF_TYPES)})")

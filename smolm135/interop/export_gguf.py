@@ -29,7 +29,7 @@ from smolm135.interop.llama_names import (
     native_to_parts,
     permute_for_llama_cpp,
 )
-from smolm135.data.tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files
+from smolm135.data.tokenizer import END_OF_TEXT, JsonTokenizer, gpt2_bpe_files, start_token_id
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # Max abs logit difference to the native fp32 model, as a fraction of the native logits' largest magnitude:
@@ -95,8 +95,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
 
     if isinstance(tokenizer, JsonTokenizer):
         tokens, merges, pre, added = json_vocabulary(tokenizer)
-        bos = tokenizer.token_id(tokenizer.bos_token)
-        eos = tokenizer.eos_token_id
+        bos, eos = start_token_id(tokenizer), tokenizer.eos_token_id
         if tokenizer.chat_template:
             writer.add_chat_template(tokenizer.chat_template)
     else:
@@ -115,7 +114,7 @@ def add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    writer.add_bos_token_id(bos if bos is not None else eos)
+    writer.add_bos_token_id(bos)
     writer.add_eos_token_id(eos)
     writer.add_pad_token_id(eos)
     writer.add_add_bos_token(False)

@@ -11,7 +11,6 @@ types back into a `tokenizer.json`.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +19,7 @@ import torch
 
 from smollm135_model import ModelConfig
 
-from smolm135.errors import UserError
+from smolm135.errors import UserError, is_int, is_number
 from smolm135.interop.llama_names import (
     GGUF_BYTE_LEVEL_BPE,
     GGUF_EMBEDDING,
@@ -73,8 +72,7 @@ def llama_config(reader, path: Path):
         value = field_value(reader, f"llama.{key}", default)
         if value is None:
             raise UserError(f"{path} lacks the metadata llama.{key}: it was not written by a llama.cpp converter")
-        if (isinstance(value, bool) or not isinstance(value, (kind, int)) or (kind is int and value <= 0)
-                or not math.isfinite(value)):
+        if not ((is_int(value) and value > 0) if kind is int else is_number(value)):
             wanted = "a positive whole number" if kind is int else "a number"
             raise UserError(f"{path} has llama.{key} = {value!r}, not {wanted}: the file is damaged")
         return value

@@ -3,12 +3,11 @@ trained, and code that loads it."""
 from __future__ import annotations
 
 import json
-import math
 
 from smollm135_model import GPT2_VOCAB_SIZE, SAMPLING, VOCAB_PADDING_MULTIPLE, ModelConfig
 
 from smolm135.checkpoint import TRAINING_INFO_FILE, TrainingFacts
-from smolm135.errors import UserError
+from smolm135.errors import UserError, is_number
 from smolm135.interop.export_card import runtimes_section
 from smolm135.interop.markdown import escape_markdown
 from smolm135.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
@@ -19,9 +18,10 @@ CARD_TAGS = ("smolm135", "gpt", "causal-lm", "text-generation")
 # `trust_remote_code=True`; a rotary one is a plain Llama folder and says so with the "llama" tag instead.
 REMOTE_CODE_TAG, LLAMA_TAG, GGUF_TAG = "custom_code", "llama", "gguf"
 
+DEFAULT_LICENSE = "apache-2.0"  # what a card's metadata says unless the export is given another license
 # The license identifiers the Hub recognises in a card's metadata (huggingface.co/docs/hub/repositories-licenses).
 HUB_LICENSES = (
-    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    DEFAULT_LICENSE, "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
     "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
     "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
     "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
@@ -41,7 +41,7 @@ def check_license(license: str) -> None:
     card's metadata as it stands)."""
     if license not in HUB_LICENSES:
         raise UserError(f"--license {license!r} is not a license identifier the Hugging Face Hub knows (e.g. "
-                        f"apache-2.0, mit, cc-by-4.0; the list: https://huggingface.co/docs/hub/repositories-"
+                        f"{DEFAULT_LICENSE}, mit, cc-by-4.0; the list: https://huggingface.co/docs/hub/repositories-"
                         f"licenses); use 'other' for a license of your own")
 
 
@@ -74,7 +74,7 @@ def sampling_sentence() -> str:
 
 def _number(value, fmt: str) -> str:
     """A recorded number, formatted; anything else a checkpoint may hold in its place is 'not recorded'."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value):
         return "not recorded"
     return format(value, fmt)
 

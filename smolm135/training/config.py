@@ -13,7 +13,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 from smolm135.training.budget import MEASURING_STEPS
 from smolm135.data.chat import FORMATS, LOSS_ON
 from smolm135.data.corpus import DEFAULT_DATA, EMPTY_DATA
-from smolm135.errors import EMPTY_PATH_ADVICE, UserError, path_argument, speaks_for_its_node
+from smolm135.errors import EMPTY_PATH_ADVICE, UserError, is_int, is_number, path_argument, speaks_for_its_node
 from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from smolm135.data.sources import DEFAULT_TEXT_FIELD
 from smolm135.training.tracking import REPORT_TO
@@ -191,37 +191,29 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate(cfg: TrainConfig) -> None:
     """Collect every problem with the recipe and raise once, naming the flags to fix. Every number must
     be finite and in its range: NaN compares false with everything, so each test is written to fail on it."""
     problems = []
     for name in _POSITIVE_INTS:
         value = getattr(cfg, name)
-        if not (_is_int(value) and value > 0):
+        if not (is_int(value) and value > 0):
             problems.append(f"{_flag(name)} must be a positive whole number (got {value})")
-    if not (_is_int(cfg.warmup_steps) and cfg.warmup_steps >= 0):
+    if not (is_int(cfg.warmup_steps) and cfg.warmup_steps >= 0):
         problems.append(f"--warmup-steps must be a whole number, 0 or more (got {cfg.warmup_steps})")
-    if cfg.lr_decay_steps is not None and not (_is_int(cfg.lr_decay_steps) and cfg.lr_decay_steps > 0):
+    if cfg.lr_decay_steps is not None and not (is_int(cfg.lr_decay_steps) and cfg.lr_decay_steps > 0):
         problems.append(f"--lr-decay-steps must be a positive whole number (got {cfg.lr_decay_steps})")
-    if not (_is_number(cfg.minutes) and cfg.minutes >= 0):
+    if not (is_number(cfg.minutes) and cfg.minutes >= 0):
         problems.append(f"--minutes must be a finite number, 0 (no budget) or more (got {cfg.minutes})")
-    elif cfg.minutes and _is_int(cfg.warmup_steps) and cfg.warmup_steps < MEASURING_STEPS:
+    elif cfg.minutes and is_int(cfg.warmup_steps) and cfg.warmup_steps < MEASURING_STEPS:
         problems.append(f"--minutes times the first {MEASURING_STEPS} steps before it fixes the step count, and "
                         f"their learning rate must not depend on it: --warmup-steps must be at least "
                         f"{MEASURING_STEPS} (got {cfg.warmup_steps})")
-    if not (_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
+    if not (is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED):
         problems.append(f"--seed must be a whole number from 0 to {MAX_SEED} (got {cfg.seed})")
-    if not (_is_number(cfg.lr) and cfg.lr > 0):
+    if not (is_number(cfg.lr) and cfg.lr > 0):
         problems.append(f"--lr must be a positive number (got {cfg.lr})")
-    elif cfg.min_lr is not None and not (_is_number(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
+    elif cfg.min_lr is not None and not (is_number(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr):
         problems.append(f"--min-lr must be between 0 and --lr (got {cfg.min_lr})")
     if cfg.tokenizer not in TOKENIZERS:
         problems.append(f"--tokenizer must be one of {', '.join(TOKENIZERS)} (got {cfg.tokenizer})")
@@ -245,15 +237,15 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
         value = getattr(cfg, name)
-        if not (_is_number(value) and value >= 0):
+        if not (is_number(value) and value >= 0):
             problems.append(f"{_flag(name)} must be a finite number, 0 or more (got {value})")
     for name in ("beta1", "beta2"):
         value = getattr(cfg, name)
-        if not (_is_number(value) and 0 <= value < 1):
+        if not (is_number(value) and 0 <= value < 1):
             problems.append(f"{_flag(name)} must be at least 0 and below 1 (got {value})")
-    if not (_is_number(cfg.muon_momentum) and 0 <= cfg.muon_momentum < 1):
+    if not (is_number(cfg.muon_momentum) and 0 <= cfg.muon_momentum < 1):
         problems.append(f"--muon-momentum must be at least 0 and below 1 (got {cfg.muon_momentum})")
-    if not (_is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
+    if not (is_number(cfg.val_fraction) and 0 < cfg.val_fraction < 1):
         problems.append(f"--val-fraction must be between 0 and 1 (got {cfg.val_fraction})")
     if not cfg.data.strip():
         problems.append(EMPTY_DATA)
@@ -270,7 +262,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     else:
         problems += [f"model config: {problem}" for problem in cfg.model.validate()]
-        if _is_int(cfg.seq_len) and cfg.seq_len > cfg.model.block_size:
+        if is_int(cfg.seq_len) and cfg.seq_len > cfg.model.block_size:
             problems.append(f"--seq-len {cfg.seq_len} is longer than the {cfg.preset} context length "
                             f"({cfg.model.block_size}): lower --seq-len")
     if problems:
