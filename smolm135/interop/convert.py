@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,15 @@ from smolm135.checkpoint import (
     save_atomic,
     write_training_info,
 )
-from smolm135.runtime.disk import WRITE_ERRORS, give_default_mode, make_room, process_alive, write_failure
+from smolm135.runtime.disk import (
+    WRITE_ERRORS,
+    give_default_mode,
+    left_by_dead_writer,
+    make_room,
+    remove_interrupted_writes,
+    temporary_path,
+    write_failure,
+)
 from smolm135.errors import CommandLineParser, UserError, path_argument
 from smolm135.interop.export_gguf import (
     GGUF_TYPES,
@@ -323,25 +330,22 @@ def _reload_with_remote_code(folder: Path, text: str) -> dict:
 
 # ------------------------------------------------------------------ writing the folder whole, or not at all
 
-_STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
-_LEFTOVER = re.compile(rf"(.+)({_STAGING}|{_REPLACED})(\d+)")  # (target name, kind, pid of its export)
+_STAGING, _REPLACED = "partial", "replaced"  # the kinds of temporary folder beside an export's target
 
 
 def tidy_interrupted_exports(folder: Path) -> None:
     """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted;
     a previous export one had moved aside is put back when nothing took its place, else what the user had
     added to it is carried over to the export that did."""
-    if not folder.is_dir():
-        return
-    for leftover in folder.iterdir():
-        found = _LEFTOVER.fullmatch(leftover.name)
-        if not found or not leftover.is_dir() or process_alive(int(found.group(3))):
+    remove_interrupted_writes(folder, kind=_STAGING)
+    for leftover in sorted(folder.iterdir()) if folder.is_dir() else []:
+        target = left_by_dead_writer(leftover, _REPLACED)
+        if target is None or not leftover.is_dir():
             continue
-        target = folder / found.group(1)
-        if found.group(2) == _REPLACED and not target.exists():
+        if not target.exists():
             os.replace(leftover, target)
             continue
-        if found.group(2) == _REPLACED and target.is_dir():
+        if target.is_dir():
             carry_over_added_files(leftover, target)
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -370,8 +374,7 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
     check_license(license)
     check_output_dir(output_dir)
     tidy_interrupted_exports(output_dir.parent)
-    staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
-    replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
+    staging, replaced = temporary_path(output_dir, _STAGING), temporary_path(output_dir, _REPLACED)
     gguf_types = tuple(dict.fromkeys(gguf_types))
     gguf_files = tuple(gguf_file_name(output_dir.resolve().name, gguf_type) for gguf_type in gguf_types)
     needed = 4 * native.num_parameters()["total"] * (1 + len(gguf_types)) + EXPORT_OVERHEAD_BYTES  # float32 at most
