@@ -1,8 +1,12 @@
 """Files and folders written beside their target are named after their writer, what a killed writer left is
-removed and a live writer's is not."""
+removed and a live writer's is not; a fresh process runs a snippet as a user's program would."""
 import os
 
+import pytest
+
+from smolm135.errors import UserError
 from smolm135.runtime.disk import left_by_dead_writer, remove_interrupted_writes, temporary_path
+from smolm135.runtime.fresh_process import run_fresh
 
 DEAD_PID = 999999999  # a pid no process has
 
@@ -30,3 +34,15 @@ def test_only_what_dead_writers_left_is_removed(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted(kept)
     assert remove_interrupted_writes(tmp_path / "missing") == []
 
+
+@pytest.mark.slow
+def test_a_fresh_process_runs_elsewhere_offline_without_pythonpath_and_reports_its_failure(tmp_path):
+    script = ("import os, sys, torch\n"
+              "torch.save({'cwd': os.getcwd(), 'args': sys.argv[2:], 'offline': os.environ.get('HF_HUB_OFFLINE'),\n"
+              "            'pythonpath': os.environ.get('PYTHONPATH'), 'extra': os.environ.get('EXTRA')}, sys.argv[1])\n")
+    result = run_fresh(script, ["a", "b"], lambda output: "unused", extra_env={"EXTRA": "yes"})
+    assert result["args"] == ["a", "b"] and result["offline"] == "1" and result["pythonpath"] is None
+    assert result["extra"] == "yes" and os.path.realpath(result["cwd"]) != os.path.realpath(os.getcwd())
+    with pytest.raises(UserError, match=r"the snippet failed \(2 lines\); its output ends with:\nfirst\nsecond"):
+        run_fresh("import sys; print('first\\nsecond', file=sys.stderr); sys.exit(3)", [],
+                  lambda output: f"the snippet failed ({len(output)} lines)")

@@ -6,9 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +37,7 @@ from smolm135.runtime.disk import (
     write_failure,
 )
 from smolm135.errors import CommandLineParser, UserError, path_argument
+from smolm135.runtime.fresh_process import run_fresh
 from smolm135.interop.export_gguf import (
     GGUF_TYPES,
     GREEDY_CHECKED_TYPES,
@@ -265,7 +263,7 @@ def write_model_card(native: SmoLM135_Model, facts: TrainingFacts, output_dir: P
 _VERIFY_SCRIPT = r"""
 import importlib.util, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, text, out_path = sys.argv[1:4]
+out_path, folder, text = sys.argv[1:4]
 assert importlib.util.find_spec("smollm135_model") is None, "a smolm135 file is on sys.path: not a clean check"
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
@@ -281,12 +279,6 @@ class Verification:
     max_abs_difference: float
     n_tokens: int
     model_class: str  # the module transformers loaded the model from (transformers_modules.<folder>...)
-
-
-def clean_subprocess_env() -> dict:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no network; prove it
-    return env
 
 
 def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: float = MAX_LOGIT_DIFFERENCE) -> float:
@@ -305,7 +297,7 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
     """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32); the
     exported tokenizer must encode `text` as the model's own (`tokenizer`, by default GPT-2's) does."""
     expected_ids = (tokenizer or GPT2TextTokenizer()).encode(text)
-    loaded = (reload_in_fresh_process(folder, text, clean_subprocess_env()) if is_rotary(native.config)
+    loaded = (reload_in_fresh_process(folder, text) if is_rotary(native.config)
               else _reload_with_remote_code(folder, text))
     if loaded["input_ids"] != expected_ids:
         raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from the "
@@ -317,15 +309,9 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
 
 
 def _reload_with_remote_code(folder: Path, text: str) -> dict:
-    with tempfile.TemporaryDirectory() as workdir:
-        out_path = Path(workdir) / "logits.pt"
-        result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(folder.resolve()), text, str(out_path)],
-                                cwd=workdir, env=clean_subprocess_env(), capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise UserError(f"the exported folder {folder} did not load through AutoModelForCausalLM in a fresh "
-                            f"process; its output ends with:\n{tail}")
-        return torch.load(out_path, weights_only=True)
+    return run_fresh(_VERIFY_SCRIPT, [str(folder.resolve()), text],
+                     lambda output: f"the exported folder {folder} did not load through AutoModelForCausalLM in a "
+                                    "fresh process")
 
 
 # ------------------------------------------------------------------ writing the folder whole, or not at all
@@ -498,7 +484,7 @@ def export_verified_ggufs(native: SmoLM135_Model, paths: list[Path], gguf_types:
     # both models are teacher-forced on the native greedy tokens: a near tie that one breaks the other way
     # changes that one step, not every step after it
     teacher_forced = prompt + native_greedy(native, prompt)[:-1]
-    loaded = reload_gguf(paths, teacher_forced, clean_subprocess_env())
+    loaded = reload_gguf(paths, teacher_forced)
     with torch.no_grad():
         expected, _ = native(torch.tensor([teacher_forced]))  # (1, T + steps - 1, V)
     checks = GGUFChecks([], {})
