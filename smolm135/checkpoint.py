@@ -36,7 +36,7 @@ import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
 
-from smolm135.runtime.disk import make_room, process_alive, write_failure
+from smolm135.runtime.disk import make_room, remove_interrupted_writes, temporary_path, write_failure
 from smolm135.errors import UserError, is_int, is_number
 from smolm135.lora import is_adapter_record, load_weights
 from smolm135.runtime.probes import hand_decode_probe
@@ -739,11 +739,6 @@ def _tensor_bytes(value) -> int:
     return 0
 
 
-def temporary_path(path: Path) -> Path:
-    """Where `save_atomic` writes `path` first: hidden, and named after the writing process."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     """torch.save the checkpoint to `path` so that `path` is never seen half-written. A failed write (a full
     disk) removes its temporary file and raises a UserError naming the disk and the space needed."""
@@ -771,18 +766,6 @@ def save_atomic(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     return path
 
 
-def remove_interrupted_writes(folder: Path) -> list[Path]:
-    """Delete the temporary files (`.<name>.tmp<pid>`) that killed processes left in `folder`, never those of a
-    process still running; returns what was deleted."""
-    removed = []
-    for leftover in Path(folder).glob(".*.tmp*") if Path(folder).is_dir() else []:
-        pid = leftover.name.rpartition(".tmp")[2]
-        if pid.isdigit() and not process_alive(int(pid)):
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
-
-
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """Read a checkpoint with weights_only=True; CheckpointError if it is missing, torn, not ours or newer."""
     path = Path(path)
@@ -801,7 +784,7 @@ def save_training_checkpoint(checkpoint: Checkpoint, checkpoint_dir: Path, keep:
     `keep` step files. latest.pt is replaced in one rename, after the new file is safely on disk."""
     step_path = save_atomic(checkpoint, checkpoint_dir / f"step_{checkpoint.progress.step:07d}.pt")
     latest = checkpoint_dir / LATEST
-    tmp_link = checkpoint_dir / f".{LATEST}.tmp{os.getpid()}"
+    tmp_link = temporary_path(latest)
     tmp_link.unlink(missing_ok=True)
     try:
         os.link(step_path, tmp_link)  # a hard link: latest.pt costs no extra disk space

@@ -172,7 +172,7 @@ def test_the_token_cache_is_written_through_temporary_files_and_leftovers_are_re
     load_corpus(str(corpus_path), cache, show_progress=False)
     token_path, meta_path = _cache_files(cache)
     meta_path.unlink()  # as if killed between the two renames
-    dead = token_path.with_name(token_path.name + ".tmp999999999")  # a pid no process has
+    dead = token_path.with_name(f".{token_path.name}.tmp999999999")  # a pid no process has
     dead.write_bytes(b"x" * 1000)
     written = []
     real_replace = data.os.replace

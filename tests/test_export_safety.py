@@ -140,7 +140,7 @@ def test_a_failed_gguf_file_leaves_no_partial_folder(trained, tmp_path, monkeypa
 def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch):
     _, native, state = trained
     output = tmp_path / "out-hf"
-    partial, replaced = tmp_path / "out-hf_partial_999999999", tmp_path / "out-hf_replaced_999999999"
+    partial, replaced = tmp_path / ".out-hf.partial999999999", tmp_path / ".out-hf.replaced999999999"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     replaced.mkdir()
@@ -153,15 +153,15 @@ def test_leftovers_of_a_killed_export_are_tidied(trained, tmp_path, monkeypatch)
 
 
 def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it(tmp_path, monkeypatch):
-    killed = tmp_path / "other-hf_partial_999999999"  # another target's export, killed while writing
+    killed = tmp_path / ".other-hf.partial999999999"  # another target's export, killed while writing
     killed.mkdir()
     (killed / "model.safetensors").write_bytes(b"half")
-    moved_aside = tmp_path / "gone-hf_replaced_999999998"  # killed after moving its previous export aside
+    moved_aside = tmp_path / ".gone-hf.replaced999999998"  # killed after moving its previous export aside
     moved_aside.mkdir()
     write_previous_export(moved_aside)
-    running = tmp_path / f"third-hf_partial_{os.getpid()}"  # an export still running
+    running = tmp_path / f".third-hf.partial{os.getpid()}"  # an export still running
     running.mkdir()
-    (tmp_path / "notes_partial_draft").mkdir()  # not an export's: no process id
+    (tmp_path / ".notes.partialdraft").mkdir()  # not an export's: no process id
 
     def stop(*args, **kwargs):
         raise convert_to_hf.UserError("stopped after tidying")
@@ -169,7 +169,7 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
     monkeypatch.setattr(convert_to_hf, "write_hf_folder", stop)
     with pytest.raises(convert_to_hf.UserError, match="stopped"):
         export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone-hf", "notes_partial_draft", running.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.partialdraft", running.name, "gone-hf"]
     assert (tmp_path / "gone-hf" / "config.json").is_file()
 
 
@@ -191,7 +191,7 @@ def test_an_export_over_an_earlier_one_keeps_what_the_user_added_and_says_so(tmp
     assert said == [f"kept what you had added to {output} (this export does not write them): evals, notes.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-hf"]
     # killed between putting the new export in place and carrying the files over: the next export does it
-    moved_aside = tmp_path / "out-hf_replaced_999999999"
+    moved_aside = tmp_path / ".out-hf.replaced999999999"
     os.replace(output, moved_aside)
     shutil.copytree(moved_aside, output, ignore=shutil.ignore_patterns("notes.md", "evals"))
     convert_to_hf.tidy_interrupted_exports(tmp_path)

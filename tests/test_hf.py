@@ -8,8 +8,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +19,6 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from transformers import DynamicCache
 
-from smolm135.interop import convert as convert_to_hf
 from smolm135.interop.convert import (
     build_hf_tokenizer,
     check_logits_match,
@@ -37,9 +34,11 @@ from modeling_smolm135 import CACHE_OUTPUT_FIELD
 from smollm135_model import PRESETS, ModelConfig, build_model
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError, run_cli
+from smolm135.runtime.fresh_process import run_fresh
 from smolm135.interop.model_card import USAGE_PROMPT
 from smolm135.data.tokenizer import get_tokenizer
 
+from conftest import REPO_ROOT
 from hub_fakes import FailingHfApi, RecordingHfApi, http_library, offline_api, unset_token
 
 PROMPTS = ["The cat", "A young bird follows the", "My friend remembers an old song at"]
@@ -245,7 +244,7 @@ def test_export_writes_weights_config_with_auto_map_code_tokenizer_and_card(expo
         keys = set(weights.keys())
     assert "model.transformer.wte.weight" in keys and "model.lm_head.weight" not in keys  # tied: stored once
     assert (folder / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (folder / "smollm135_model.py").read_text() == (Path(convert_to_hf.__file__).parent / "smollm135_model.py").read_text()
+    assert (folder / "smollm135_model.py").read_text() == (REPO_ROOT / "smollm135_model.py").read_text()
 
 
 @pytest.mark.slow
@@ -293,7 +292,7 @@ def test_push_creates_the_repository_and_uploads_the_complete_folder(export):
 _AUTO_SCRIPT = r"""
 import contextlib, importlib.util, io, json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-folder, prompt, texts, snippet = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+out_path, folder, prompt, texts, snippet = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
 report = {"repo_file_importable": importlib.util.find_spec("smollm135_model") is not None}
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
@@ -307,7 +306,7 @@ printed = io.StringIO()
 with contextlib.redirect_stdout(printed):
     exec(snippet, {})
 report["snippet_output"] = printed.getvalue()
-print(json.dumps(report))
+torch.save(report, out_path)
 """
 
 
@@ -316,13 +315,9 @@ def test_exported_folder_loads_offline_from_anywhere_through_auto_classes_and_pi
     card = (export.folder / "README.md").read_text()
     snippet = card.split("```python\n")[1].split("```")[0]
     snippet = snippet.replace(f'"{REPO_ID}"', json.dumps(str(export.folder)))  # the Hub repo, here a local copy
-    env = convert_to_hf.clean_subprocess_env()  # HF_HUB_OFFLINE=1, no PYTHONPATH
-    env["HF_HOME"] = str(tmp_path / "hf_home")
-    result = subprocess.run([sys.executable, "-c", _AUTO_SCRIPT, str(export.folder), PROMPTS[2],
-                             json.dumps(VARIED_TEXTS), snippet],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_fresh(_AUTO_SCRIPT, [str(export.folder), PROMPTS[2], json.dumps(VARIED_TEXTS), snippet],
+                       lambda output: "the exported folder did not load as a user loads it",
+                       extra_env={"HF_HOME": str(tmp_path / "hf_home")})  # offline, no PYTHONPATH
     assert not report["repo_file_importable"]
     assert report["model_module"].startswith("transformers_modules.")
     encoder = get_tokenizer()

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from smolm135.data import sources
-from smolm135.runtime.disk import process_alive
+from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
 from smolm135.errors import UserError
 from smolm135.data.sources import DEFAULT_TEXT_FIELD, Source
 from smolm135.data.tokenizer import (
@@ -81,7 +81,8 @@ def strip_markdown(text: str) -> str:
 def write_default_corpus(path: Path) -> Path:
     text = shakespeare_text()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    remove_interrupted_writes(path.parent, (path.name,))
+    tmp = temporary_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     print(f"No {path} found: wrote the built-in default corpus there (Shakespeare's 38 plays from the "
@@ -429,9 +430,8 @@ def _build_cache(files: list[Source], key: str, cache_dir: Path, token_path: Pat
     except OSError as error:
         raise UserError(f"cannot create the token cache folder {cache_dir}: {error.strerror}; "
                         f"choose a writable --out-dir") from None
-    remove_leftovers(cache_dir, (token_path.name, meta_path.name))
-    tmp_path = token_path.with_name(token_path.name + f".tmp{os.getpid()}")
-    tmp_meta = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+    remove_interrupted_writes(cache_dir, (token_path.name, meta_path.name))
+    tmp_path, tmp_meta = temporary_path(token_path), temporary_path(meta_path)
     sources.check_text_field(files, text_field)
     try:
         meta = _encode_files(files, tmp_path, num_threads or available_cpus(), show_progress, text_field, tokenizer)
@@ -450,15 +450,6 @@ def _build_cache(files: list[Source], key: str, cache_dir: Path, token_path: Pat
         raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "
                         f"some disk space or choose another --out-dir") from None
     return meta
-
-
-def remove_leftovers(folder: Path, names: tuple[str, ...]) -> None:
-    """Delete `<name>.tmp<pid>` files that a killed process left behind (never those of a live one)."""
-    for name in names:
-        for leftover in folder.glob(glob.escape(name) + ".tmp*"):
-            pid = leftover.name.rsplit(".tmp", 1)[1]
-            if not (pid.isdigit() and process_alive(int(pid))):
-                leftover.unlink(missing_ok=True)
 
 
 # A damaged cache must be noticed without reading a corpus of many GB on every start: the size check
@@ -547,10 +538,10 @@ def corpus_tokenizer(data: str, cache_dir: str | os.PathLike, vocab_size: int, v
     name = files[0].name if len(files) == 1 else f"{len(files)} files"
     tokenizer = train_byte_level_bpe(_tokenizer_training_text(files, text_field, val_fraction), vocab_size,
                                      origin=f"a byte-level BPE learned from {name}")
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path.parent, (path.name,))
+        remove_interrupted_writes(path.parent, (path.name,))
         tmp.write_text(json.dumps(tokenizer.to_record()), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as error:

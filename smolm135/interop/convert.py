@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,8 +27,17 @@ from smolm135.checkpoint import (
     save_atomic,
     write_training_info,
 )
-from smolm135.runtime.disk import WRITE_ERRORS, give_default_mode, make_room, process_alive, write_failure
+from smolm135.runtime.disk import (
+    WRITE_ERRORS,
+    give_default_mode,
+    left_by_dead_writer,
+    make_room,
+    remove_interrupted_writes,
+    temporary_path,
+    write_failure,
+)
 from smolm135.errors import CommandLineParser, UserError, path_argument
+from smolm135.runtime.fresh_process import run_fresh
 from smolm135.interop.export_gguf import (
     GGUF_TYPES,
     GREEDY_CHECKED_TYPES,
@@ -264,7 +269,7 @@ def write_model_card(native: SmoLM135_Model, facts: TrainingFacts, output_dir: P
 _VERIFY_SCRIPT = r"""
 import importlib.util, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-folder, text, out_path = sys.argv[1:4]
+out_path, folder, text = sys.argv[1:4]
 assert importlib.util.find_spec("smollm135_model") is None, "a smolm135 file is on sys.path: not a clean check"
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
@@ -280,12 +285,6 @@ class Verification:
     max_abs_difference: float
     n_tokens: int
     model_class: str  # the module transformers loaded the model from (transformers_modules.<folder>...)
-
-
-def clean_subprocess_env() -> dict:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no network; prove it
-    return env
 
 
 def check_logits_match(expected: torch.Tensor, actual: torch.Tensor, limit: float = MAX_LOGIT_DIFFERENCE) -> float:
@@ -304,7 +303,7 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
     """Reload `folder` through the Auto classes in a fresh process and compare with `native` (fp32); the
     exported tokenizer must encode `text` as the model's own (`tokenizer`, by default GPT-2's) does."""
     expected_ids = (tokenizer or GPT2TextTokenizer()).encode(text)
-    loaded = (reload_in_fresh_process(folder, text, clean_subprocess_env()) if is_rotary(native.config)
+    loaded = (reload_in_fresh_process(folder, text) if is_rotary(native.config)
               else _reload_with_remote_code(folder, text))
     if loaded["input_ids"] != expected_ids:
         raise UserError(f"the exported tokenizer in {folder} encodes the check text differently from the "
@@ -316,38 +315,29 @@ def verify_hf_folder(folder: Path, native: SmoLM135_Model, text: str = VERIFY_TE
 
 
 def _reload_with_remote_code(folder: Path, text: str) -> dict:
-    with tempfile.TemporaryDirectory() as workdir:
-        out_path = Path(workdir) / "logits.pt"
-        result = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(folder.resolve()), text, str(out_path)],
-                                cwd=workdir, env=clean_subprocess_env(), capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise UserError(f"the exported folder {folder} did not load through AutoModelForCausalLM in a fresh "
-                            f"process; its output ends with:\n{tail}")
-        return torch.load(out_path, weights_only=True)
+    return run_fresh(_VERIFY_SCRIPT, [str(folder.resolve()), text],
+                     lambda output: f"the exported folder {folder} did not load through AutoModelForCausalLM in a "
+                                    "fresh process")
 
 
 # ------------------------------------------------------------------ writing the folder whole, or not at all
 
-_STAGING, _REPLACED = "_partial_", "_replaced_"  # beside the target: <name>_partial_<pid>, <name>_replaced_<pid>
-_LEFTOVER = re.compile(rf"(.+)({_STAGING}|{_REPLACED})(\d+)")  # (target name, kind, pid of its export)
+_STAGING, _REPLACED = "partial", "replaced"  # the kinds of temporary folder beside an export's target
 
 
 def tidy_interrupted_exports(folder: Path) -> None:
     """Undo what killed exports left in `folder`, whatever their targets there: a partial folder is deleted;
     a previous export one had moved aside is put back when nothing took its place, else what the user had
     added to it is carried over to the export that did."""
-    if not folder.is_dir():
-        return
-    for leftover in folder.iterdir():
-        found = _LEFTOVER.fullmatch(leftover.name)
-        if not found or not leftover.is_dir() or process_alive(int(found.group(3))):
+    remove_interrupted_writes(folder, kind=_STAGING)
+    for leftover in sorted(folder.iterdir()) if folder.is_dir() else []:
+        target = left_by_dead_writer(leftover, _REPLACED)
+        if target is None or not leftover.is_dir():
             continue
-        target = folder / found.group(1)
-        if found.group(2) == _REPLACED and not target.exists():
+        if not target.exists():
             os.replace(leftover, target)
             continue
-        if found.group(2) == _REPLACED and target.is_dir():
+        if target.is_dir():
             carry_over_added_files(leftover, target)
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -376,8 +366,7 @@ def export(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Path, model
     check_license(license)
     check_output_dir(output_dir)
     tidy_interrupted_exports(output_dir.parent)
-    staging = output_dir.with_name(f"{output_dir.name}{_STAGING}{os.getpid()}")
-    replaced = output_dir.with_name(f"{output_dir.name}{_REPLACED}{os.getpid()}")
+    staging, replaced = temporary_path(output_dir, _STAGING), temporary_path(output_dir, _REPLACED)
     gguf_types = tuple(dict.fromkeys(gguf_types))
     gguf_files = tuple(gguf_file_name(output_dir.resolve().name, gguf_type) for gguf_type in gguf_types)
     needed = 4 * native.num_parameters()["total"] * (1 + len(gguf_types)) + EXPORT_OVERHEAD_BYTES  # float32 at most
@@ -501,7 +490,7 @@ def export_verified_ggufs(native: SmoLM135_Model, paths: list[Path], gguf_types:
     # both models are teacher-forced on the native greedy tokens: a near tie that one breaks the other way
     # changes that one step, not every step after it
     teacher_forced = prompt + native_greedy(native, prompt)[:-1]
-    loaded = reload_gguf(paths, teacher_forced, clean_subprocess_env())
+    loaded = reload_gguf(paths, teacher_forced)
     with torch.no_grad():
         expected, _ = native(torch.tensor([teacher_forced]))  # (1, T + steps - 1, V)
     checks = GGUFChecks([], {})

@@ -9,9 +9,6 @@ describes a byte-level BPE: tokens, token types and merges, with the pre-tokeniz
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import torch
 from smollm135_model import SmoLM135_Model
 
 from smolm135.errors import UserError
+from smolm135.runtime.fresh_process import run_fresh
 from smolm135.interop.llama_names import (
     GGUF_BYTE_LEVEL_BPE,
     GGUF_GPT2_SPLIT,
@@ -163,7 +161,7 @@ def write_gguf(native: SmoLM135_Model, tokenizer, path: Path, gguf_type: str, na
 _RELOAD_SCRIPT = r"""
 import sys, traceback, torch
 from transformers import AutoModelForCausalLM
-folder, ids, out_path, *names = sys.argv[1:]
+out_path, folder, ids, *names = sys.argv[1:]
 ids = torch.tensor([[int(i) for i in ids.split(",")]])
 results = {}
 for name in names:
@@ -178,23 +176,17 @@ torch.save(results, out_path)
 """
 
 
-def reload_gguf(paths: list[Path], input_ids: list[int], env: dict) -> dict[str, dict]:
+def reload_gguf(paths: list[Path], input_ids: list[int]) -> dict[str, dict]:
     """For each file (all in one folder), {"logits": its (T, V) logits for `input_ids`} from transformers' GGUF
     loader, or {"error": why it did not load}, from one new process (starting one and importing transformers
     takes longer than reading a small model)."""
-    with tempfile.TemporaryDirectory() as workdir:
-        out_path = Path(workdir) / "out.pt"
-        result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, str(paths[0].parent.resolve()),
-                                 ",".join(map(str, input_ids)), str(out_path), *(p.name for p in paths)],
-                                cwd=workdir, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            output = (result.stderr or result.stdout).strip().splitlines()
-            failed = next((line.split(" ", 1)[1] for line in reversed(output) if line.startswith("reading ")),
-                          paths[0].name)
-            tail = "\n".join(output[-15:])
-            raise UserError(f"{paths[0].parent / failed} did not load through transformers' GGUF loader; its "
-                            f"output ends with:\n{tail}")
-        return torch.load(out_path, weights_only=True)
+    def failure(output: list[str]) -> str:
+        failed = next((line.split(" ", 1)[1] for line in reversed(output) if line.startswith("reading ")),
+                      paths[0].name)
+        return f"{paths[0].parent / failed} did not load through transformers' GGUF loader"
+
+    return run_fresh(_RELOAD_SCRIPT, [str(paths[0].parent.resolve()), ",".join(map(str, input_ids)),
+                                      *(p.name for p in paths)], failure)
 
 
 # ------------------------------------------------------------------ greedy tokens, up to rounding

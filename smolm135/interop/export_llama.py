@@ -8,17 +8,12 @@ repository importable, loads the folder as a user would and runs it.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
-
-import torch
 
 from smollm135_model import ModelConfig, SmoLM135_Model
 
-from smolm135.errors import UserError
 from smolm135.interop.llama_names import check_rotary, native_to_llama
+from smolm135.runtime.fresh_process import run_fresh
 
 
 def llama_config(cfg: ModelConfig, bos_token_id: int, eos_token_id: int, pad_token_id: int):
@@ -64,7 +59,7 @@ def save_llama_model(native: SmoLM135_Model, output_dir: Path, generation_config
 _RELOAD_SCRIPT = r"""
 import importlib.util, json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-folder, text, out_path = sys.argv[1:4]
+out_path, folder, text = sys.argv[1:4]
 assert importlib.util.find_spec("smollm135_model") is None, "a smolm135 file is on sys.path: not a clean check"
 config = json.load(open(f"{folder}/config.json"))
 assert "auto_map" not in config and config["model_type"] == "llama", "not a plain Llama folder"
@@ -80,15 +75,9 @@ torch.save({"input_ids": input_ids[0].tolist(), "logits": logits[0], "model_clas
 """
 
 
-def reload_in_fresh_process(folder: Path, text: str, env: dict) -> dict:
+def reload_in_fresh_process(folder: Path, text: str) -> dict:
     """Load `folder` with plain AutoTokenizer/AutoModelForCausalLM and pipeline("text-generation") in a new
     process; returns its input ids, (T, V) logits for `text`, the model's class and a pipeline's output."""
-    with tempfile.TemporaryDirectory() as workdir:
-        out_path = Path(workdir) / "logits.pt"
-        result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, str(folder.resolve()), text, str(out_path)],
-                                cwd=workdir, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
-            raise UserError(f"the exported folder {folder} did not load as a plain LlamaForCausalLM in a fresh "
-                            f"process; its output ends with:\n{tail}")
-        return torch.load(out_path, weights_only=True)
+    return run_fresh(_RELOAD_SCRIPT, [str(folder.resolve()), text],
+                     lambda output: f"the exported folder {folder} did not load as a plain LlamaForCausalLM in a "
+                                    "fresh process")

@@ -1,7 +1,8 @@
 """Writes that fail or are cut short: saying why in words a user can act on (which disk, how much space it
 has, how much the write needs, or the file size limit when that is what was hit; a full disk otherwise
-surfaces as `unexpected pos` from torch or an IoError from safetensors), and telling the temporary files of a
-killed writer from those of a live one."""
+surfaces as `unexpected pos` from torch or an IoError from safetensors), and the temporary files and folders
+written beside a target: their names, and telling (and removing) those of a killed writer from those of a live
+one."""
 from __future__ import annotations
 
 import errno
@@ -116,3 +117,44 @@ def process_alive(pid: int) -> bool:
     except (OSError, OverflowError):
         return True  # another user's process, or cannot tell: leave its file alone
     return True
+
+
+# ------------------------------------------------------------------ temporary files and folders of a writer
+
+TEMPORARY = "tmp"  # the kind of a file or folder written beside its target and renamed over it when whole
+
+
+def temporary_path(path: Path, kind: str = TEMPORARY) -> Path:
+    """Where this process writes `path` (a file or a folder) before renaming it into place: `.<name>.<kind><pid>`
+    beside it, hidden, and named after the writer, so that a later run tells what a killed writer left from what
+    a live one is still writing. `kind` tells apart several such paths of one target (an export's staging folder
+    and the previous export it moved aside)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}{os.getpid()}")
+
+
+def left_by_dead_writer(path: Path, kind: str = TEMPORARY) -> Path | None:
+    """The target that `path` stood in for, when `path` is a `temporary_path` of that `kind` whose writer no
+    longer runs; None when it is not one, or its writer is still writing it."""
+    found = re.fullmatch(rf"\.(.+)\.{re.escape(kind)}(\d+)", Path(path).name)
+    if found is None or process_alive(int(found.group(2))):
+        return None
+    return Path(path).with_name(found.group(1))
+
+
+def remove_interrupted_writes(folder: Path, targets: tuple[str, ...] | None = None,
+                              kind: str = TEMPORARY) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in `folder` (only those standing in for
+    the names in `targets`, when given), never those of a writer still running; returns what was deleted."""
+    folder = Path(folder)
+    removed = []
+    for leftover in sorted(folder.iterdir()) if folder.is_dir() else []:
+        target = left_by_dead_writer(leftover, kind)
+        if target is None or (targets is not None and target.name not in targets):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed

@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -26,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from smolm135.runtime.disk import give_default_mode
+from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
 
 CACHE_DIR_ENV = "SMOLM135_CACHE_DIR"
 CACHE_FILE = "probes.json"
@@ -152,15 +151,15 @@ def _read_answers(path: Path) -> dict:
 
 def _write_answers(path: Path, answers: dict) -> None:
     """Written to a temporary file and renamed over the old one, so no reader ever sees half a file."""
+    tmp = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".probes-", suffix=".tmp",
-                                         delete=False, encoding="utf-8") as f:
+        remove_interrupted_writes(path.parent, (path.name,))
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(answers, f, indent=1, sort_keys=True)
-        give_default_mode(f.name)
-        os.replace(f.name, path)
+        os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home: the answer still holds for this process
+        pass  # a read-only home: the answer still holds for this process (a later run removes a partial file)
 
 
 # ------------------------------------------------------------------ timing

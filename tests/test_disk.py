@@ -1,0 +1,48 @@
+"""Files and folders written beside their target are named after their writer, what a killed writer left is
+removed and a live writer's is not; a fresh process runs a snippet as a user's program would."""
+import os
+
+import pytest
+
+from smolm135.errors import UserError
+from smolm135.runtime.disk import left_by_dead_writer, remove_interrupted_writes, temporary_path
+from smolm135.runtime.fresh_process import run_fresh
+
+DEAD_PID = 999999999  # a pid no process has
+
+
+def test_a_temporary_path_is_hidden_beside_its_target_and_names_its_writer(tmp_path):
+    assert temporary_path(tmp_path / "step_0000010.pt") == tmp_path / f".step_0000010.pt.tmp{os.getpid()}"
+    assert temporary_path(tmp_path / "out-hf", "partial") == tmp_path / f".out-hf.partial{os.getpid()}"
+    assert left_by_dead_writer(temporary_path(tmp_path / "a.json")) is None  # this process still writes it
+    assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}") == tmp_path / "a.json"
+    assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}", "partial") is None  # another kind
+    assert left_by_dead_writer(tmp_path / ".bashrc") is None
+
+
+def test_only_what_dead_writers_left_is_removed(tmp_path):
+    dead_file, dead_folder = tmp_path / f".a.json.tmp{DEAD_PID}", tmp_path / f".b.tmp{DEAD_PID}"
+    dead_file.write_text("half")
+    dead_folder.mkdir()
+    (dead_folder / "inside").write_text("half")
+    kept = [temporary_path(tmp_path / "c.json"), tmp_path / ".notes.tmpdraft", tmp_path / "a.json",
+            tmp_path / f".x.partial{DEAD_PID}"]
+    for path in kept:
+        path.write_text("kept")
+    assert remove_interrupted_writes(tmp_path, ("a.json",)) == [dead_file]
+    assert remove_interrupted_writes(tmp_path) == [dead_folder]
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    assert remove_interrupted_writes(tmp_path / "missing") == []
+
+
+@pytest.mark.slow
+def test_a_fresh_process_runs_elsewhere_offline_without_pythonpath_and_reports_its_failure(tmp_path):
+    script = ("import os, sys, torch\n"
+              "torch.save({'cwd': os.getcwd(), 'args': sys.argv[2:], 'offline': os.environ.get('HF_HUB_OFFLINE'),\n"
+              "            'pythonpath': os.environ.get('PYTHONPATH'), 'extra': os.environ.get('EXTRA')}, sys.argv[1])\n")
+    result = run_fresh(script, ["a", "b"], lambda output: "unused", extra_env={"EXTRA": "yes"})
+    assert result["args"] == ["a", "b"] and result["offline"] == "1" and result["pythonpath"] is None
+    assert result["extra"] == "yes" and os.path.realpath(result["cwd"]) != os.path.realpath(os.getcwd())
+    with pytest.raises(UserError, match=r"the snippet failed \(2 lines\); its output ends with:\nfirst\nsecond"):
+        run_fresh("import sys; print('first\\nsecond', file=sys.stderr); sys.exit(3)", [],
+                  lambda output: f"the snippet failed ({len(output)} lines)")
