@@ -220,7 +220,7 @@ def train_run(run: Run, budget: StepBudget) -> tuple[SmoLM135_Model, dict]:
     run.step_model = wrap_for_steps(run.model, cfg, run.distributed, run.device)
     if start_step == 0:
         budget.time("evaluation", lambda: evaluate_and_record(run))  # about ln(vocab) = 10.8 for a fresh model
-        if run.is_main:
+        if run.is_main and run.chat is None:  # a chat run's evaluation answers its held-out question itself
             budget.time("sample", lambda: log_sample(run, 0))  # what the later samples are compared with
     run.step_model.train()
     display = StepDisplay(run)
@@ -476,15 +476,12 @@ def evaluate(run: Run) -> float:
 def evaluate_and_record(run: Run) -> None:
     val_loss = evaluate(run)
     run.progress.history["val"].append([run.progress.step, val_loss])
-    if run.chat is not None:
-        run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} per assistant token "
-                    f"({run.bits_per_byte(val_loss):.4f} bits per assistant byte)")
-        if run.is_main:  # a held-out question answered, at every evaluation
-            log_sample(run, run.progress.step)
-        return
-    run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f} "
-                f"({run.bits_per_byte(val_loss):.4f} bits per byte)")
+    unit = ("per assistant token", "bits per assistant byte") if run.chat is not None else ("", "bits per byte")
+    run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f}{' ' + unit[0] if unit[0] else ''} "
+                f"({run.bits_per_byte(val_loss):.4f} {unit[1]})")
     run.log.track(run.progress.step, {"val/loss": val_loss, "val/bits_per_byte": run.bits_per_byte(val_loss)})
+    if run.chat is not None and run.is_main:  # a held-out question answered, at every evaluation
+        log_sample(run, run.progress.step)
 
 
 def log_sample(run: Run, step: int) -> None:
