@@ -160,6 +160,7 @@ def test_hub_dataset_is_refused_offline_in_one_line(monkeypatch):
     assert "\n" not in str(error.value)
 
 
+@needs_datasets
 def test_unreachable_hub_is_one_line(monkeypatch):
     from huggingface_hub import HfApi
 
@@ -173,6 +174,7 @@ def test_unreachable_hub_is_one_line(monkeypatch):
     assert "\n" not in str(error.value)
 
 
+@needs_datasets
 def test_hub_ids_parse_name_config_and_split(monkeypatch):
     from huggingface_hub import HfApi
 
