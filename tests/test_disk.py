@@ -1,12 +1,14 @@
 """Files and folders written beside their target are named after their writer, what a killed writer left is
 removed and a live writer's is not; a fresh process runs a snippet as a user's program would."""
 import os
+import tomllib
 
 import pytest
 
 from smolm135.errors import UserError
 from smolm135.runtime.disk import left_by_dead_writer, remove_interrupted_writes, temporary_path
-from smolm135.runtime.fresh_process import run_fresh
+from smolm135.runtime.fresh_process import OUR_IMPORT_NAMES, run_fresh
+from conftest import REPO_ROOT
 
 DEAD_PID = 999999999  # a pid no process has
 
@@ -46,3 +48,17 @@ def test_a_fresh_process_runs_elsewhere_offline_without_pythonpath_and_reports_i
     with pytest.raises(UserError, match=r"the snippet failed \(2 lines\); its output ends with:\nfirst\nsecond"):
         run_fresh("import sys; print('first\\nsecond', file=sys.stderr); sys.exit(3)", [],
                   lambda output: f"the snippet failed ({len(output)} lines)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["smollm135_model", "smolm135.errors", "modeling_smolm135"])
+def test_a_fresh_process_cannot_import_our_code_even_where_it_is_on_the_path(module):
+    """`pip install -e .` puts the repository on every process's path; a downloaded model has no such luck."""
+    with pytest.raises(UserError, match=f"{module.split('.')[0]} is this project's own code"):
+        run_fresh(f"import {module}", [], lambda output: "imported", extra_env={"PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_the_names_a_fresh_process_refuses_are_the_ones_pyproject_installs():
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    installed = {name.split(".")[0] for name in setuptools["packages"]} | set(setuptools["py-modules"])
+    assert set(OUR_IMPORT_NAMES) == installed

