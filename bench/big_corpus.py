@@ -34,6 +34,7 @@ from smolm135.data import corpus as data
 from smolm135.checkpoint import TRAINING
 from smolm135.errors import CommandLineParser, run_cli
 from smolm135.runtime.probes import this_host
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.data.tokenizer import get_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ MB = 1_000_000
 
 def write_corpus(path: Path, size_mb: int, seed: int = 0) -> int:
     """About size_mb MB of English verse, written block by block (the benchmark itself stays small)."""
-    lines = data.shakespeare_text().splitlines(keepends=True)
+    lines = shakespeare_text().splitlines(keepends=True)
     rng = random.Random(seed)
     written = 0
     with open(path, "w", encoding="utf-8") as f:
@@ -74,6 +75,7 @@ def tiktoken_seconds(path: Path, threads: int) -> tuple[float, int]:
 LOAD_CORPUS = """
 import json, resource, sys, time
 from smolm135.data import corpus as data
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.data.tokenizer import get_tokenizer
 get_tokenizer()  # built once per process, outside the timing as in the tiktoken measurement
 started = time.perf_counter()

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from bench.big_corpus import load_corpus_in_fresh_process
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
-from smolm135.data.corpus import available_cpus, load_corpus, shakespeare_text
+from smolm135.data.corpus import available_cpus, load_corpus
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.errors import run_cli
 
 

@@ -18,7 +18,7 @@ import torch
 
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
 from smollm135_model import PRESETS, SmoLM135_Model
-from smolm135.data.corpus import shakespeare_text
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.errors import run_cli
 from smolm135.interop.export_gguf import write_gguf
 from smolm135.interop.pretrained import builtin_gguf_path, llama_state_dict_to_native, load_pretrained

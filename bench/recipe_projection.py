@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.harness import parse_args
 from smolm135.training.trainer import train
-from smolm135.data.corpus import shakespeare_text
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.errors import run_cli
 from smolm135.runtime.probes import this_host
 from smolm135.training.config import TrainConfig

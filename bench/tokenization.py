@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import median, parse_args, print_ratios, print_row, time_interleaved
-from smolm135.data.corpus import load_corpus, shakespeare_text
+from smolm135.data.corpus import load_corpus
+from smolm135.data.shakespeare import shakespeare_text
 from smolm135.errors import run_cli
 from smolm135.runtime.probes import this_host
 from smolm135.data.tokenizer import get_tokenizer

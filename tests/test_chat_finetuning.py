@@ -26,6 +26,7 @@ from smolm135.data.chat import (
     pack,
 )
 from smolm135.errors import UserError
+from smolm135.inference.chat_scoring import AnswersRight
 
 from conftest import (
     CHAT_TEMPLATE,
@@ -245,7 +246,9 @@ def test_a_chat_run_is_judged_on_held_out_answers_and_resumes_bitwise_equal(tmp_
     assert "conversations (messages)" in log and "of the computed training tokens carry loss" in log
     assert "step 0: validation loss" in log and "bits per assistant byte" in log
     assert log.count("user: Who ") == 3  # the held-out question answered at steps 0, 2 and 4
+    assert log.count("answers word for word") == 3
     assert summary["final_val_loss"] < summary["initial_val_loss"]
+    assert 0 <= summary["initial_answers_right"] <= 1 and 0 <= summary["final_answers_right"] <= 1
 
     parts = chat_run_config(tmp_path / "parts", max_steps=2)
     train(parts)
@@ -281,10 +284,62 @@ def test_evaluate_scores_conversations_on_their_answers(chat_tokenizer, tmp_path
     assert result.score.text_bytes == sum(len(answer.encode()) for answer in answers)
     assert result.score.tokens == sum(int(ConversationEncoder(chat_tokenizer).encode(
         Conversation(r["messages"], "")).assistant.sum()) for r in records)
-    assert "bits per assistant byte" in lines[0]
+    assert "bits per assistant byte" in lines[0] and "answers word for word" in lines[0]
+    assert result.answers.answers == len(answers)
     with pytest.raises(UserError, match="has no column 'text'"):
         evaluate.evaluate([str(checkpoint)], str(data), device="cpu", dtype="float32", show_progress=False,
                           data_format="text")
+
+
+def test_an_answer_is_right_when_every_token_and_its_end_of_turn_is_the_most_likely_one():
+    from smolm135.inference.chat_scoring import answers_right
+
+    i = IGNORE_INDEX
+    targets = torch.tensor([[i, 5, 6, i, i, 7, i],
+                            [i, i, 8, 9, i, i, i]])  # (B, T): answers [5, 6], [7], [8, 9]
+    predicted = torch.tensor([[0, 5, 6, 0, 0, 1, 0],
+                              [0, 0, 8, 9, 0, 0, 0]])  # the second answer's only token missed
+    assert answers_right(predicted, targets) == AnswersRight(2, 3)
+    one_token_off = predicted.clone()
+    one_token_off[0, 2] = 4
+    assert answers_right(one_token_off, targets) == AnswersRight(1, 3)
+    # packed conversations: two answers that touch, in two conversations, are two answers
+    segments = torch.tensor([[0] * 7, [0, 0, 0, 1, 1, 1, 1]])
+    assert answers_right(predicted, targets, segments) == AnswersRight(3, 4)
+
+
+def test_evaluate_counts_the_answers_a_model_would_give_word_for_word(chat_tokenizer, tmp_path):
+    """A model that knows the right answers (its logits peak on each true next token) gives them all; one
+    that misses a single token of one answer loses that answer alone."""
+    from smolm135.inference.chat_scoring import score_conversations
+
+    records = conversations(6)
+    data = write_jsonl(tmp_path / "chat.jsonl", records)
+    answers = sum(m["role"] == "assistant" for r in records for m in r["messages"])
+
+    def knowing(wrong_at: int | None):
+        calls = []
+
+        def logits(ids):  # (1, L) -> (1, L, V): peaks on the next token of the rendered conversation
+            calls.append(None)
+            target = torch.cat([ids[0, 1:], ids[0, :1]])  # the last position's target is not scored
+            out = torch.zeros(1, ids.shape[1], chat_tokenizer.n_vocab)
+            out[0, torch.arange(ids.shape[1]), target] = 1.0
+            if wrong_at is not None and len(calls) == 1:
+                out[0, wrong_at] = 0.0
+                out[0, wrong_at, (target[wrong_at] + 1) % chat_tokenizer.n_vocab] = 1.0
+            return out
+        return logits
+
+    shape = detect_shape([data])
+    _, right, _ = score_conversations(knowing(None), chat_tokenizer, [data], shape, 512, torch.device("cpu"),
+                                      show_progress=False)
+    assert right == AnswersRight(answers, answers)
+    first = ConversationEncoder(chat_tokenizer).encode(Conversation(records[0]["messages"], ""))
+    last_answer_token = int(np.flatnonzero(first.assistant)[-1]) - 1  # the position that predicts it
+    _, right, _ = score_conversations(knowing(last_answer_token), chat_tokenizer, [data], shape, 512,
+                                      torch.device("cpu"), show_progress=False)
+    assert right == AnswersRight(answers - 1, answers)
 
 
 def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):

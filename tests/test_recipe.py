@@ -1,5 +1,10 @@
 """The Muon + AdamW optimizer: which parameters each updates, its state, and AdamW stays the default (its exact
 resume after SIGKILL: test_resume)."""
+import collections
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,12 +108,40 @@ def test_a_named_recipe_fills_the_flags_and_the_command_line_overrides_it(capsys
 
 
 def test_the_quick_start_recipes_are_valid_and_let_their_budget_decide_the_steps():
-    for name in ("cpu-scratch", "finetune"):
+    for name in ("cpu-scratch", "finetune", "chat"):
         cfg = recipe_of("--recipe", name)
         validate(cfg)
         # the step count is the budget's (--max-steps only bounds it); the last step, whichever the budget
         # fixes, is evaluated, sampled and checkpointed like every run's
         assert cfg.minutes == 10 and cfg.max_steps >= 1000 and cfg.warmup_steps >= MEASURING_STEPS
+
+
+def test_the_chat_recipe_fine_tunes_the_instruct_model_on_the_built_in_quiz_in_its_own_folder(tmp_path, monkeypatch):
+    from smolm135.data.corpus import DEFAULT_CHAT_DATA, resolve_sources
+    from smolm135.data.chat import detect_shape
+
+    cfg = recipe_of("--recipe", "chat")
+    assert (cfg.init_from, cfg.data, cfg.out_dir) == ("smollm2-135m-instruct", DEFAULT_CHAT_DATA, "chat-run")
+    monkeypatch.chdir(tmp_path)
+    [path] = resolve_sources(cfg.data)  # written when absent, as input.txt is
+    assert path == Path(DEFAULT_CHAT_DATA) and detect_shape([path]).name == "messages"
+
+
+def test_the_quiz_asks_about_every_play_alike_with_passages_whose_speakers_are_named(tmp_path):
+    from smolm135.data.shakespeare import QUIZ_PASSAGES_PER_PLAY, QUIZ_QUESTION, play_files, write_play_quiz
+
+    path = write_play_quiz(tmp_path / "quiz.jsonl")
+    records = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines()]
+    titles = collections.Counter(messages[1]["content"] for messages in records)
+    assert len(titles) == len(play_files()) == 38 and set(titles.values()) == {QUIZ_PASSAGES_PER_PLAY}
+    assert {"Hamlet", "All's Well That Ends Well", "Measure for Measure"} <= set(titles)  # the last two: no heading
+    for messages in records:
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        question, passage = messages[0]["content"].split("\n\n", 1)
+        assert question == QUIZ_QUESTION and len(passage.splitlines()) == 4
+        assert all(re.match(r"^[A-Z][A-Za-z .,'&-]*: \S", line) for line in passage.splitlines())
+    assert write_play_quiz(tmp_path / "again.jsonl").read_bytes() == path.read_bytes()  # shuffled, the same way
+    assert [m[1]["content"] for m in records[:38]] != sorted(m[1]["content"] for m in records[:38])
 
 
 def test_recipe_list_prints_each_recipe_with_its_values_and_exits_0(capsys):
@@ -135,7 +168,7 @@ def test_help_names_the_recipes(capsys):
 
 
 def test_an_unknown_recipe_is_one_line_naming_the_known_ones():
-    with pytest.raises(UserError, match=r"^unknown recipe 'fast': choose one of seed, cpu-scratch, finetune"):
+    with pytest.raises(UserError, match=r"^unknown recipe 'fast': choose one of seed, cpu-scratch, finetune, chat"):
         recipe_of("--recipe", "fast")
 
 

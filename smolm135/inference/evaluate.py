@@ -12,6 +12,7 @@ from smolm135.data.corpus import resolve_sources
 from smolm135.errors import CommandLineParser, UserError
 from smolm135.interop.loading import TRUST_FLAG, load_model
 from smolm135.runtime.device import DTYPES, autocast, configure_backends, pick_device, pick_dtype
+from smolm135.inference.chat_scoring import AnswersRight, score_conversations
 from smolm135.inference.scoring import LogitsFn, Score, score_documents
 from smolm135.data.sources import DEFAULT_TEXT_FIELD, documents, is_text_file
 from smolm135.data.tokenizer import GPT2TextTokenizer, start_token_id
@@ -117,6 +118,7 @@ class Result:
     context: int
     stride: int
     score: Score
+    answers: AnswersRight | None = None  # of conversations: the answers greedy decoding gives word for word
 
 
 def evaluate(models: list[str], data: str, context: int | None = None, stride: int | None = None,
@@ -175,8 +177,6 @@ def conversations_in(data: str, data_format: str):
 def evaluate_conversations(models: list[str], data: str, shape, context: int | None, device: str, dtype: str,
                            show_progress: bool, say, trust_remote_code: bool = False) -> list[Result]:
     """Each model's loss on the answers of --data's conversations, rendered by its own chat template."""
-    from smolm135.inference.chat_scoring import score_conversations
-
     results = []
     for spec, model, torch_device in scoring_models(models, device, dtype, trust_remote_code):
         if model.tokenizer is None or not model.tokenizer.has_chat_template:
@@ -186,11 +186,11 @@ def evaluate_conversations(models: list[str], data: str, shape, context: int | N
         if not 1 < window <= model.context_length:
             raise UserError(f"--context {window} does not fit {spec}, whose context length is "
                             f"{model.context_length}: pass --context between 2 and {model.context_length}")
-        score, fitting = score_conversations(model.logits, model.tokenizer, resolve_sources(data), shape, window,
+        score, right, fitting = score_conversations(model.logits, model.tokenizer, resolve_sources(data), shape, window,
                                              torch_device, show_progress=show_progress, desc=f"scoring {spec}")
-        result = Result(spec, model.parameters, model.tokenizer_name, window, window, score)
+        result = Result(spec, model.parameters, model.tokenizer_name, window, window, score, right)
         say(f"{spec}: {score.bits_per_byte:.4f} bits per assistant byte | loss {score.loss:.4f} per assistant "
-            f"token | {score.tokens:,} assistant tokens, {score.text_bytes:,} bytes of answers"
+            f"token | {right.describe()} | {score.tokens:,} assistant tokens, {score.text_bytes:,} bytes of answers"
             + (f" | {fitting.cut} conversation(s) cut, {fitting.dropped} left out at the context of {window}"
                if fitting.cut or fitting.dropped else ""))
         results.append(result)
@@ -223,12 +223,15 @@ def result_line(result: Result) -> str:
 
 
 def comparison_table(results: list[Result]) -> str:
-    """A Markdown table, best bits per byte first."""
-    rows = ["| model | parameters | tokenizer | bits per byte | loss per token | perplexity | tokens |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    """A Markdown table, best bits per byte first; of conversations, with the answers given word for word."""
+    chat = all(r.answers is not None for r in results)
+    rows = ["| model | parameters | tokenizer | bits per byte | loss per token | perplexity | tokens |"
+            + (" answers word for word |" if chat else ""),
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if chat else "")]
     for r in sorted(results, key=lambda r: r.score.bits_per_byte):
         rows.append(f"| {r.model} | {r.parameters / 1e6:,.1f}M | {r.tokenizer} | {r.score.bits_per_byte:.4f} | "
-                    f"{r.score.loss:.4f} | {r.score.perplexity:.2f} | {r.score.tokens:,} |")
+                    f"{r.score.loss:.4f} | {r.score.perplexity:.2f} | {r.score.tokens:,} |"
+                    + (f" {r.answers.right:,}/{r.answers.answers:,} ({r.answers.share:.1%}) |" if chat else ""))
     return "\n".join(rows)
 
 

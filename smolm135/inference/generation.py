@@ -15,7 +15,7 @@ from smollm135_model import SAMPLING, Sampling, SmoLM135_Model, fit_to_context
 from smolm135.data.tokenizer import start_token_id
 
 __all__ = ["SAMPLING", "Sampling", "answer", "continue_ids", "continue_text", "decode_bytes", "fit_conversation",
-           "fit_prompt", "opening_of", "prompt_ids_of"]
+           "fit_prompt", "opening_of", "prompt_ids_of", "reply"]
 
 # How long a prompt taken from the validation text is (the trainer's samples): a sentence or two, and room
 # left for the continuation in the smallest presets' contexts.
@@ -118,11 +118,17 @@ def continue_text(model: SmoLM135_Model, tokenizer, prompt: str, max_new_tokens:
     return tokenizer.decode(kept + continuation)
 
 
+def reply(model: SmoLM135_Model, tokenizer, messages: list[dict], max_new_tokens: int, seed: int,
+          sampling: Sampling = SAMPLING) -> str:
+    """A chat model's next turn after `messages`, rendered by its chat template with the generation prompt;
+    the turn ends where the model ends it (the end token is not part of the text)."""
+    prompt_ids = tokenizer.encode(tokenizer.chat_prompt(messages))
+    _, ids = continue_ids(model, tokenizer, prompt_ids, max_new_tokens, seed, sampling,
+                          stop_ids=tokenizer.end_token_ids)
+    return tokenizer.decode([i for i in ids if i not in tokenizer.end_token_ids])
+
+
 def answer(model: SmoLM135_Model, tokenizer, message: str, max_new_tokens: int, seed: int,
            sampling: Sampling = SAMPLING) -> str:
-    """A chat model's reply to one user message, rendered by its chat template; the reply ends where the
-    model ends its turn (the end token is not part of the text)."""
-    prompt_ids = tokenizer.encode(tokenizer.chat_prompt([{"role": "user", "content": message}]))
-    _, reply = continue_ids(model, tokenizer, prompt_ids, max_new_tokens, seed, sampling,
-                            stop_ids=tokenizer.end_token_ids)
-    return tokenizer.decode([i for i in reply if i not in tokenizer.end_token_ids])
+    """A chat model's reply to one user message (`reply`)."""
+    return reply(model, tokenizer, [{"role": "user", "content": message}], max_new_tokens, seed, sampling)

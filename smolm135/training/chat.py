@@ -13,6 +13,8 @@ import torch.distributed as dist
 from smolm135.data.chat import IGNORE_INDEX, ChatData, ConversationShape, Windows, detect_shape, load_chat_data
 from smolm135.data.corpus import DEFAULT_DATA, TRAIN_STREAM, Corpus, resolve_sources
 from smolm135.errors import UserError
+from smolm135.inference.chat_scoring import AnswersRight, answers_right
+from smolm135.inference.generation import reply
 from smolm135.runtime.device import autocast
 
 
@@ -42,26 +44,39 @@ def evaluation_rows(chat: ChatData, max_rows: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def assistant_loss(model, chat: ChatData, batch_size: int, max_rows: int, device, dtype,
-                   rank: int = 0, world_size: int = 1) -> float:
+def assistant_loss(model, chat: ChatData, batch_size: int, max_rows: int, device, dtype, vocab_limit: int,
+                   rank: int = 0, world_size: int = 1) -> tuple[float, AnswersRight]:
     """Mean loss per assistant token over the held-out rows `evaluation_rows` picks, each process scoring
-    every world_size-th of them. It sums over every assistant token (end-of-turn included) and
-    divides once, so the figure does not depend on how the rows are batched or shared out."""
+    every world_size-th of them, and the answers greedy decoding gives word for word (`answers_right`, its
+    tokens below `vocab_limit`). It sums over every assistant token (end-of-turn included) and divides
+    once, so the figure does not depend on how the rows are batched or shared out. `model` is the bare
+    model (no DDP or compile wrapper): its final norm's output gives the logits of the answers' positions
+    alone, where the whole (B, T, V) logits would not fit a large batch."""
     was_training = model.training
     model.eval()
     mine = evaluation_rows(chat, max_rows)[rank::world_size]
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # nats, tokens
-    for start in range(0, len(mine), batch_size):
-        x, y, documents = window_batch(chat.val, mine[start:start + batch_size], device)  # (B, T) each
-        with autocast(device, dtype):
-            _, loss = model(x, y, return_logits=False, document_ids=documents)
-        tokens = (y != IGNORE_INDEX).sum()
-        sums += torch.stack([loss.double() * tokens, tokens.double()])
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, tokens, answers right, answers
+    final_states = []
+    hook = model.transformer.ln_f.register_forward_hook(lambda module, inputs, output: final_states.append(output))
+    try:
+        for start in range(0, len(mine), batch_size):
+            x, y, documents = window_batch(chat.val, mine[start:start + batch_size], device)  # (B, T) each
+            final_states.clear()
+            with autocast(device, dtype):
+                _, loss = model(x, y, return_logits=False, document_ids=documents)
+                scored = y != IGNORE_INDEX  # (B, T)
+                predicted = torch.full_like(y, IGNORE_INDEX)
+                predicted[scored] = model.lm_head(final_states[-1][scored])[:, :vocab_limit].argmax(-1)
+            right = answers_right(predicted, y, documents)
+            sums += torch.tensor([loss.double() * scored.sum(), scored.sum(), right.right, right.answers],
+                                 dtype=torch.float64, device=device)
+    finally:
+        hook.remove()
     if world_size > 1:
         dist.all_reduce(sums)
     model.train(was_training)
-    nats, tokens = sums.tolist()
-    return nats / max(1.0, tokens)
+    nats, tokens, right, answers = sums.tolist()
+    return nats / max(1.0, tokens), AnswersRight(int(right), int(answers))
 
 
 def bits_per_answer_byte(chat: ChatData, loss: float, max_rows: int) -> float:
@@ -73,20 +88,9 @@ def bits_per_answer_byte(chat: ChatData, loss: float, max_rows: int) -> float:
 
 
 def answer_sample(model, tokenizer, messages: list[dict], max_new_tokens: int, seed: int) -> str:
-    """The model's answer to `messages` (a held-out conversation up to a user turn), rendered with the
-    generation prompt and sampled under the generation policy until the end of its turn."""
-    from smolm135.inference.generation import SAMPLING, fit_prompt
-
-    device = model.lm_head.weight.device
-    prompt_ids = tokenizer.encode(tokenizer.chat_prompt(messages))
-    prompt_ids, fitting, _ = fit_prompt(prompt_ids, max_new_tokens, model.config.block_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens=fitting,
-                         temperature=SAMPLING.temperature, top_k=SAMPLING.top_k, top_p=SAMPLING.top_p,
-                         eos_token_id=tokenizer.end_token_ids, generator=generator, vocab_limit=tokenizer.n_vocab)
-    answer = [token for token in out[0, len(prompt_ids):].tolist() if token not in tokenizer.end_token_ids]
-    question = messages[-1]["content"]
-    return f"user: {question}\nassistant: {tokenizer.decode(answer)}"
+    """The model's answer to `messages` (a held-out conversation up to a user turn), sampled under the
+    generation policy until the end of its turn, after the question."""
+    return f"user: {messages[-1]['content']}\nassistant: {reply(model, tokenizer, messages, max_new_tokens, seed)}"
 
 
 # ------------------------------------------------------------------ a run's conversations
@@ -96,7 +100,7 @@ def conversation_shape(cfg) -> ConversationShape | None:
     """The shape of --data's conversations per --format, or None when the run trains on text."""
     if cfg.format == "text" or (cfg.data == DEFAULT_DATA and not Path(cfg.data).exists()):
         return None  # the default corpus (written when absent) is text
-    files = resolve_sources(cfg.data)
+    files = resolve_sources(cfg.data)  # writes the built-in quiz when it is named and absent
     if any(not isinstance(source, Path) for source in files):
         if cfg.format == "chat":
             raise UserError(f"--format chat reads .jsonl, .jsonl.gz and .parquet files; {cfg.data} is a Hugging "

@@ -12,7 +12,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 
 from smolm135.training.budget import MEASURING_STEPS
 from smolm135.data.chat import FORMATS, LOSS_ON
-from smolm135.data.corpus import DEFAULT_DATA, EMPTY_DATA
+from smolm135.data.corpus import DEFAULT_CHAT_DATA, DEFAULT_DATA, EMPTY_DATA
 from smolm135.errors import EMPTY_PATH_ADVICE, UserError, is_int, is_number, path_argument, speaks_for_its_node
 from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from smolm135.data.sources import DEFAULT_TEXT_FIELD
@@ -155,6 +155,14 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
                        "step at 1e-4, as many steps as fit 10 minutes",
                        {"max_steps": 2_000, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
                         "eval_every": 25, "eval_batches": 4, "sample_every": 50, "minutes": 10}),
+    # The finetune recipe on conversations with answers that can be checked: the built-in quiz (which play a
+    # passage is from, written when absent) in 512-token windows of about five conversations each, at a rate
+    # that teaches the answers' form within the 10 minutes (bench/README.md, "A chat fine-tune on a CPU").
+    "chat": Recipe("fine-tune SmolLM2-135M-Instruct on conversations, the built-in Shakespeare quiz unless --data "
+                   "says otherwise, judged by held-out answers right, before and after: 10 minutes",
+                   {"init_from": "smollm2-135m-instruct", "data": DEFAULT_CHAT_DATA, "out_dir": "chat-run",
+                    "max_steps": 2_000, "batch_size": 1, "seq_len": 512, "lr": 2e-4, "warmup_steps": 4,
+                    "eval_every": 25, "eval_batches": 16, "sample_every": 50, "minutes": 10}),
 })
 DEFAULT_RECIPE = "seed"
 PRETRAINED_RECIPE = "finetune"  # for a pretrained --init-from when the command line names no recipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from smolm135.checkpoint import (
 )
 from smolm135.data import sources
 from smolm135.data.chat import ChatData
+from smolm135.inference.chat_scoring import AnswersRight
 from smolm135.training.chat import bits_per_answer_byte
 from smolm135.data.corpus import (
     Corpus,
@@ -71,6 +72,8 @@ class Run:
     progress: Progress
     final_model: str | None = None  # the final model's file name, chosen when the last step is reached
     chat: ChatData | None = None  # packed conversations, when --data holds them (else batches read the tokens)
+    # of conversations, per evaluation of this process's run: (step, held-out answers given word for word)
+    answers_right: list[tuple[int, AnswersRight]] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:

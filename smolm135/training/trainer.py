@@ -450,11 +450,15 @@ def after_step(run: Run, report: StepReport, stop: StopRequest) -> str | None:
 @torch.no_grad()
 def evaluate(run: Run) -> float:
     """Mean loss over a fixed validation set: --eval-batches global batches, the same rows at every
-    evaluation and for every split into processes and micro-steps; each process evaluates its share."""
+    evaluation and for every split into processes and micro-steps; each process evaluates its share.
+    Of conversations, the loss per assistant token; the answers given word for word go to `run.answers_right`."""
     cfg, distributed, model = run.cfg, run.distributed, run.step_model
-    if run.chat is not None:  # the loss per assistant token of the held-out conversations
-        return assistant_loss(model, run.chat, cfg.batch_size, cfg.eval_batches * run.global_batch, run.device,
-                              run.dtype, distributed.rank, distributed.world_size)
+    if run.chat is not None:
+        loss, right = assistant_loss(run.model, run.chat, cfg.batch_size, cfg.eval_batches * run.global_batch,
+                                     run.device, run.dtype, run.tokenizer.n_vocab, distributed.rank,
+                                     distributed.world_size)
+        run.answers_right.append((run.progress.step, right))
+        return loss
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=run.device)
@@ -480,6 +484,10 @@ def evaluate_and_record(run: Run) -> None:
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f}{' ' + unit[0] if unit[0] else ''} "
                 f"({run.bits_per_byte(val_loss):.4f} {unit[1]})")
     run.log.track(run.progress.step, {"val/loss": val_loss, "val/bits_per_byte": run.bits_per_byte(val_loss)})
+    if run.chat is not None:
+        right = run.answers_right[-1][1]
+        run.log.say(f"step {run.progress.step}: held-out {right.describe()}")
+        run.log.track(run.progress.step, {"val/answers_right": right.share})
     if run.chat is not None and run.is_main:  # a held-out question answered, at every evaluation
         log_sample(run, run.progress.step)
 
@@ -553,6 +561,9 @@ def summarize(run: Run, start_step: int, final_path: Path | None, stopped_by: st
         "log_path": str(log.path) if log.writes else None,
         "stopped_by": stopped_by,
     }
+    if run.answers_right:  # of conversations: the held-out answers given word for word, as a share
+        summary["initial_answers_right"] = round(run.answers_right[0][1].share, 4)
+        summary["final_answers_right"] = round(run.answers_right[-1][1].share, 4)
     if this_run:
         log.say(f"train loss over steps {start_step + 1}-{progress.step}: first {this_run[0]:.4f}, "
                 f"last {this_run[-1]:.4f}, mean {sum(this_run) / len(this_run):.4f}")
