@@ -233,6 +233,19 @@ def test_a_saved_dataset_of_conversations_gives_the_windows_of_the_same_jsonl(ch
 
 
 @needs_datasets
+def test_messages_a_dataset_stores_field_by_field_read_as_a_list_of_messages(chat_tokenizer, tmp_path):
+    from datasets import Dataset, Features, Sequence, Value
+
+    records = conversations(12)
+    expected = chat_data([write_jsonl(tmp_path / "chat.jsonl", records)], chat_tokenizer)
+    by_field = [{"messages": {field: [message[field] for message in record["messages"]]  # one list per field
+                              for field in ("role", "content")}} for record in records]
+    features = Features({"messages": Sequence({"role": Value("string"), "content": Value("string")})})
+    Dataset.from_list(by_field, features=features).save_to_disk(str(tmp_path / "chats"))
+    assert_same_windows(chat_data(resolve_sources(str(tmp_path / "chats")), chat_tokenizer), expected)
+
+
+@needs_datasets
 def test_a_hub_dataset_of_conversations_gives_the_windows_of_the_same_jsonl_keyed_by_its_commit(chat_tokenizer,
                                                                                                  tmp_path, monkeypatch):
     from datasets import Dataset

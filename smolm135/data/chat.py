@@ -41,13 +41,24 @@ SKIP_HINT = "fix or remove it, or pass --skip-bad-records to leave such records 
 # ------------------------------------------------------------------ the shapes a conversation comes in
 
 
+def message_list(messages):
+    """Messages as a list of {role, content}. A `datasets` Sequence of a dict stores them field by field, one
+    list per field ({"role": [...], "content": [...]}), and reads them back so: made one dict per message."""
+    if not isinstance(messages, dict) or not messages:
+        return messages
+    fields = list(messages.values())
+    if not all(isinstance(values, list) and len(values) == len(fields[0]) for values in fields):
+        return messages  # no list of messages (check_messages says so)
+    return [dict(zip(messages, values)) for values in zip(*fields)]
+
+
 def _messages_record(record: dict) -> list:
-    return record["messages"]
+    return message_list(record["messages"])
 
 
 def _prompt_completion_record(record: dict) -> list:
     """TRL's prompt-completion records: two strings, or two lists of messages (conversational)."""
-    prompt, completion = record["prompt"], record["completion"]
+    prompt, completion = message_list(record["prompt"]), message_list(record["completion"])
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(completion, str):
