@@ -1,5 +1,5 @@
-"""Documents from the formats corpora come in: JSON Lines (.jsonl, .jsonl.gz), Parquet shards, and Hugging
-Face datasets (a `save_to_disk` folder, or a Hub id `hf:NAME[:CONFIG][:SPLIT]` streamed by `datasets`).
+"""Records from the formats corpora and conversations come in: JSON Lines (.jsonl, .jsonl.gz), Parquet shards,
+and Hugging Face datasets (a `save_to_disk` folder, or a Hub id `hf:NAME[:CONFIG][:SPLIT]` streamed by `datasets`).
 
 `data.resolve_sources` turns --data into a list of sources: paths of files, or one dataset. `records` is the
 one reader of each kind of table: it yields a source's records one at a time (Parquet and datasets a record
@@ -267,8 +267,12 @@ def _open_parquet(path: Path):
     try:
         return pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as error:
-        raise UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; "
-                        f"download it again or remove it") from None
+        raise _unreadable_parquet(path, error) from None
+
+
+def _unreadable_parquet(path: Path, error: BaseException) -> UserError:
+    return UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; download it "
+                     f"again or remove it")
 
 
 def _parquet_records(path: Path, columns: list[str] | None, advance) -> Iterator[tuple[int, dict]]:
@@ -281,8 +285,7 @@ def _parquet_records(path: Path, columns: list[str] | None, advance) -> Iterator
         batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
         yield from enumerate(_arrow_rows(batches, advance, bytes_per_row), 1)
     except (pyarrow.ArrowException, OSError) as error:
-        raise UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; "
-                        f"download it again or remove it") from None
+        raise _unreadable_parquet(path, error) from None
 
 
 def _load_saved(source: SavedDataset):
