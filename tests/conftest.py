@@ -1,6 +1,7 @@
 """Shared fixtures: a generated corpus and tiny training configs, so the suite runs on 2 CPU cores."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -16,6 +17,9 @@ from smolm135.training.config import TrainConfig
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow"'
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
+# tests of Hugging Face datasets (save_to_disk folders, hf:NAME) need the optional extra
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
+                                    reason='the datasets extra is not installed: pip install -e ".[datasets]"')
 
 
 # ---------------------------------------------------------------- the default run leaves slow tests out

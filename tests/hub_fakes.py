@@ -1,8 +1,10 @@
-"""Stand-ins for huggingface_hub in the push tests: nothing here reaches the network."""
+"""Stand-ins for huggingface_hub in the push tests, and a Hub that holds one dataset: nothing here reaches
+the network."""
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import huggingface_hub
@@ -50,3 +52,24 @@ def offline_api() -> FailingHfApi:
 def unset_token(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # ignore a saved `hf auth login`
+
+
+def serve_hub_dataset(monkeypatch, repo_id: str, dataset, sha: str) -> None:
+    """The Hub holding `dataset` (a datasets.Dataset) as the dataset `repo_id` at commit `sha`: huggingface_hub's
+    dataset_info answers that commit, and datasets' load_dataset streams the rows of that commit only."""
+    import datasets
+    from huggingface_hub import HfApi
+
+    for switch in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(switch, raising=False)
+
+    def dataset_info(self, name, **kwargs):
+        assert name == repo_id
+        return SimpleNamespace(sha=sha)
+
+    def load_dataset(path, name=None, split=None, revision=None, streaming=False, **kwargs):
+        assert (path, split, revision, streaming) == (repo_id, "train", sha, True)
+        return dataset.to_iterable_dataset()
+
+    monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)

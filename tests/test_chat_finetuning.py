@@ -25,18 +25,21 @@ from smolm135.data.chat import (
     load_chat_data,
     pack,
 )
+from smolm135.data.corpus import resolve_sources
 from smolm135.errors import UserError
 from smolm135.inference.chat_scoring import AnswersRight
 
 from conftest import (
     CHAT_TEMPLATE,
     CHAT_VOCAB_SIZE,
+    needs_datasets,
     random_rotary_model,
     save_tiny_chat_checkpoint,
     tiny_chat_backend,
     tiny_chat_tokenizer,
     tiny_train_config,
 )
+from hub_fakes import serve_hub_dataset
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 TWO_TURNS = [{"role": "user", "content": "The cat sees the moon."},
@@ -175,6 +178,101 @@ def replace_template(tokenizer, template: str):
     from smolm135.data.tokenizer import JsonTokenizer
 
     return JsonTokenizer(tokenizer.tokenizer_json, tokenizer.eos_token, tokenizer.bos_token, template)
+
+
+# ------------------------------------------------------------------ conversations from Hugging Face datasets
+
+
+def save_dataset(folder: Path, records: list) -> Path:
+    from datasets import Dataset
+
+    Dataset.from_list(records).save_to_disk(str(folder))
+    return folder
+
+
+def chat_data(files: list, tokenizer, skip_bad: bool = False):
+    return load_chat_data(files, detect_shape(files, "chat"), tokenizer, 64, "assistant", 0.25, skip_bad)
+
+
+def assert_same_windows(data, expected) -> None:
+    for split in ("train", "val"):
+        for array in ("inputs", "targets", "segments", "answer_bytes"):
+            np.testing.assert_array_equal(getattr(getattr(data, split), array),
+                                          getattr(getattr(expected, split), array), err_msg=f"{split} {array}")
+    assert data.shape == expected.shape and data.sample_messages == expected.sample_messages
+
+
+def messages_records() -> list[dict]:
+    records = conversations(12)
+    records[1]["messages"][0]["name"] = "Ann"  # in Arrow every message then has a name, None but here
+    return records
+
+
+def alpaca_records() -> list[dict]:
+    records = [{"instruction": f"Name animal {i}.", "input": "small" if i % 2 else "", "output": "The cat."}
+               for i in range(12)]
+    del records[5]["input"]  # a key a JSON record lacks is a null in the dataset
+    return records
+
+
+@needs_datasets
+@pytest.mark.parametrize("make_records", [messages_records, alpaca_records], ids=["messages", "alpaca"])
+def test_a_saved_dataset_of_conversations_gives_the_windows_of_the_same_jsonl(chat_tokenizer, tmp_path, make_records):
+    from smolm135.training.chat import conversation_shape
+
+    records = make_records()
+    expected = chat_data([write_jsonl(tmp_path / "chat.jsonl", records)], chat_tokenizer)
+    folder = save_dataset(tmp_path / "chats", records)
+    files = resolve_sources(str(folder))
+    assert detect_shape(files) == expected.shape
+    assert conversation_shape(tiny_train_config(folder, tmp_path / "out")) == expected.shape
+    data = chat_data(files, chat_tokenizer)
+    assert_same_windows(data, expected)
+    assert data.summary(64) == [line.replace("chat.jsonl", "chats") for line in expected.summary(64)]
+    other = chat_data(resolve_sources(str(save_dataset(tmp_path / "other", records[1:]))), chat_tokenizer)
+    assert other.key != data.key
+
+
+@needs_datasets
+def test_messages_a_dataset_stores_field_by_field_read_as_a_list_of_messages(chat_tokenizer, tmp_path):
+    from datasets import Dataset, Features, Sequence, Value
+
+    records = conversations(12)
+    expected = chat_data([write_jsonl(tmp_path / "chat.jsonl", records)], chat_tokenizer)
+    by_field = [{"messages": {field: [message[field] for message in record["messages"]]  # one list per field
+                              for field in ("role", "content")}} for record in records]
+    features = Features({"messages": Sequence({"role": Value("string"), "content": Value("string")})})
+    Dataset.from_list(by_field, features=features).save_to_disk(str(tmp_path / "chats"))
+    assert_same_windows(chat_data(resolve_sources(str(tmp_path / "chats")), chat_tokenizer), expected)
+
+
+@needs_datasets
+def test_a_hub_dataset_of_conversations_gives_the_windows_of_the_same_jsonl_keyed_by_its_commit(chat_tokenizer,
+                                                                                                 tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    records = messages_records()
+    expected = chat_data([write_jsonl(tmp_path / "chat.jsonl", records)], chat_tokenizer)
+    serve_hub_dataset(monkeypatch, "me/chats", Dataset.from_list(records), sha="a" * 40)
+    data = chat_data(resolve_sources("hf:me/chats"), chat_tokenizer)
+    assert_same_windows(data, expected)
+    assert data.name == "hf:me/chats:train"
+    serve_hub_dataset(monkeypatch, "me/chats", Dataset.from_list(records), sha="b" * 40)
+    assert chat_data(resolve_sources("hf:me/chats"), chat_tokenizer).key != data.key  # a new commit: new data
+
+
+@needs_datasets
+def test_a_bad_record_in_a_saved_dataset_is_one_line_naming_the_dataset_and_record_number(chat_tokenizer, tmp_path):
+    records = conversations(5)
+    records[2] = {"messages": [{"role": "user", "content": "Who sees the moon?"}]}
+    folder = save_dataset(tmp_path / "chats", records)
+    files = resolve_sources(str(folder))
+    with pytest.raises(UserError) as error:
+        chat_data(files, chat_tokenizer)
+    message = str(error.value)
+    assert f"{folder} record 3: it has no assistant turn" in message and "--skip-bad-records" in message
+    assert "\n" not in message
+    assert chat_data(files, chat_tokenizer, skip_bad=True).bad.count == 1
 
 
 # ------------------------------------------------------------------ windows
@@ -340,6 +438,22 @@ def test_evaluate_counts_the_answers_a_model_would_give_word_for_word(chat_token
     _, right, _ = score_conversations(knowing(last_answer_token), chat_tokenizer, [data], shape, 512,
                                       torch.device("cpu"), show_progress=False)
     assert right == AnswersRight(answers - 1, answers)
+
+
+@needs_datasets
+def test_evaluate_scores_a_saved_chat_dataset_as_the_same_jsonl(tmp_path):
+    from smolm135.inference import evaluate as evaluate
+
+    records = conversations(6)
+    checkpoint = save_tiny_chat_checkpoint(tmp_path / "chat.pt")
+    scores = []
+    for data in (write_jsonl(tmp_path / "chat.jsonl", records), save_dataset(tmp_path / "chats", records)):
+        lines = []
+        [result] = evaluate.evaluate([str(checkpoint)], str(data), device="cpu", dtype="float32", show_progress=False,
+                                     say=lines.append)
+        assert "bits per assistant byte" in lines[0]
+        scores.append(result.score)
+    assert scores[1] == scores[0]
 
 
 def test_chatterbot_corpus_becomes_a_messages_file_the_trainer_reads(tmp_path):

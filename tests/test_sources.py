@@ -1,6 +1,5 @@
 """Corpora as .jsonl, .jsonl.gz, .parquet and Hugging Face datasets tokenize like the same text as .txt files."""
 import gzip
-import importlib.util
 import json
 import sys
 
@@ -14,7 +13,7 @@ from smolm135.data.corpus import load_corpus, resolve_sources
 from smolm135.errors import UserError
 from smolm135.data.tokenizer import END_OF_TEXT_ID, get_tokenizer
 
-from conftest import make_corpus_text, tiny_train_config
+from conftest import make_corpus_text, needs_datasets, tiny_train_config
 
 DOCUMENTS = [make_corpus_text(40, seed=i) for i in range(5)] + ["Ünïcödé ✓ 🤖 <|endoftext|> as plain text\n", ""]
 
@@ -119,10 +118,6 @@ def test_non_text_column_is_a_user_error(tmp_path):
     pq.write_table(pa.table({"text": [1, 2, 3]}), path)
     with pytest.raises(UserError, match="holds int values, not text"):
         load_corpus(str(path), tmp_path / "cache", show_progress=False)
-
-
-needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
-                                    reason='the datasets extra is not installed: pip install -e ".[datasets]"')
 
 
 @pytest.mark.parametrize("data", ["hf:HuggingFaceFW/fineweb-edu", "saved"])

@@ -2,9 +2,10 @@
 
 - The shape of a table is told by its columns (`detect_shape`): `messages` (a list of {role, content}),
   `prompt`/`completion` (strings, or lists of messages), or Alpaca's `instruction`/`input`/`output`; a table
-  with none of them (or a .txt file) is text, read by data.py.
+  with none of them (or a .txt file) is text, read by corpus.py. Files and `datasets` datasets (a
+  save_to_disk folder, a Hub id) are told apart only by sources.py, whose `records` reads each kind.
 - `read_conversations` turns every record into messages and checks them; a bad record is one line naming
-  the file and record, or (`skip_bad`) is left out and counted.
+  the file or dataset and the record, or (`skip_bad`) is left out and counted.
 - `ConversationEncoder` renders a conversation through the model's own chat template, as transformers'
   `apply_chat_template` does, and finds the assistant's tokens by rendering each prefix: the template
   ends the prompt for answer i with `messages[:i]` and the generation prompt, and the answer runs from
@@ -19,19 +20,15 @@
 from __future__ import annotations
 
 import bisect
-import gzip
 import hashlib
-import json
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from smolm135.data import sources
 from smolm135.errors import UserError
-from smolm135.data.sources import Source
+from smolm135.data.sources import BadRecord, Source
 from smolm135.data.tokenizer import render_chat
 
 FORMATS = ("auto", "text", "chat")  # --format: auto tells conversations from text by the columns
@@ -44,13 +41,24 @@ SKIP_HINT = "fix or remove it, or pass --skip-bad-records to leave such records 
 # ------------------------------------------------------------------ the shapes a conversation comes in
 
 
+def message_list(messages):
+    """Messages as a list of {role, content}. A `datasets` Sequence of a dict stores them field by field, one
+    list per field ({"role": [...], "content": [...]}), and reads them back so: made one dict per message."""
+    if not isinstance(messages, dict) or not messages:
+        return messages
+    fields = list(messages.values())
+    if not all(isinstance(values, list) and len(values) == len(fields[0]) for values in fields):
+        return messages  # no list of messages (check_messages says so)
+    return [dict(zip(messages, values)) for values in zip(*fields)]
+
+
 def _messages_record(record: dict) -> list:
-    return record["messages"]
+    return message_list(record["messages"])
 
 
 def _prompt_completion_record(record: dict) -> list:
     """TRL's prompt-completion records: two strings, or two lists of messages (conversational)."""
-    prompt, completion = record["prompt"], record["completion"]
+    prompt, completion = message_list(record["prompt"]), message_list(record["completion"])
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(completion, str):
@@ -85,20 +93,6 @@ SHAPES = (
 )
 
 
-class BadRecord(ValueError):
-    """What is wrong with one record (the caller names the file and the record)."""
-
-
-def columns_of(source: Source) -> list[str]:
-    """The column names of a table: a Parquet file's schema, or the first JSON Lines record's keys."""
-    if isinstance(source, Path) and sources.corpus_suffix(source) == ".parquet":
-        return list(sources._open_parquet(source).schema_arrow.names)
-    if isinstance(source, Path) and sources.corpus_suffix(source) in (".jsonl", ".jsonl.gz"):
-        for _, record in _jsonl_records(source):
-            return list(record) if isinstance(record, dict) else []
-    return []
-
-
 def shape_of_columns(columns: list[str]) -> ConversationShape | None:
     return next((shape for shape in SHAPES if all(column in columns for column in shape.columns)), None)
 
@@ -107,18 +101,14 @@ def detect_shape(files: list[Source], requested: str = "auto") -> ConversationSh
     """The conversation shape of --data per --format, or None for text. Every file must have the same shape."""
     if requested == "text":
         return None
-    shapes = {}
-    for source in files:
-        if isinstance(source, Path) and not sources.is_text_file(source):
-            shapes[source] = shape_of_columns(columns_of(source))
-        else:  # a .txt file, or a datasets folder (read as text)
-            shapes[source] = None
+    shapes = {source: None if sources.is_text_file(source) else shape_of_columns(sources.column_names(source))
+              for source in files}
     found = set(shapes.values())
     if found == {None}:
         if requested == "chat":
             raise UserError(f"--format chat: {files[0]} holds no conversations; conversation tables have a "
                             f"'messages' column, 'prompt' and 'completion', or 'instruction' and 'output' "
-                            f"(.jsonl, .jsonl.gz or .parquet)")
+                            f"(.jsonl, .jsonl.gz, .parquet, a datasets save_to_disk folder or hf:NAME)")
         return None
     if len(found) > 1:
         described = "; ".join(f"{source.name}: {shape.name if shape else 'text'}" for source, shape in shapes.items())
@@ -128,44 +118,6 @@ def detect_shape(files: list[Source], requested: str = "auto") -> ConversationSh
 
 
 # ------------------------------------------------------------------ reading and checking records
-
-
-def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(record number, parsed JSON) of each non-blank line; the record number is the line's number."""
-    compressed = sources.corpus_suffix(path) == ".jsonl.gz"
-    try:
-        with open(path, "rb") as raw:
-            lines = gzip.GzipFile(fileobj=raw) if compressed else raw
-            for line_number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_number, json.loads(line.decode("utf-8", errors="replace"))
-                except json.JSONDecodeError as error:
-                    yield line_number, BadRecord(f"not valid JSON ({error.msg})")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise UserError(f"{path} is not a readable gzip file ({sources.first_line(error)}): it may be "
-                        f"truncated; download it again or remove it") from None
-
-
-def _parquet_records(path: Path) -> Iterator[tuple[int, object]]:
-    import pyarrow
-
-    parquet = sources._open_parquet(path)
-    number = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=sources.BATCH_ROWS, use_threads=False):
-            for record in batch.to_pylist():
-                number += 1
-                yield number, record
-    except (pyarrow.ArrowException, OSError) as error:
-        raise UserError(f"{path} is not a readable Parquet file ({sources.first_line(error)}): it may be "
-                        f"truncated; download it again or remove it") from None
-
-
-def records(path: Path) -> Iterator[tuple[int, object]]:
-    """(record number, record) of a .jsonl, .jsonl.gz or .parquet file, in order, numbered from 1."""
-    return _parquet_records(path) if sources.corpus_suffix(path) == ".parquet" else _jsonl_records(path)
 
 
 def check_messages(messages) -> None:
@@ -188,7 +140,7 @@ def check_messages(messages) -> None:
 @dataclass
 class Conversation:
     messages: list[dict]  # {role, content} only, checked
-    where: str  # "file record N", for messages about it
+    where: str  # "file record N" or "dataset record N", for messages about it
 
 
 @dataclass
@@ -205,7 +157,7 @@ class BadRecords:
 
 def conversation_of(record, shape: ConversationShape) -> list[dict]:
     """One record as checked messages (only role and content kept); BadRecord if it is none."""
-    if isinstance(record, BadRecord):
+    if isinstance(record, BadRecord):  # a line that is no JSON
         raise record
     if not isinstance(record, dict):
         raise BadRecord("it is not a JSON object")
@@ -217,13 +169,13 @@ def conversation_of(record, shape: ConversationShape) -> list[dict]:
     return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
-def read_conversations(files: list[Path], shape: ConversationShape, skip_bad: bool,
+def read_conversations(files: list[Source], shape: ConversationShape, skip_bad: bool,
                        bad: BadRecords) -> Iterator[Conversation]:
-    """Every record of `files` as a checked conversation, in order. A bad record is a UserError naming the
-    file and record, or with `skip_bad` is counted in `bad` and left out."""
-    for path in files:
-        for number, record in records(path):
-            where = f"{path} record {number}"
+    """Every record of `files` (files or a dataset) as a checked conversation, in order. A bad record is a
+    UserError naming the source and record, or with `skip_bad` is counted in `bad` and left out."""
+    for source in files:
+        for number, record in sources.records(source):
+            where = f"{source} record {number}"
             try:
                 yield Conversation(conversation_of(record, shape), where)
             except BadRecord as problem:
@@ -415,15 +367,14 @@ def split_conversations(conversations: list, val_fraction: float) -> tuple[list,
     return conversations[:len(conversations) - n_val], conversations[len(conversations) - n_val:]
 
 
-def conversations_key(files: list[Path], tokenizer, shape: ConversationShape, seq_len: int, loss_on: str,
+def conversations_key(files: list[Source], tokenizer, shape: ConversationShape, seq_len: int, loss_on: str,
                       val_fraction: float) -> str:
-    """What decides the windows: the files' content, the tokenizer and its template, and the packing."""
+    """What decides the windows: the files' or dataset's content (a Hub dataset's: its commit), the tokenizer
+    and its template, and the packing."""
     digest = hashlib.sha256(f"smolm135-chat-v1-{shape.name}-{seq_len}-{loss_on}-{val_fraction}".encode())
     digest.update(f"{tokenizer.fingerprint}\0{tokenizer.chat_template}\0{tokenizer.eos_token}".encode())
-    for path in files:
-        digest.update(b"\0file\0")
-        for content in sources.content_files(path):
-            digest.update(content.read_bytes())
+    for source in files:
+        sources.hash_content(digest, source)
     return digest.hexdigest()
 
 
@@ -458,7 +409,7 @@ class ChatData:
         return lines
 
 
-def load_chat_data(files: list[Path], shape: ConversationShape, tokenizer, seq_len: int, loss_on: str,
+def load_chat_data(files: list[Source], shape: ConversationShape, tokenizer, seq_len: int, loss_on: str,
                    val_fraction: float, skip_bad: bool) -> ChatData:
     """--data's conversations rendered by the tokenizer's template, split into whole conversations for
     training and validation, fitted into windows and packed."""

@@ -219,14 +219,7 @@ class _ReplacementCounter:
 def _hash_sources(files: list[Source], text_field: str = DEFAULT_TEXT_FIELD, tokenizer_fingerprint: str = "gpt2") -> str:
     digest = hashlib.sha256(f"smolm135-tokens-v{CACHE_FORMAT_VERSION}-{tokenizer_fingerprint}".encode())
     for source in files:
-        digest.update(b"\0file\0")
-        if isinstance(source, sources.HubDataset):
-            digest.update(source.content_id().encode())
-            continue
-        for path in sources.content_files(source):
-            with open(path, "rb") as f:
-                while block := f.read(READ_CHUNK_BYTES):
-                    digest.update(block)
+        sources.hash_content(digest, source)
     if not all(map(sources.is_text_file, files)):  # the column read is part of the content
         digest.update(b"\0text_field\0" + text_field.encode())
     return digest.hexdigest()

@@ -1,10 +1,11 @@
-"""Documents from the formats corpora come in: JSON Lines (.jsonl, .jsonl.gz), Parquet shards, and Hugging
-Face datasets (a `save_to_disk` folder, or a Hub id `hf:NAME[:CONFIG][:SPLIT]` streamed by `datasets`).
+"""Records from the formats corpora and conversations come in: JSON Lines (.jsonl, .jsonl.gz), Parquet shards,
+and Hugging Face datasets (a `save_to_disk` folder, or a Hub id `hf:NAME[:CONFIG][:SPLIT]` streamed by `datasets`).
 
-`data.resolve_sources` turns --data into a list of sources: paths of files, or one dataset. `documents`
-yields one source's documents one at a time (Parquet a record batch at a time, JSON Lines a line at a
-time), so a corpus of any size tokenizes with flat memory. `content_files` and `HubDataset.content_id`
-say what the token cache's key is computed over. Plain .txt files stay in data.py: a file is one document,
+`data.resolve_sources` turns --data into a list of sources: paths of files, or one dataset. `records` is the
+one reader of each kind of table: it yields a source's records one at a time (Parquet and datasets a record
+batch at a time, JSON Lines a line at a time), so a corpus of any size is read with flat memory; `documents`
+takes the text column of them, data/chat.py the conversations. `hash_content` says what the token cache's
+and the conversations' keys are computed over. Plain .txt files stay in corpus.py: a file is one document,
 read in chunks.
 """
 from __future__ import annotations
@@ -78,6 +79,10 @@ def is_text_file(source: Source) -> bool:
     return isinstance(source, Path) and corpus_suffix(source) in (TEXT_SUFFIX, None)
 
 
+def is_json_lines(source: Source) -> bool:
+    return isinstance(source, Path) and corpus_suffix(source) in (".jsonl", ".jsonl.gz")
+
+
 # ------------------------------------------------------------------ resolving --data
 
 
@@ -146,12 +151,27 @@ def first_line(error: BaseException) -> str:
 
 # ------------------------------------------------------------------ what the cache key covers
 
+HASH_BLOCK_BYTES = 4 << 20  # file bytes hashed at a time: a corpus of any size is keyed in flat memory
+
 
 def content_files(source: Path | SavedDataset) -> list[Path]:
     """The files whose bytes are the source's content: the file itself, or a saved dataset's files."""
     if isinstance(source, SavedDataset):
         return sorted(p for p in source.folder.iterdir() if p.is_file())
     return [source]
+
+
+def hash_content(digest, source: Source) -> None:
+    """Add what `source` holds to a hashlib `digest`: the bytes of its files, or a Hub dataset's name and
+    commit (fixed content, which would have to be downloaded whole to be hashed)."""
+    digest.update(b"\0file\0")
+    if isinstance(source, HubDataset):
+        digest.update(source.content_id().encode())
+        return
+    for path in content_files(source):
+        with open(path, "rb") as f:
+            while block := f.read(HASH_BLOCK_BYTES):
+                digest.update(block)
 
 
 def source_size(source: Source) -> int | None:
@@ -161,38 +181,54 @@ def source_size(source: Source) -> int | None:
     return sum(p.stat().st_size for p in content_files(source))
 
 
-# ------------------------------------------------------------------ reading documents
+# ------------------------------------------------------------------ reading records
 
 
-def check_text_field(sources: list[Source], text_field: str) -> None:
-    """Fail before any tokenizing when a Parquet shard or saved dataset lacks the column (cheap: metadata
-    only), rather than after hours on the shards before it."""
-    for source in sources:
-        if isinstance(source, Path) and corpus_suffix(source) == ".parquet":
-            _require_column(source, _open_parquet(source).schema_arrow.names, text_field)
-        elif isinstance(source, SavedDataset):
-            _require_column(source, _load_saved(source).column_names, text_field)
+class BadRecord(ValueError):
+    """What is wrong with one record (the caller names the source and the record)."""
 
 
-def documents(source: Source, text_field: str, advance: Callable[[float], object] = lambda n: None,
-              decode: Callable[[bytes], str] | None = None) -> Iterator[str]:
-    """The texts of a table-like source, in order; rows whose field is null are skipped. `advance(n)` is
-    called as about n bytes of the source are read; `decode` turns JSON Lines' bytes into text, one line
-    after the other (default: UTF-8, invalid bytes replaced with U+FFFD)."""
-    if isinstance(source, HubDataset):
-        return _hub_documents(source, text_field)
+def stores_columns_apart(source: Source) -> bool:
+    """Parquet files and saved datasets store each column apart: one column is read alone, and the column
+    names are known from the metadata, before any record is read."""
+    return isinstance(source, SavedDataset) or (isinstance(source, Path) and corpus_suffix(source) == ".parquet")
+
+
+def column_names(source: Source) -> list[str]:
+    """A table's columns: a Parquet file's schema, a saved dataset's features, else the first record's keys
+    (JSON Lines, a Hub dataset); none when that record is no object, or there is none."""
     if isinstance(source, SavedDataset):
-        return _saved_documents(source, text_field, advance)
+        return list(_load_saved(source).column_names)
+    if stores_columns_apart(source):
+        return list(_open_parquet(source).schema_arrow.names)
+    for _, record in records(source):
+        return list(record) if isinstance(record, dict) else []
+    return []
+
+
+def records(source: Source, columns: list[str] | None = None, advance: Callable[[float], object] = lambda n: None,
+            decode: Callable[[bytes], str] | None = None) -> Iterator[tuple[int, object]]:
+    """(record number, record) of a table-like source, in order, numbered from 1; a JSON Lines record's number
+    is its line's (blank lines are no records). A record is a dict of its columns as pyarrow's to_pylist
+    gives it (a list of structs is a list of dicts, each with every field of the struct, None where a row
+    lacked one), or from JSON Lines whatever its line parses to, or a BadRecord when the line is no JSON.
+    `columns` reads only those, where columns are stored apart. `advance(n)` is called as about n bytes of the
+    source are read; `decode` turns JSON Lines' bytes into text, one line after the other (default: UTF-8,
+    invalid bytes replaced with U+FFFD)."""
+    if isinstance(source, HubDataset):
+        return _hub_records(source)
+    if isinstance(source, SavedDataset):
+        return _saved_records(source, columns, advance)
     if corpus_suffix(source) == ".parquet":
-        return _parquet_documents(source, text_field, advance)
-    return _jsonl_documents(source, text_field, advance, decode or _decode_replacing)
+        return _parquet_records(source, columns, advance)
+    return _jsonl_records(source, advance, decode or _decode_replacing)
 
 
 def _decode_replacing(line: bytes) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def _jsonl_documents(path: Path, text_field: str, advance, decode: Callable[[bytes], str]) -> Iterator[str]:
+def _jsonl_records(path: Path, advance, decode: Callable[[bytes], str]) -> Iterator[tuple[int, object]]:
     compressed = corpus_suffix(path) == ".jsonl.gz"
     reported = 0
     try:
@@ -202,25 +238,26 @@ def _jsonl_documents(path: Path, text_field: str, advance, decode: Callable[[byt
                 if line_number % PROGRESS_EVERY_LINES == 0:
                     advance(raw.tell() - reported)
                     reported = raw.tell()
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(decode(line))
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path} line {line_number} is not valid JSON ({error.msg}): fix or remove "
-                                    f"that line") from None
-                if not isinstance(record, dict):
-                    raise UserError(f"{path} line {line_number} is not a JSON object: JSON Lines corpora hold one "
-                                    f'object per line, e.g. {{"{text_field}": "..."}}')
-                if text_field not in record:
-                    _require_column(path, list(record), text_field, where=f" line {line_number}")
-                value = record[text_field]
-                if value is not None:
-                    yield _as_text(value, path, text_field)
+                if line.strip():
+                    yield line_number, _parse_json(decode(line))
             advance(raw.tell() - reported)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise UserError(f"{path} is not a readable gzip file ({first_line(error)}): it may be truncated; "
                         f"download it again or remove it") from None
+
+
+def _parse_json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return BadRecord(f"not valid JSON ({error.msg})")
+
+
+def _arrow_rows(batches, advance, bytes_per_row: float) -> Iterator[dict]:
+    """The rows of Arrow record batches or tables, one batch in memory at a time."""
+    for batch in batches:
+        advance(batch.num_rows * bytes_per_row)
+        yield from batch.to_pylist()
 
 
 def _open_parquet(path: Path):
@@ -230,26 +267,25 @@ def _open_parquet(path: Path):
     try:
         return pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as error:
-        raise UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; "
-                        f"download it again or remove it") from None
+        raise _unreadable_parquet(path, error) from None
 
 
-def _parquet_documents(path: Path, text_field: str, advance) -> Iterator[str]:
+def _unreadable_parquet(path: Path, error: BaseException) -> UserError:
+    return UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; download it "
+                     f"again or remove it")
+
+
+def _parquet_records(path: Path, columns: list[str] | None, advance) -> Iterator[tuple[int, dict]]:
     import pyarrow
 
     parquet = _open_parquet(path)
-    _require_column(path, parquet.schema_arrow.names, text_field)
     bytes_per_row = path.stat().st_size / max(1, parquet.metadata.num_rows)
     try:
-        # one record batch of one column at a time: memory holds a batch, never the file
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=[text_field], use_threads=False):
-            advance(batch.num_rows * bytes_per_row)
-            for value in batch.column(0).to_pylist():
-                if value is not None:
-                    yield _as_text(value, path, text_field)
+        # one record batch at a time: memory holds a batch, never the file
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
+        yield from enumerate(_arrow_rows(batches, advance, bytes_per_row), 1)
     except (pyarrow.ArrowException, OSError) as error:
-        raise UserError(f"{path} is not a readable Parquet file ({first_line(error)}): it may be truncated; "
-                        f"download it again or remove it") from None
+        raise _unreadable_parquet(path, error) from None
 
 
 def _load_saved(source: SavedDataset):
@@ -262,39 +298,73 @@ def _load_saved(source: SavedDataset):
                         f"with datasets' save_to_disk") from None
 
 
-def _saved_documents(source: SavedDataset, text_field: str, advance) -> Iterator[str]:
+def _saved_records(source: SavedDataset, columns: list[str] | None, advance) -> Iterator[tuple[int, dict]]:
     dataset = _load_saved(source)
-    _require_column(source.folder, dataset.column_names, text_field)
     bytes_per_row = (source_size(source) or 0) / max(1, len(dataset))
-    for batch in dataset.select_columns([text_field]).iter(batch_size=BATCH_ROWS):  # memory-mapped Arrow
-        values = batch[text_field]
-        advance(len(values) * bytes_per_row)
-        yield from (_as_text(value, source.folder, text_field) for value in values if value is not None)
+    if columns is not None:
+        dataset = dataset.select_columns(columns)
+    # memory-mapped Arrow read as Arrow tables, so that rows come out exactly as a Parquet file's do
+    tables = dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+    return enumerate(_arrow_rows(tables, advance, bytes_per_row), 1)
 
 
-def _hub_documents(source: HubDataset, text_field: str) -> Iterator[str]:
+def _stream_hub(source: HubDataset):
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source.repo_id, source.config, split=source.split,
-                                        revision=source.revision, streaming=True)
+        return datasets.load_dataset(source.repo_id, source.config, split=source.split, revision=source.revision,
+                                     streaming=True)
     except (OSError, ValueError) as error:  # unknown config or split: the message lists the valid ones
         raise UserError(f"cannot stream {source.name} ({first_line(error)})") from None
-    for row in dataset:
-        if text_field not in row:
-            _require_column(source.name, list(row), text_field)
-        if row[text_field] is not None:
-            yield _as_text(row[text_field], source.name, text_field)
 
 
-def _require_column(where_from, columns: list[str], text_field: str, where: str = "") -> None:
-    if text_field not in columns:
-        raise UserError(f"{where_from}{where} has no column {text_field!r} (its columns: "
-                        f"{', '.join(map(str, columns)) or 'none'}): pass --text-field with the one that holds the text")
+def _hub_records(source: HubDataset) -> Iterator[tuple[int, dict]]:
+    # rows as datasets gives them, which for text and lists of structs is as to_pylist gives them (every
+    # datasets release the extra allows streams rows; not all of them stream Arrow batches)
+    return enumerate(_stream_hub(source), 1)
 
 
-def _as_text(value, where_from, text_field: str) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"{where_from}: column {text_field!r} holds {type(value).__name__} values, not text: pass "
+# ------------------------------------------------------------------ reading documents
+
+
+def check_text_field(sources: list[Source], text_field: str) -> None:
+    """Fail before any tokenizing when a Parquet shard or saved dataset lacks the column (cheap: metadata
+    only), rather than after hours on the shards before it."""
+    for source in filter(stores_columns_apart, sources):
+        _require_column(source, column_names(source), text_field)
+
+
+def documents(source: Source, text_field: str, advance: Callable[[float], object] = lambda n: None,
+              decode: Callable[[bytes], str] | None = None) -> Iterator[str]:
+    """The texts of a table-like source, in order; rows whose field is null are skipped. `advance` and
+    `decode` as for `records`."""
+    columns = None
+    if stores_columns_apart(source):  # only the text's column is read
+        check_text_field([source], text_field)
+        columns = [text_field]
+    for number, record in records(source, columns, advance, decode):
+        text = _text_of(record, f"{source} line {number}" if is_json_lines(source) else str(source), text_field)
+        if text is not None:
+            yield text
+
+
+def _text_of(record, where: str, text_field: str) -> str | None:
+    """The text of one record, or None where its field is null."""
+    if isinstance(record, BadRecord):
+        raise UserError(f"{where} is {record}: fix or remove that line")
+    if not isinstance(record, dict):
+        raise UserError(f"{where} is not a JSON object: JSON Lines corpora hold one object per line, e.g. "
+                        f'{{"{text_field}": "..."}}')
+    if text_field not in record:
+        _require_column(where, list(record), text_field)
+    value = record[text_field]
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{where}: column {text_field!r} holds {type(value).__name__} values, not text: pass "
                         f"--text-field with the column that holds the text")
     return value
+
+
+def _require_column(where_from, columns: list[str], text_field: str) -> None:
+    if text_field not in columns:
+        raise UserError(f"{where_from} has no column {text_field!r} (its columns: "
+                        f"{', '.join(map(str, columns)) or 'none'}): pass --text-field with the one that holds the text")

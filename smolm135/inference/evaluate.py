@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -168,10 +167,7 @@ def conversations_in(data: str, data_format: str):
 
     if data_format == "text":
         return None
-    files = resolve_sources(data)
-    if not all(isinstance(source, Path) for source in files):
-        return None
-    return detect_shape(files, data_format)
+    return detect_shape(resolve_sources(data), data_format)
 
 
 def evaluate_conversations(models: list[str], data: str, shape, context: int | None, device: str, dtype: str,
@@ -243,7 +239,8 @@ def build_parser() -> CommandLineParser:
     parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt), Hugging Face model folder, .gguf file or smollm2-135m-instruct")
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                         help="more models to score on the same text, printed as a table")
-    parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob")
+    parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob, "
+                        "a datasets save_to_disk folder, or hf:NAME[:CONFIG][:SPLIT]")
     parser.add_argument("--text-field", default=DEFAULT_TEXT_FIELD, help="the column holding the text (default text)")
     parser.add_argument("--format", default="auto", choices=["auto", "text", "chat"], dest="data_format",
                         help="what --data holds: auto (conversations when a table has a 'messages' column, "

@@ -100,13 +100,7 @@ def conversation_shape(cfg) -> ConversationShape | None:
     """The shape of --data's conversations per --format, or None when the run trains on text."""
     if cfg.format == "text" or (cfg.data == DEFAULT_DATA and not Path(cfg.data).exists()):
         return None  # the default corpus (written when absent) is text
-    files = resolve_sources(cfg.data)  # writes the built-in quiz when it is named and absent
-    if any(not isinstance(source, Path) for source in files):
-        if cfg.format == "chat":
-            raise UserError(f"--format chat reads .jsonl, .jsonl.gz and .parquet files; {cfg.data} is a Hugging "
-                            f"Face dataset: save it with to_json or to_parquet and pass that file")
-        return None
-    return detect_shape(files, cfg.format)
+    return detect_shape(resolve_sources(cfg.data), cfg.format)  # writes the built-in quiz when named and absent
 
 
 def refuse_without_template(cfg, shape: ConversationShape | None, tokenizer) -> None:
