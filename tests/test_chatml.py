@@ -3,8 +3,14 @@ ChatML's template and its two special tokens, after its vocabulary; its embeddin
 other row bitwise; its checkpoints carry both, so continuing, scoring, the demo and the exports use them unasked."""
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
+import torch
+
+from smollm135_model import PRESETS, SmoLM135_Model, with_new_token_rows
+from smolm135.checkpoint import Checkpoint, TrainingFacts, load_checkpoint, save_atomic
 from smolm135.data.chat import Conversation, ConversationEncoder
 from smolm135.data.tokenizer import (
     CHATML_TEMPLATE,
@@ -16,9 +22,10 @@ from smolm135.data.tokenizer import (
     with_chat_template,
 )
 
-from conftest import make_corpus_text
+from conftest import make_corpus_text, random_rotary_model
 
 SCRATCH_VOCAB_SIZE = 320  # the learned BPE fills every row: ChatML's tokens need new ones
+SCRATCH_MODEL = replace(PRESETS["tiny-rotary"], vocab_size=SCRATCH_VOCAB_SIZE)
 CONVERSATION = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "The cat sees the moon."},
                 {"role": "assistant", "content": "A dog likes the river."},
@@ -33,6 +40,16 @@ def gpt2_chatml():
 
 def learned_bpe(vocab_size: int = SCRATCH_VOCAB_SIZE):
     return train_byte_level_bpe([make_corpus_text(4000)], vocab_size, origin="a byte-level BPE learned from corpus.txt")
+
+
+def save_scratch_checkpoint(path: Path, tokenizer=None) -> Path:
+    """An untrained tiny-rotary model whose tokenizer (a learned BPE) has no chat template, as a from-scratch
+    run leaves it."""
+    torch.manual_seed(0)
+    tokenizer = tokenizer if tokenizer is not None else learned_bpe()
+    checkpoint = Checkpoint.from_facts(SmoLM135_Model(SCRATCH_MODEL), TrainingFacts(), "test",
+                                       tokenizer=tokenizer.to_record())
+    return save_atomic(checkpoint, path)
 
 
 # ------------------------------------------------------------------ the tokenizer
@@ -73,3 +90,43 @@ def test_a_chatml_conversation_tokenizes_as_the_export_does_and_only_answers_car
     assert masked == "A dog likes the river.<|im_end|>The sailor finds a small boat!<|im_end|>"
     assert [pieces[end - 1] for end in encoded.answer_ends] == ["<|im_end|>", "<|im_end|>"]
     assert not encoded.assistant[encoded.answer_ends[0]]  # the newline after <|im_end|> is the template's
+
+
+# ------------------------------------------------------------------ the embedding
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("n_tokens, vocab_size", [(320, 384), (300, 320)], ids=["grown", "in the padding"])
+def test_new_token_rows_start_as_the_mean_and_old_rows_and_logits_stay_bitwise(tied, n_tokens, vocab_size):
+    config = replace(SCRATCH_MODEL, tie_word_embeddings=tied)
+    model = random_rotary_model(config=config)
+    new_ids = [n_tokens, n_tokens + 1]
+    grown = SmoLM135_Model(replace(config, vocab_size=vocab_size)).eval()
+    grown.load_state_dict(with_new_token_rows(model.state_dict(), n_tokens, new_ids, vocab_size))
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        old, new = model.state_dict()[name], grown.state_dict()[name]  # (V, C), (vocab_size, C)
+        assert torch.equal(new[:n_tokens], old[:n_tokens]), name
+        assert torch.equal(new[new_ids], old[:n_tokens].mean(dim=0).expand(2, -1)), name
+    for name, tensor in model.state_dict().items():  # every other weight is untouched
+        if name not in ("transformer.wte.weight", "lm_head.weight"):
+            assert torch.equal(grown.state_dict()[name], tensor), name
+    idx = torch.randint(0, n_tokens, (2, 16))
+    with torch.no_grad():
+        before, _ = model(idx)  # (2, 16, V)
+        after, _ = grown(idx)  # (2, 16, vocab_size)
+    assert torch.equal(after[..., :n_tokens], before[..., :n_tokens])
+
+
+@pytest.mark.parametrize("bpe_size, rows, keeps_optimizer", [(320, 384, False), (300, 320, True)],
+                         ids=["grown", "in the padding"])
+def test_a_checkpoint_takes_the_tokens_and_keeps_optimizer_moments_only_where_they_fit(tmp_path, bpe_size, rows,
+                                                                                       keeps_optimizer):
+    tokenizer = learned_bpe(bpe_size)
+    checkpoint = load_checkpoint(save_scratch_checkpoint(tmp_path / "scratch.pt", tokenizer))
+    checkpoint.optimizer_state_dict = {"state": {}, "param_groups": []}
+    grown = checkpoint.with_added_tokens(with_chat_template(tokenizer, "chatml"), tokenizer.n_vocab)
+    assert grown.model_config["vocab_size"] == rows and grown.build_tokenizer().chat_template == CHATML_TEMPLATE
+    assert (grown.optimizer_state_dict is not None) == keeps_optimizer
+    embedding = grown.model_state_dict["transformer.wte.weight"]  # (rows, C)
+    assert torch.equal(embedding[:bpe_size], checkpoint.model_state_dict["transformer.wte.weight"][:bpe_size])
+    assert grown.build_model().config.vocab_size == rows
