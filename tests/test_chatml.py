@@ -3,6 +3,7 @@ ChatML's template and its two special tokens, after its vocabulary; its embeddin
 other row bitwise; its checkpoints carry both, so continuing, scoring, the demo and the exports use them unasked."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from smolm135.data.tokenizer import (
     with_chat_template,
 )
 
-from conftest import make_corpus_text, random_rotary_model
+from conftest import make_corpus_text, random_rotary_model, tiny_train_config
 
 SCRATCH_VOCAB_SIZE = 320  # the learned BPE fills every row: ChatML's tokens need new ones
 SCRATCH_MODEL = replace(PRESETS["tiny-rotary"], vocab_size=SCRATCH_VOCAB_SIZE)
@@ -50,6 +51,15 @@ def save_scratch_checkpoint(path: Path, tokenizer=None) -> Path:
     checkpoint = Checkpoint.from_facts(SmoLM135_Model(SCRATCH_MODEL), TrainingFacts(), "test",
                                        tokenizer=tokenizer.to_record())
     return save_atomic(checkpoint, path)
+
+
+def write_conversations(path: Path, n: int = 40) -> Path:
+    subjects, verbs, objects = ["The cat", "A dog", "The sailor"], ["sees", "likes", "finds"], ["the moon", "a boat"]
+    lines = [{"messages": [{"role": "user", "content": f"Who {verbs[i % 3]}?"},
+                           {"role": "assistant", "content": f"{subjects[i % 3]} {verbs[i % 2]} {objects[i % 2]}."}]}
+             for i in range(n)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
 
 
 # ------------------------------------------------------------------ the tokenizer
@@ -130,3 +140,25 @@ def test_a_checkpoint_takes_the_tokens_and_keeps_optimizer_moments_only_where_th
     embedding = grown.model_state_dict["transformer.wte.weight"]  # (rows, C)
     assert torch.equal(embedding[:bpe_size], checkpoint.model_state_dict["transformer.wte.weight"][:bpe_size])
     assert grown.build_model().config.vocab_size == rows
+
+
+# ------------------------------------------------------------------ runs
+
+
+@pytest.mark.slow
+def test_a_from_scratch_checkpoint_fine_tunes_on_chatml_and_resumes_with_the_same_command(tmp_path):
+    from smolm135.training.trainer import train
+
+    start = save_scratch_checkpoint(tmp_path / "scratch.pt")
+    cfg = tiny_train_config(write_conversations(tmp_path / "chat.jsonl"), tmp_path / "out", preset="tiny-rotary",
+                            model=SCRATCH_MODEL, init_from=str(start), chat_template="chatml", max_steps=2,
+                            seq_len=64, batch_size=4, eval_every=2, eval_batches=1, checkpoint_every=2,
+                            sample_tokens=4)
+    _, summary = train(cfg)
+    log = Path(summary["log_path"]).read_text(encoding="utf-8")
+    assert "--chat-template chatml: the tokenizer is now a byte-level BPE learned from corpus.txt with ChatML's" in log
+    assert "ids 320-321 added, in an embedding of 384 rows; their rows start as the mean" in log
+    final = load_checkpoint(summary["final_model_path"])
+    assert final.model_config["vocab_size"] == 384 and final.build_tokenizer().chat_template == CHATML_TEMPLATE
+    _, resumed = train(replace(cfg, max_steps=4))  # the same command, further: the run's own checkpoint
+    assert resumed["start_step"] == 2 and resumed["steps"] == 4
