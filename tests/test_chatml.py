@@ -162,3 +162,60 @@ def test_a_from_scratch_checkpoint_fine_tunes_on_chatml_and_resumes_with_the_sam
     assert final.model_config["vocab_size"] == 384 and final.build_tokenizer().chat_template == CHATML_TEMPLATE
     _, resumed = train(replace(cfg, max_steps=4))  # the same command, further: the run's own checkpoint
     assert resumed["start_step"] == 2 and resumed["steps"] == 4
+
+
+@pytest.mark.slow
+def test_a_chatml_run_from_scratch_continues_scores_chats_and_exports_without_the_flag(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from smolm135.inference import demo
+    from smolm135.inference.evaluate import evaluate
+    from smolm135.interop.convert import convert
+    from smolm135.training.continuation import continue_training
+    from smolm135.training.trainer import train
+
+    data = write_conversations(tmp_path / "chat.jsonl")
+    _, summary = train(tiny_train_config(data, tmp_path / "out", preset="tiny-rotary", chat_template="chatml",
+                                         max_steps=2, seq_len=32, batch_size=4, eval_every=2, eval_batches=1,
+                                         checkpoint_every=2, sample_tokens=4))
+    _, continued = continue_training(summary["final_model_path"], steps=1, out_dir=str(tmp_path / "out"),
+                                     data=str(data), device="cpu", dtype="float32", progress=False)
+    checkpoint = continued["final_model_path"]
+    tokenizer = load_checkpoint(checkpoint).build_tokenizer()
+    assert tokenizer.chat_template == CHATML_TEMPLATE and tokenizer.n_vocab == 50259
+
+    [result] = evaluate([checkpoint], str(data), device="cpu", dtype="float32", show_progress=False,
+                        say=lambda _: None)
+    assert result.score.tokens > 0 and result.score.bits_per_byte > 0  # scored on the answers, through ChatML
+
+    text_model = demo.load_model(checkpoint=checkpoint, device="cpu")  # a Chat tab, ending replies at <|im_end|>
+    assert "chat" in {fn.api_name for fn in demo.build_demo(text_model).fns.values()}
+    assert text_model.end_token_ids == (50258, 50256)
+    ends_turn_after_three_tokens(text_model, monkeypatch)
+    *_, (conversation, status) = demo.chat_reply(text_model, "Who sees?", [], 20, 0, 50, 0.95, 0)
+    assert "3 new tokens" in status and conversation[-1]["content"] and "<|im_end|>" not in conversation[-1]["content"]
+
+    folder = convert(checkpoint, tmp_path / "hf", say=lambda _: None)  # verified in a fresh process
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["chat_template"] == CHATML_TEMPLATE and config["eos_token"] == "<|im_end|>"
+    exported = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert [exported.convert_tokens_to_ids(token) for token in ("<|im_start|>", "<|im_end|>")] == [50257, 50258]
+    ours = ConversationEncoder(tokenizer).encode(Conversation(CONVERSATION, "test")).ids.tolist()
+    assert exported.apply_chat_template(CONVERSATION, tokenize=True)["input_ids"] == ours
+    prompt = CONVERSATION[:2]
+    assert exported.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)["input_ids"] == \
+        tokenizer.encode(tokenizer.chat_prompt(prompt))
+
+
+def ends_turn_after_three_tokens(text_model, monkeypatch) -> None:
+    """The untrained model's logits pushed towards <|im_end|> from its third new token on."""
+    forward, calls = text_model.model.forward, []
+
+    def ending(idx, *args, **kwargs):
+        calls.append(idx.shape)
+        logits, loss = forward(idx, *args, **kwargs)  # (1, T, V)
+        if len(calls) >= 3:
+            logits[..., 50258] += 1e4
+        return logits, loss
+
+    monkeypatch.setattr(text_model.model, "forward", ending)
