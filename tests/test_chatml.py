@@ -70,7 +70,8 @@ def test_chatml_adds_its_two_tokens_after_gpt2s_vocabulary_whose_ids_stay(gpt2_c
     assert gpt2_chatml.n_vocab == 50259 and gpt2_chatml.chat_template == CHATML_TEMPLATE
     assert gpt2_chatml.eos_token == "<|im_end|>" and gpt2_chatml.end_token_ids == (50258, 50256)  # turn, then text
     assert gpt2_chatml.document_separator_id == start_token_id(gpt2_chatml) == 50256
-    for text in ["The cat sees the moon.", "héllo wörld 🙂 東京 \r\n\tf(x) { x**2; }", "  two  spaces\n\n", "<|endoftext"]:
+    texts = ["The cat sees the moon.", "héllo wörld 🙂 東京 \r\n\tf(x) { x**2; }", "  two  spaces\n\n", "<|endoftext"]
+    for text in texts:  # the same ids as tiktoken's GPT-2, whatever the text
         assert gpt2_chatml.encode(text) == get_tokenizer().encode_ordinary(text), text
     assert gpt2_chatml.chat_prompt(CONVERSATION[1:2]) == "<|im_start|>user\nThe cat sees the moon.<|im_end|>\n" \
                                                          "<|im_start|>assistant\n"
