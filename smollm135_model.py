@@ -48,6 +48,12 @@ def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_PADDING_MULTIPLE) -> 
     return ((n_tokens + multiple - 1) // multiple) * multiple
 
 
+def vocab_size_for(n_tokens: int, vocab_size: int) -> int:
+    """The embedding rows a model of `vocab_size` rows needs once its vocabulary holds `n_tokens`: as many as it
+    has where they fit (GPT-2's padding rows hold 47 more tokens), else `n_tokens` padded as a preset's are."""
+    return vocab_size if n_tokens <= vocab_size else padded_vocab_size(n_tokens)
+
+
 def known_fields(dataclass_type, values: dict) -> dict:
     """The entries of `values` that name a field of `dataclass_type`. A file written by another version of
     the code may hold fields this one does not know (they are left out) or lack some (defaults fill them)."""
@@ -759,3 +765,25 @@ def clean_state_dict(state_dict: dict) -> dict:
             key = key.split(".", 1)[1]
         cleaned[key.replace("._orig_mod.", ".")] = value
     return cleaned
+
+
+# The weights with one row per token id: the token embedding and the output head (the same tensor when tied).
+TOKEN_ROW_WEIGHTS = ("transformer.wte.weight", "lm_head.weight")
+
+
+def with_new_token_rows(state_dict: dict, n_tokens: int, new_ids: Sequence[int], vocab_size: int) -> dict:
+    """`state_dict` for a vocabulary that gained the tokens `new_ids` after its first `n_tokens`, in an embedding
+    of `vocab_size` rows (`vocab_size_for`): the rows of the first `n_tokens` stay bitwise, so the model computes
+    what it did for every text without the new tokens; each new token's row, and each row added, starts as the
+    mean of the `n_tokens` rows (as transformers' `resize_token_embeddings` starts them), so a new token reads as
+    an average one instead of a padding row that training only ever pushed down."""
+    grown = dict(state_dict)
+    for name in TOKEN_ROW_WEIGHTS:
+        if name not in state_dict:
+            continue
+        rows = state_dict[name]  # (V, C)
+        mean = rows[:n_tokens].float().mean(dim=0).to(rows.dtype)  # (C,)
+        weight = torch.cat([rows, mean.expand(vocab_size - rows.shape[0], -1)])  # (vocab_size, C)
+        weight[list(new_ids)] = mean
+        grown[name] = weight
+    return grown

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict
+from smollm135_model import ModelConfig, SmoLM135_Model, clean_state_dict, vocab_size_for, with_new_token_rows
 
 from smolm135.runtime.disk import make_room, remove_interrupted_writes, temporary_path, write_failure
 from smolm135.errors import UserError, is_int, is_number
@@ -410,6 +410,19 @@ class Checkpoint:
     def build_tokenizer(self):
         """The tokenizer the model reads, rebuilt from the checkpoint alone (no other file)."""
         return tokenizer_from_record(self.tokenizer)
+
+    def with_added_tokens(self, tokenizer, n_tokens: int) -> "Checkpoint":
+        """This checkpoint for `tokenizer`, whose ids from `n_tokens` on are tokens the recorded tokenizer lacks
+        (`data.tokenizer.with_chat_template`): the embedding gains their rows (`with_new_token_rows`), and the
+        record names the tokenizer. Where the embedding grows, the optimizer state is left out: its moments no
+        longer fit the weights, and training goes on with fresh ones (as from a converted checkpoint)."""
+        config = ModelConfig.from_dict(self.model_config)
+        vocab_size = vocab_size_for(tokenizer.n_vocab, config.vocab_size)
+        weights = with_new_token_rows(clean_state_dict(self.model_state_dict), n_tokens,
+                                      range(n_tokens, tokenizer.n_vocab), vocab_size)
+        optimizer_state = self.optimizer_state_dict if vocab_size == config.vocab_size else None
+        return replace(self, model_state_dict=weights, model_config=replace(config, vocab_size=vocab_size).to_dict(),
+                       optimizer_state_dict=optimizer_state, tokenizer=tokenizer.to_record())
 
     def build_model(self) -> SmoLM135_Model:
         """The native model this checkpoint describes, with its weights loaded, in eval mode."""

@@ -1,6 +1,7 @@
 """Every numeric flag of every script is checked: a bad value is one line on stderr naming the flag, exit
 status 2, no traceback, and nothing trained, loaded or written."""
 import importlib.util
+import json
 import random
 import subprocess
 import sys
@@ -62,6 +63,8 @@ TRAINER_CASES = [
     (["--minutes", "5", "--warmup-steps", "1"], "--warmup-steps must be at least 3"),
     (["--tokenizer", "bpe"], "--tokenizer must be one of auto, gpt2, corpus"),
     (["--tokenizer", "corpus", "--init-from", "smollm2-135m"], "brings its own tokenizer"),
+    (["--chat-template", "llama3"], "unknown --chat-template 'llama3': the known templates are chatml"),
+    (["--chat-template", "chatml", "--lora-rank", "8"], "--lora-rank freezes the embedding"),
 ]
 CONTINUE_CASES = [
     (["--steps", "0"], "--steps must be a positive whole number"),
@@ -213,6 +216,11 @@ LATE_CASES = [
     ("trainer", [*FAST_TRAINER, "--optimizer", "muon", "--muon-momentum", "1.5"], "--muon-momentum must be", None),
     ("trainer", [*FAST_TRAINER, "--report-to", "mlflow"], "--report-to must be one of", None),
     ("trainer", [*FAST_TRAINER, "--report-to", "wandb"], 'pip install -e ".[wandb]"', NEEDS_NO_WANDB),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/chat.jsonl"], "pass --chat-template chatml to give it one", None),
+    ("trainer", [*FAST_TRAINER, "--chat-template", "chatml"], "--chat-template chatml renders conversations, and "
+                                                               "--data", None),
+    ("trainer", [*FAST_TRAINER, "--data", f"{GIVEN}/chat.jsonl", "--chat-template", "chatml", "--preset",
+                 "cpu-scratch"], "but this run would learn one from --data", None),
     ("continue", [], "train a model first", None),
     ("continue", ["--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist", None),
     ("continue", ["--checkpoint", f"{GIVEN}/corpus.txt"], "is unreadable", None),
@@ -244,7 +252,22 @@ def given_files(tmp_path):
     (given / "empty.txt").write_bytes(b"")
     (given / "random.txt").write_bytes(random.Random(0).randbytes(100_000))
     (given / "utf16.txt").write_text(make_corpus_text(400), encoding="utf-16")
+    (given / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Who sees?"},
+                                                               {"role": "assistant", "content": "The cat."}]}) + "\n",
+                                      encoding="utf-8")
     return given
+
+
+def test_chat_template_on_a_model_with_a_template_of_its_own_is_refused(given_files, tmp_path, monkeypatch, capsys):
+    from conftest import save_tiny_chat_checkpoint
+
+    chat_model = save_tiny_chat_checkpoint(given_files / "chat_model.pt")
+    given_before = folder_contents(given_files)
+    monkeypatch.chdir(tmp_path)
+    args = [*FAST_TRAINER, "--preset", "tiny-rotary", "--data", str(given_files / "chat.jsonl"), "--init-from",
+            str(chat_model), "--chat-template", "chatml"]
+    refused_in_one_line("trainer", args, "the model already has a chat template", monkeypatch, capsys)
+    assert folder_contents(given_files) == given_before and sorted(p.name for p in tmp_path.iterdir()) == ["given"]
 
 
 def folder_contents(folder: Path) -> list[str]:

@@ -362,7 +362,7 @@ def test_a_model_without_a_chat_template_refuses_conversations(tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", conversations(10))
     with pytest.raises(UserError, match="no chat template") as error:
         train(tiny_train_config(data, tmp_path / "out"))
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "pass --chat-template chatml to give it one" in str(error.value)
     assert not (tmp_path / "out" / "checkpoints").exists() or not any((tmp_path / "out" / "checkpoints").iterdir())
 
 

@@ -6,13 +6,17 @@ after checking them against the sha256 values tiktoken itself pins for GPT-2. Ev
 `get_tokenizer()`; the Hugging Face export builds its tokenizer from `gpt2_bpe_files()`. A model that comes
 with its own tokenizer (SmolLM's `tokenizer.json`) uses `JsonTokenizer`; both share one interface, and a
 checkpoint records which one it used (`to_record`, `tokenizer_from_record`). What a chat needs (whether there
-is a chat template, the conversation rendered by it, the ids that end a turn) is asked of the tokenizer too.
+is a chat template, the conversation rendered by it, the ids that end a turn) is asked of the tokenizer too. A
+tokenizer without a template gains a named one (`with_chat_template`, the trainer's --chat-template): ChatML,
+its two special tokens after the vocabulary.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Iterable
 
 import tiktoken
@@ -77,6 +81,7 @@ class GPT2TextTokenizer:
         self.end_token_ids = (END_OF_TEXT_ID,)
 
     description = "GPT-2's tokenizer (50,257 tokens)"
+    provenance = "GPT-2's byte-level BPE"
     has_chat_template = False  # a base model's tokenizer: it continues text, it has no turns
 
     def chat_prompt(self, messages: list[dict]) -> str:
@@ -133,9 +138,13 @@ class JsonTokenizer:
         self.end_token_ids = tuple(dict.fromkeys(i for i in ends if i is not None))
 
     @property
+    def provenance(self) -> str:
+        """Where it came from, in words."""
+        return self.origin or "the model's own tokenizer"
+
+    @property
     def description(self) -> str:
-        origin = self.origin or "the model's own tokenizer"
-        return f"{origin} ({self.n_vocab:,} tokens)"
+        return f"{self.provenance} ({self.n_vocab:,} tokens)"
 
     @property
     def has_chat_template(self) -> bool:
@@ -176,6 +185,66 @@ class JsonTokenizer:
     def to_record(self) -> dict:
         return {"kind": self.kind, "tokenizer_json": self.tokenizer_json, "eos_token": self.eos_token,
                 "bos_token": self.bos_token, "chat_template": self.chat_template, "origin": self.origin}
+
+
+# ---------------------------------------------------------------- a chat template for a model without one
+
+
+@dataclass(frozen=True)
+class NamedChatTemplate:
+    """A chat template a model without one can take: the Jinja template, the special tokens it writes (added
+    to a vocabulary that lacks them), and the one that ends an answer (the tokenizer's eos from then on)."""
+
+    display_name: str
+    template: str
+    special_tokens: tuple[str, ...]
+    end_of_turn: str
+
+
+# ChatML, as SmolLM2-Instruct and many others write it (SmolLM2's own adds a default system message): each turn
+# `<|im_start|>role\ncontent<|im_end|>\n`, and the generation prompt `<|im_start|>assistant\n`.
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                   "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                   "{% endif %}")
+CHAT_TEMPLATES = MappingProxyType({
+    "chatml": NamedChatTemplate("ChatML", CHATML_TEMPLATE, ("<|im_start|>", "<|im_end|>"), "<|im_end|>"),
+})
+
+
+def gpt2_backend():
+    """GPT-2's encoding run by `tokenizers` (the ids of `get_tokenizer()`, a test checks): the form in which a
+    vocabulary can gain tokens and travel in a checkpoint record as a tokenizer.json."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    backend = Tokenizer(models.BPE.from_file(str(encoder_json), str(vocab_bpe)))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(END_OF_TEXT, special=True, normalized=False)])  # keeps its id, 50,256
+    return backend
+
+
+def has_chat_template_named(tokenizer, name: str) -> bool:
+    return tokenizer.chat_template == CHAT_TEMPLATES[name].template
+
+
+def with_chat_template(tokenizer, name: str) -> JsonTokenizer:
+    """`tokenizer` (GPT-2's, or a tokenizer.json without a template) with the chat template `name` of
+    CHAT_TEMPLATES: the template's special tokens it lacks are added after its vocabulary (ids n_vocab,
+    n_vocab + 1, ...) and its end of turn becomes the eos, as in SmolLM2-Instruct; the beginning of text and
+    the document separator stay. Rendered conversations tokenize as transformers tokenizes them: the special
+    tokens' text is read as those tokens wherever it stands, in a message's content too."""
+    from tokenizers import AddedToken, Tokenizer
+
+    named = CHAT_TEMPLATES[name]
+    if isinstance(tokenizer, GPT2TextTokenizer):
+        backend = gpt2_backend()
+    else:
+        backend = Tokenizer.from_str(tokenizer.tokenizer_json)
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in named.special_tokens])
+    origin = f"{tokenizer.provenance} with {named.display_name}'s {' and '.join(named.special_tokens)}"
+    return JsonTokenizer(backend.to_str(), eos_token=named.end_of_turn, bos_token=tokenizer.bos_token,
+                         chat_template=named.template, origin=origin)
 
 
 def start_token_id(tokenizer) -> int | None:

@@ -241,7 +241,9 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
             hf_model.save_pretrained(output_dir)
     for weights in output_dir.glob("*.safetensors"):
         give_default_mode(weights)  # safetensors writes through a temporary file of mode 0600
-    build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir)
+    # a chat template goes into tokenizer_config.json, where readers older than transformers' own
+    # chat_template.jinja (which it writes by default) look for it too
+    build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir, save_jinja_files=False)
 
     write_training_info(output_dir, public_facts(facts))
     history = facts.history or {"train": [], "val": []}

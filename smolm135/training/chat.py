@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from smolm135.data.chat import IGNORE_INDEX, ChatData, ConversationShape, Windows, detect_shape, load_chat_data
 from smolm135.data.corpus import DEFAULT_DATA, TRAIN_STREAM, Corpus, resolve_sources
+from smolm135.data.tokenizer import CHAT_TEMPLATES, has_chat_template_named
 from smolm135.errors import UserError
 from smolm135.inference.chat_scoring import AnswersRight, answers_right
 from smolm135.inference.generation import reply
@@ -103,15 +104,39 @@ def conversation_shape(cfg) -> ConversationShape | None:
     return detect_shape(resolve_sources(cfg.data), cfg.format)  # writes the built-in quiz when named and absent
 
 
+def check_chat_template_flag(cfg, shape: ConversationShape | None, tokenizer) -> None:
+    """--chat-template NAME where it cannot apply, refused before anything is written: with text data (a template
+    renders conversations); on a model whose tokenizer has another template (its own renders them; the named
+    one, as a resumed run's own checkpoint has it, needs nothing more); on a model trained from scratch whose
+    tokenizer would be learned from --data (GPT-2's is the one there is before --data is read)."""
+    if cfg.chat_template is None:
+        return
+    flag = f"--chat-template {cfg.chat_template}"
+    if shape is None:
+        raise UserError(f"{flag} renders conversations, and --data {cfg.data} holds text: leave {flag} out, or give "
+                        f"a conversation table ('messages', 'prompt'/'completion' or Alpaca's columns)")
+    has_another = tokenizer is not None and tokenizer.has_chat_template
+    if has_another and not has_chat_template_named(tokenizer, cfg.chat_template):
+        raise UserError(f"{flag}: the model already has a chat template ({tokenizer.description}), which renders "
+                        f"the conversations: leave {flag} out")
+    if tokenizer is None and cfg.learns_tokenizer:
+        raise UserError(f"{flag} on a model trained from scratch takes GPT-2's tokenizer, but this run would learn "
+                        f"one from --data (--tokenizer {cfg.tokenizer}, the {cfg.preset} model): train it on text "
+                        f"first and pass that checkpoint as --init-from, or train a preset with GPT-2's vocabulary "
+                        f"(e.g. --preset tiny) with --tokenizer auto")
+
+
 def refuse_without_template(cfg, shape: ConversationShape | None, tokenizer) -> None:
     """Conversations need a chat template to be rendered: a model trained from scratch (no tokenizer yet:
     GPT-2's, or one learned from the corpus) or one whose tokenizer has none refuses them, before anything
-    is written."""
+    is written, naming --chat-template, which gives it one."""
     if shape is not None and (tokenizer is None or not tokenizer.has_chat_template):
         reads = tokenizer.description if tokenizer is not None else "a tokenizer without one (GPT-2's or a learned BPE)"
+        known = ", ".join(CHAT_TEMPLATES)
         raise UserError(f"--data {cfg.data} holds conversations ({shape.name}), but the model has no chat template "
-                        f"to render them ({reads}): fine-tune a chat model, e.g. --init-from smollm2-135m-instruct, "
-                        f"or pass --format text to train on a text column")
+                        f"to render them ({reads}): pass --chat-template {known} to give it one, fine-tune a chat "
+                        f"model (e.g. --init-from smollm2-135m-instruct), or pass --format text to train on a text "
+                        f"column")
 
 
 def load_conversations(cfg, shape: ConversationShape, tokenizer) -> tuple[ChatData, Corpus, np.ndarray, np.ndarray]:

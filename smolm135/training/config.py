@@ -17,7 +17,7 @@ from smolm135.errors import EMPTY_PATH_ADVICE, UserError, is_int, is_number, pat
 from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from smolm135.data.sources import DEFAULT_TEXT_FIELD
 from smolm135.training.tracking import REPORT_TO
-from smolm135.data.tokenizer import END_OF_TEXT, SMALLEST_BPE_VOCABULARY
+from smolm135.data.tokenizer import CHAT_TEMPLATES, END_OF_TEXT, SMALLEST_BPE_VOCABULARY
 
 OPTIMIZERS = ("adamw", "muon")  # built by smolm135/training/optim.py
 # A model trained from scratch reads GPT-2's tokens (gpt2) or a byte-level BPE of its vocabulary size learned
@@ -40,6 +40,9 @@ class TrainConfig:
     format: str = "auto"  # what --data holds: auto (told by its columns) | text | chat (see chat_data.py)
     loss_on: str = "assistant"  # of conversations: assistant (the answers only) | all (every token)
     skip_bad_records: bool = False  # leave out (and count) conversation records that cannot be trained on
+    # of conversations on a model without a chat template: the named one (CHAT_TEMPLATES) and its special tokens
+    # join the tokenizer and the embedding, and the checkpoints carry them from then on; None: the model's own
+    chat_template: str | None = None
     allow_binary: bool = False  # train on --data that does not look like text (see data.check_looks_like_text)
     tokenizer: str = "auto"  # of a model trained from scratch: auto | gpt2 | corpus (see TOKENIZERS)
     preset: str = "smolm135"  # the model's name in logs; when `model` is not given, the built-in config it names
@@ -239,6 +242,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--format must be one of {', '.join(FORMATS)} (got {cfg.format})")
     if cfg.loss_on not in LOSS_ON:
         problems.append(f"--loss-on must be one of {', '.join(LOSS_ON)} (got {cfg.loss_on})")
+    if cfg.chat_template is not None and cfg.chat_template not in CHAT_TEMPLATES:
+        problems.append(f"unknown --chat-template {cfg.chat_template!r}: the known templates are "
+                        f"{', '.join(CHAT_TEMPLATES)}")
+    elif cfg.chat_template is not None and cfg.lora_rank:
+        problems.append("--chat-template adds tokens whose embedding rows must learn, and --lora-rank freezes the "
+                        "embedding: leave --lora-rank out for this run (later runs can train adapters)")
     if cfg.trust_remote_code and not cfg.init_from:
         problems.append("--trust-remote-code applies to the model named by --init-from: name the folder or Hub id")
     if cfg.optimizer not in OPTIMIZERS:
@@ -298,6 +307,9 @@ _HELP = {
     "loss_on": "of conversations: assistant (the loss counts the answers and their end-of-turn token only) or all",
     "skip_bad_records": "leave out conversation records that cannot be trained on (and count them) instead of "
                         "stopping at the first",
+    "chat_template": f"of conversations on a model without a chat template (GPT-2's tokenizer or one learned from "
+                     f"text): {', '.join(CHAT_TEMPLATES)} adds that template and its special tokens (ChatML's "
+                     f"<|im_start|> and <|im_end|>) to the tokenizer and the embedding; the model keeps them",
     "tokenizer": "of a model trained from scratch: auto (GPT-2's where the model's vocabulary holds it, else "
                  "corpus), gpt2, or corpus (a byte-level BPE of the model's vocabulary size learned from --data)",
     "optimizer": "adamw (the seed recipe), or muon: Muon for the blocks' matrices, AdamW for embeddings and norms",

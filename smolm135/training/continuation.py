@@ -39,10 +39,11 @@ def continued_config(source: Checkpoint, steps: int, out_dir: str, data: str | N
     default: never a path the checkpoint names (a file from someone else must not pick what is read)."""
     recipe = {"preset": "custom"} | source.train_config  # a checkpoint without a recipe names no preset
     original = TrainConfig.from_dict(recipe, model=ModelConfig.from_dict(source.model_config))
-    # a continuation counts steps, not minutes: the original run's budget is spent
+    # a continuation counts steps, not minutes: the original run's budget is spent; a template the original run
+    # added with --chat-template is the model's own now, recorded with its tokenizer
     cfg = replace(original, max_steps=source.progress.step + steps, lr_decay_steps=original.decay_steps,
-                  minutes=0.0, budgeted_steps=None, init_from=source.source, resume="never", out_dir=out_dir,
-                  data=data or DEFAULT_DATA, **overrides)
+                  minutes=0.0, budgeted_steps=None, chat_template=None, init_from=source.source, resume="never",
+                  out_dir=out_dir, data=data or DEFAULT_DATA, **overrides)
     if lr is not None:
         cfg = replace(cfg, lr=lr, min_lr=lr, warmup_steps=0)
     return cfg

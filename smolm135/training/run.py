@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model
+from smollm135_model import PRESETS, ModelConfig, SmoLM135_Model, vocab_size_for, with_new_token_rows
 
 from smolm135.checkpoint import (
     Checkpoint,
@@ -46,7 +46,7 @@ from smolm135.lora import LoraSettings, adapter_record, mismatch, split_state_di
 from smolm135.interop.pretrained import PretrainedModel, is_pretrained_source
 from smolm135.runtime.probes import hand_decode_probe
 from smolm135.runtime.device import Distributed, main_process_first, precision_record, run_on_main
-from smolm135.data.tokenizer import GPT2TextTokenizer
+from smolm135.data.tokenizer import GPT2TextTokenizer, has_chat_template_named, with_chat_template
 from smolm135.training.config import TrainConfig, validate
 from smolm135.training.log import RunLog
 
@@ -278,6 +278,37 @@ def starting_point(cfg: TrainConfig, checkpoint: Checkpoint | None, log: RunLog)
     else:
         tokenizer = checkpoint.build_tokenizer() if checkpoint is not None else None
     return cfg, StartingPoint(checkpoint, pretrained, tokenizer)
+
+
+def add_chat_template(cfg: TrainConfig, start: StartingPoint, log: RunLog) -> tuple[TrainConfig, StartingPoint]:
+    """--chat-template NAME (checked by `training.chat.check_chat_template_flag`): the model's tokenizer (GPT-2's for
+    a model trained from scratch) gains the template and the special tokens it lacks, after its vocabulary; the
+    model's embedding and output head gain their rows (a checkpoint's or pretrained weights: `with_new_token_rows`),
+    and the recipe's model its vocabulary. A tokenizer that has the template (the checkpoint of a run resumed with
+    the same command) is kept as it is."""
+    if cfg.chat_template is None:
+        return cfg, start
+    tokenizer = start.tokenizer if start.tokenizer is not None else GPT2TextTokenizer()
+    if has_chat_template_named(tokenizer, cfg.chat_template):
+        return adopt_vocabulary(cfg, tokenizer), start
+    grown = with_chat_template(tokenizer, cfg.chat_template)
+    cfg = adopt_vocabulary(cfg, grown)
+    checkpoint, pretrained = start.checkpoint, start.pretrained
+    if checkpoint is not None:
+        checkpoint = checkpoint.with_added_tokens(grown, tokenizer.n_vocab)
+    if pretrained is not None:
+        pretrained = replace(pretrained, config=cfg.model, tokenizer=grown, state_dict=with_new_token_rows(
+            pretrained.state_dict, tokenizer.n_vocab, range(tokenizer.n_vocab, grown.n_vocab), cfg.model.vocab_size))
+    has_weights = checkpoint is not None or pretrained is not None
+    rows = "; their rows start as the mean of the other tokens'" if has_weights else ""
+    log.say(f"--chat-template {cfg.chat_template}: the tokenizer is now {grown.description}, ids "
+            f"{tokenizer.n_vocab}-{grown.n_vocab - 1} added, in an embedding of {cfg.model.vocab_size:,} rows{rows}")
+    return cfg, StartingPoint(checkpoint, pretrained, grown)
+
+
+def adopt_vocabulary(cfg: TrainConfig, tokenizer) -> TrainConfig:
+    """The recipe's model with the embedding rows `tokenizer`'s vocabulary needs (`vocab_size_for`)."""
+    return replace(cfg, model=replace(cfg.model, vocab_size=vocab_size_for(tokenizer.n_vocab, cfg.model.vocab_size)))
 
 
 def pretrained_start(spec: str, trust_remote_code: bool) -> PretrainedModel:

@@ -20,6 +20,7 @@ from smolm135.training.budget import MEASURING_STEPS, Costs, evaluation_seconds,
 from smolm135.training.chat import (
     answer_sample,
     assistant_loss,
+    check_chat_template_flag,
     conversation_shape,
     load_conversations,
     refuse_without_template,
@@ -34,6 +35,7 @@ from smolm135.lora import LoraSettings, add_adapters, trainable_parameters
 from smolm135.training.optim import configure_optimizer, set_learning_rate
 from smolm135.training.run import (
     Run,
+    add_chat_template,
     check_corpus_fits,
     check_resumable,
     check_training_data,
@@ -122,6 +124,11 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     # rank 0 picks and reads the checkpoint, every process resumes from it (no shared disk needed)
     checkpoint = run_on_main(distributed, lambda: find_resume_checkpoint(cfg, layout, log), send_result_to_all=True)
     cfg, start = starting_point(cfg, checkpoint, log)
+    shape = conversation_shape(cfg)  # None: --data is text
+    check_chat_template_flag(cfg, shape, start.tokenizer)
+    cfg, start = add_chat_template(cfg, start, log)
+    refuse_without_template(cfg, shape, start.tokenizer)
+    checkpoint = start.checkpoint  # with the rows of the tokens --chat-template added
     if checkpoint is not None:
         check_resumable(checkpoint, cfg.model)
     # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees; a
@@ -132,8 +139,6 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     dtype = precision.dtype
     tracking_backend(cfg.report_to)
     global_batch = cfg.global_batch(distributed.world_size)
-    shape = conversation_shape(cfg)  # None: --data is text
-    refuse_without_template(cfg, shape, start.tokenizer)
     chat = None
     if shape is None:
         run_on_main(distributed, lambda: check_training_data(cfg, global_batch))
