@@ -103,10 +103,11 @@ def llama_state_dict(model: SmoLM135_Model) -> dict[str, torch.Tensor]:
     return state
 
 
-def token_batch(batch_size: int, length: int, device, seed: int = 0) -> torch.Tensor:
-    """(batch_size, length) random GPT-2 token ids, the same for every caller with the same seed."""
+def token_batch(batch_size: int, length: int, device, seed: int = 0, vocab_size: int = GPT2_VOCAB_SIZE) -> torch.Tensor:
+    """(batch_size, length) random token ids below `vocab_size` (GPT-2's by default), the same for every caller
+    with the same seed."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, GPT2_VOCAB_SIZE, (batch_size, length), generator=generator).to(device)
+    return torch.randint(0, vocab_size, (batch_size, length), generator=generator).to(device)
 
 
 def training_step(model: torch.nn.Module, side: str, tokens: torch.Tensor, dtype: torch.dtype,

@@ -38,10 +38,19 @@ def add_arguments(parser):
     parser.add_argument("--measure", choices=SIDES, help=argparse.SUPPRESS)  # what the parent asks of a child
 
 
+def bench_preset(quick: bool) -> str:
+    return "tiny-rotary" if quick else "smollm2-135m"
+
+
+def bench_tokens(quick: bool, batch_size: int, seq_len: int, device) -> torch.Tensor:
+    """The batch both sides step on: ids of the preset's vocabulary (SmolLM2's is smaller than GPT-2's)."""
+    return token_batch(batch_size, seq_len + 1, device, vocab_size=PRESETS[bench_preset(quick)].vocab_size)
+
+
 def bench_model(side: str, quick: bool, rank: int, device) -> SmoLM135_Model:
     """The model a side trains: the same random weights, with adapters for LoRA (alpha 2 x rank)."""
     torch.manual_seed(0)
-    model = SmoLM135_Model(PRESETS["tiny-rotary" if quick else "smollm2-135m"]).to(device)
+    model = SmoLM135_Model(PRESETS[bench_preset(quick)]).to(device)
     if side == "LoRA":
         add_adapters(model, LoraSettings(rank, 2.0 * rank, 0.0, BLOCK_PROJECTIONS), seed=0)
     return model
@@ -50,8 +59,8 @@ def bench_model(side: str, quick: bool, rank: int, device) -> SmoLM135_Model:
 def measure(args, side: str, batch_size: int, seq_len: int) -> dict[str, int]:
     """Run in the child: memory of one fp32 training step of `side`."""
     model = bench_model(side, args.quick, args.rank, args.device)
-    return step_memory(training_step(model, "ours", token_batch(batch_size, seq_len + 1, args.device), torch.float32),
-                       args.device)
+    return step_memory(training_step(model, "ours", bench_tokens(args.quick, batch_size, seq_len, args.device),
+                                     torch.float32), args.device)
 
 
 def main(argv=None) -> dict[str, float]:
@@ -66,7 +75,7 @@ def main(argv=None) -> dict[str, float]:
     describe(args, models["full fine-tuning"].config)
     print(f"LoRA rank {args.rank} on {', '.join(BLOCK_PROJECTIONS)}: {trainable_parameters(models['LoRA']):,} "
           f"trainable parameters of {trainable_parameters(models['full fine-tuning']):,}")
-    tokens = token_batch(batch_size, seq_len + 1, args.device)
+    tokens = bench_tokens(args.quick, batch_size, seq_len, args.device)
     steps = {side: training_step(model, "ours", tokens, torch.float32) for side, model in models.items()}
     seconds = time_interleaved(steps, args.repeats, args.device, warmup=2)
     print(f"training step, {batch_size} x {seq_len}, float32:")
