@@ -9,13 +9,19 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
+# Under pytest-xdist (CI runs the whole suite as two workers on two cores), each worker and every process it
+# starts computes on one thread: two workers with two OpenMP threads each on two cores spin against each other
+# and take longer than one. Set before torch is first imported, which reads it then.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-from smolm135.runtime.probes import CACHE_DIR_ENV
-from smolm135.training.config import TrainConfig
+import pytest  # noqa: E402 (after the thread count, on purpose)
+
+from smolm135.runtime.probes import CACHE_DIR_ENV  # noqa: E402
+from smolm135.training.config import TrainConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow"'
+RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow" -n 2'
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
 # tests of Hugging Face datasets (save_to_disk folders, hf:NAME) need the optional extra
 needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
