@@ -352,6 +352,7 @@ def test_a_chat_run_is_judged_on_held_out_answers_and_resumes_bitwise_equal(tmp_
     train(parts)
     resumed, summary = train(replace(parts, max_steps=4))
     assert summary["start_step"] == 2
+    assert "initial_answers_right" not in summary and "final_answers_right" in summary  # no step 0 in this run
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 

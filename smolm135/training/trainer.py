@@ -29,6 +29,7 @@ from smolm135.training.chat import (
 from smolm135.checkpoint import TRAINING, Progress, RunLayout, run_timestamp
 from smolm135.data.corpus import TRAIN_STREAM, VAL_STREAM, batch_offsets, get_batch, local_rows
 from smolm135.errors import CommandLineParser, UserError
+from smolm135.inference.chat_scoring import AnswersRight
 from smolm135.inference.generation import answer, continue_ids
 from smolm135.loss_plot import plot_losses
 from smolm135.lora import LoraSettings, add_adapters, trainable_parameters
@@ -453,17 +454,14 @@ def after_step(run: Run, report: StepReport, stop: StopRequest) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> float:
+def evaluate(run: Run) -> tuple[float, AnswersRight | None]:
     """Mean loss over a fixed validation set: --eval-batches global batches, the same rows at every
     evaluation and for every split into processes and micro-steps; each process evaluates its share.
-    Of conversations, the loss per assistant token; the answers given word for word go to `run.answers_right`."""
+    Of conversations, the loss per assistant token and the answers given word for word (else None)."""
     cfg, distributed, model = run.cfg, run.distributed, run.step_model
     if run.chat is not None:
-        loss, right = assistant_loss(run.model, run.chat, cfg.batch_size, cfg.eval_batches * run.global_batch,
-                                     run.device, run.dtype, run.tokenizer.n_vocab, distributed.rank,
-                                     distributed.world_size)
-        run.answers_right.append((run.progress.step, right))
-        return loss
+        return assistant_loss(run.model, run.chat, cfg.batch_size, cfg.eval_batches * run.global_batch, run.device,
+                              run.dtype, run.tokenizer.n_vocab, distributed.rank, distributed.world_size)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=run.device)
@@ -479,22 +477,22 @@ def evaluate(run: Run) -> float:
     if distributed.enabled:
         dist.all_reduce(loss_sum)
     model.train(was_training)
-    return (loss_sum / (cfg.eval_batches * cfg.grad_accum * distributed.world_size)).item()
+    return (loss_sum / (cfg.eval_batches * cfg.grad_accum * distributed.world_size)).item(), None
 
 
 def evaluate_and_record(run: Run) -> None:
-    val_loss = evaluate(run)
+    val_loss, right = evaluate(run)
     run.progress.history["val"].append([run.progress.step, val_loss])
     unit = ("per assistant token", "bits per assistant byte") if run.chat is not None else ("", "bits per byte")
     run.log.say(f"step {run.progress.step}: validation loss {val_loss:.4f}{' ' + unit[0] if unit[0] else ''} "
                 f"({run.bits_per_byte(val_loss):.4f} {unit[1]})")
     run.log.track(run.progress.step, {"val/loss": val_loss, "val/bits_per_byte": run.bits_per_byte(val_loss)})
-    if run.chat is not None:
-        right = run.answers_right[-1][1]
+    if right is not None:
+        run.answers_right.append((run.progress.step, right))
         run.log.say(f"step {run.progress.step}: held-out {right.describe()}")
         run.log.track(run.progress.step, {"val/answers_right": right.share})
-    if run.chat is not None and run.is_main:  # a held-out question answered, at every evaluation
-        log_sample(run, run.progress.step)
+        if run.is_main:  # a held-out question answered, at every evaluation
+            log_sample(run, run.progress.step)
 
 
 def log_sample(run: Run, step: int) -> None:
@@ -567,7 +565,9 @@ def summarize(run: Run, start_step: int, final_path: Path | None, stopped_by: st
         "stopped_by": stopped_by,
     }
     if run.answers_right:  # of conversations: the held-out answers given word for word, as a share
-        summary["initial_answers_right"] = round(run.answers_right[0][1].share, 4)
+        first_step, first = run.answers_right[0]
+        if first_step == 0:  # a resumed run's first evaluation is no initial one
+            summary["initial_answers_right"] = round(first.share, 4)
         summary["final_answers_right"] = round(run.answers_right[-1][1].share, 4)
     if this_run:
         log.say(f"train loss over steps {start_step + 1}-{progress.step}: first {this_run[0]:.4f}, "
