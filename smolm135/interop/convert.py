@@ -29,7 +29,7 @@ from smolm135.checkpoint import (
 )
 from smolm135.runtime.disk import (
     WRITE_ERRORS,
-    give_default_mode,
+    give_safetensors_default_mode,
     left_by_dead_writer,
     make_room,
     remove_interrupted_writes,
@@ -239,8 +239,7 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
             SmoLM135Config.register_for_auto_class()
             SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
             hf_model.save_pretrained(output_dir)
-    for weights in output_dir.glob("*.safetensors"):
-        give_default_mode(weights)  # safetensors writes through a temporary file of mode 0600
+    give_safetensors_default_mode(output_dir)
     # a chat template goes into tokenizer_config.json, where readers older than transformers' own
     # chat_template.jinja (which it writes by default) look for it too
     build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir, save_jinja_files=False)
