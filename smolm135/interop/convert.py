@@ -59,7 +59,7 @@ from smolm135.interop.export_peft import save_peft_adapter
 from smolm135.interop.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
 from smolm135.interop.model_card import DEFAULT_LICENSE, check_license, render_model_card
-from smolm135.interop.loading import TRUST_FLAG, load_model
+from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG, load_model
 from smolm135.data.tokenizer import (
     END_OF_TEXT,
     GPT2TextTokenizer,
@@ -637,8 +637,7 @@ def build_parser() -> CommandLineParser:
                         help=f"with --from-hf: checkpoint to write (default: "
                              f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
     parser.add_argument(TRUST_FLAG, action="store_true",
-                        help="with --from-hf: read a folder whose Python code is not this project's (only from "
-                             "authors you trust; smolm135's own exports need no such permission)")
+                        help=f"with --from-hf: read a folder whose Python code is not this project's ({TRUST_ADVICE})")
     return parser
 
 
