@@ -38,16 +38,37 @@ def path_argument(value: str) -> str:
     return value
 
 
+def extra_install(extra: str) -> str:
+    """The command that installs the optional `extra` (pyproject.toml's optional-dependencies)."""
+    return f'pip install -e ".[{extra}]"'
+
+
+# The README's install: a package in requirements.txt is missing only from an environment set up before it joined
+# them (pyarrow did), and `pip install -r requirements.txt` again brings it.
+REQUIREMENTS_INSTALL = "pip install -r requirements.txt"
+
+
 def import_extra(module: str, extra: str, feature: str) -> ModuleType:
-    """`module`, which only the optional `extra` installs (pyproject.toml's optional-dependencies); without it,
-    a UserError naming the install command, not a ModuleNotFoundError traceback."""
+    """`module`, which only the optional `extra` installs; without it, a UserError naming the install command,
+    not a ModuleNotFoundError traceback."""
+    return _import_or_refuse(module, feature, f"an optional extra: {extra_install(extra)}")
+
+
+def import_required(module: str, feature: str) -> ModuleType:
+    """`module`, which the README's install gives (requirements.txt); without it, a UserError naming that
+    install, not a ModuleNotFoundError traceback."""
+    return _import_or_refuse(module, feature, f"which the install gives: {REQUIREMENTS_INSTALL}")
+
+
+def _import_or_refuse(module: str, feature: str, install: str) -> ModuleType:
+    package = module.split(".")[0]
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
-        if error.name != module.split(".")[0]:  # the extra is there, something it needs is not: a real bug
+        # missing: the module or a package it is part of; anything else the package needs missing is a bug
+        if not f"{module}.".startswith(f"{error.name}."):
             raise
-        raise UserError(f"{feature} needs the {module.split('.')[0]} package, an optional extra: "
-                        f"pip install -e \".[{extra}]\" in the project's folder") from None
+        raise UserError(f"{feature} needs the {package} package, {install} in the project's folder") from None
 
 
 def run_cli(main: Callable[[], object]) -> None:

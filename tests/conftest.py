@@ -17,15 +17,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402 (after the thread count, on purpose)
 
+from smolm135.errors import extra_install  # noqa: E402
 from smolm135.runtime.probes import CACHE_DIR_ENV  # noqa: E402
 from smolm135.training.config import TrainConfig  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow" -n 2'
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
-# tests of Hugging Face datasets (save_to_disk folders, hf:NAME) need the optional extra
-needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
-                                    reason='the datasets extra is not installed: pip install -e ".[datasets]"')
+
+
+def needs_extra(extra: str):
+    """Skips a test of an optional extra (pyproject.toml) where its package, named as the extra is, is not
+    installed, naming the extra's install command: the README's install alone runs the suite."""
+    return pytest.mark.skipif(importlib.util.find_spec(extra) is None,
+                              reason=f"the {extra} extra is not installed: {extra_install(extra)}")
+
+
+# tests of Hugging Face datasets (save_to_disk folders, hf:NAME)
+needs_datasets = needs_extra("datasets")
 
 
 # ---------------------------------------------------------------- the default run leaves slow tests out

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from smolm135.errors import extra_install
 from smolm135.interop.convert import MAX_LOGIT_DIFFERENCE
 from smollm135_model import PRESETS, padded_vocab_size
 from smolm135.interop.export_gguf import RELATIVE_TOLERANCE, greedy_departures, native_greedy, write_gguf
@@ -20,8 +21,8 @@ from smolm135.data.tokenizer import END_OF_TEXT, GPT2TextTokenizer
 from conftest import make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[llamacpp]', which compiles llama.cpp): "
-                        "GGUF exports are not checked against llama.cpp")
+    "llama_cpp", reason=f"the llamacpp extra is not installed ({extra_install('llamacpp')}, which compiles "
+                        f"llama.cpp): GGUF exports are not checked against llama.cpp")
 
 PROMPT = "To be, or not to be: that is the question."
 TEXTS = ["Hello world, this is a test.", "In 2024 we sold 1234567 apples at $3.50 each (+12.5%).",

@@ -208,23 +208,34 @@ def test_an_output_dir_inside_a_file_is_one_line(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_exported_and_checkpointed_files_have_the_mode_a_plain_open_gives(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_exported_checkpointed_and_cached_files_have_the_mode_a_plain_open_gives(mask, tmp_path, monkeypatch):
+    from smolm135.data.corpus import load_corpus
+    from smolm135.interop.export_peft import save_peft_adapter
+    from smolm135.lora import BLOCK_PROJECTIONS, LoraSettings, adapter_record, add_adapters, split_state_dict
     from smolm135.runtime import probes
 
-    before = os.umask(0o022)
+    native, with_adapters = random_rotary_model(), random_rotary_model()
+    settings = LoraSettings(rank=2, alpha=4.0, dropout=0.0, targets=BLOCK_PROJECTIONS)
+    add_adapters(with_adapters, settings, seed=0)
+    (tmp_path / "corpus.txt").write_text(make_corpus_text(50), encoding="utf-8")
+    before = os.umask(mask)
     try:
-        native = random_rotary_model()
         skip_verification(monkeypatch)
         export(native, TrainingFacts(), tmp_path / "out-hf")
+        save_peft_adapter(native, adapter_record(settings, split_state_dict(with_adapters)[1]), tmp_path / "adapter")
         save_atomic(Checkpoint.from_facts(native, TrainingFacts(), converted_from="test"), tmp_path / "m.pt")
+        load_corpus(str(tmp_path / "corpus.txt"), tmp_path / "cache", show_progress=False, quiet=True)
         monkeypatch.setenv(probes.CACHE_DIR_ENV, str(tmp_path / "probes"))
         probes.remembered("a question", lambda: {"answer": 1})
     finally:
         os.umask(before)
-    written = [*(tmp_path / "out-hf").iterdir(), tmp_path / "m.pt", tmp_path / "probes" / probes.CACHE_FILE]
-    assert "model.safetensors" in [path.name for path in written]
-    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
-        path.name: oct(0o644) for path in written}
+    written = [*(tmp_path / "out-hf").iterdir(), *(tmp_path / "adapter").iterdir(), tmp_path / "m.pt",
+               *(tmp_path / "cache").iterdir(), tmp_path / "probes" / probes.CACHE_FILE]
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777) for path in written}
+    assert {"out-hf/model.safetensors", "adapter/adapter_model.safetensors"} <= set(modes)
+    assert any(name.startswith("cache/tokens_") for name in modes)
+    assert modes == {name: oct(0o666 & ~mask) for name in modes}
 
 
 def limit_file_size(n_bytes: int):

@@ -132,6 +132,24 @@ def test_a_dataset_without_the_datasets_extra_is_one_line_naming_the_install(dat
     assert "\n" not in str(error.value)
 
 
+
+def test_a_parquet_corpus_without_pyarrow_is_one_line_naming_the_install_before_anything_is_written(
+        tmp_path, monkeypatch, capsys):
+    from smolm135.errors import run_cli
+    from smolm135.training import trainer
+
+    corpus = write_parquet(tmp_path / "corpus.parquet", DOCUMENTS)
+    run_dir = tmp_path / "run"
+    for module in ("pyarrow", "pyarrow.parquet"):  # as in an environment set up before pyarrow joined the install
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: trainer.main(["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--data",
+                                      str(corpus), "--out-dir", str(run_dir), "--max-steps", "1"]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert "corpus.parquet needs the pyarrow package" in lines[0] and "pip install -r requirements.txt" in lines[0]
+    assert not run_dir.exists()
+
 @needs_datasets
 def test_saved_dataset_folder_tokenizes_like_text(tmp_path, text_tokens):
     from datasets import Dataset, DatasetDict

@@ -1,7 +1,8 @@
 """The package shows its stages, and imports run one way: a module imports only from its own stage or an earlier
-one, no module imports itself round a cycle, the model file imports nothing of the package, and nothing imports
-a script."""
+one, no module imports itself round a cycle, the model file imports nothing of the package, nothing imports
+a script, and what the suite imports as it is collected comes with the README's install."""
 import ast
+import sys
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -104,3 +105,64 @@ def test_each_script_only_parses_its_arguments_and_calls_the_package():
     for script in SCRIPTS:
         tree = ast.parse((REPO_ROOT / f"{script}.py").read_text(encoding="utf-8"))
         assert not [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))], script
+
+
+# ---------------------------------------------------------------- what the README's install must bring
+
+INSTALL_FILES = ("requirements.txt", "requirements-dev.txt")  # the README's install, with the test tools
+OUR_TOP_LEVEL_NAMES = {PACKAGE, *MODEL_FILES, "bench", "conftest", "hub_fakes"}
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of what `path` imports when it is imported (its module body, conditional or not);
+    imports inside functions run only when they are called, and may name an optional extra."""
+    found, bodies = set(), [ast.parse(path.read_text(encoding="utf-8")).body]
+    while bodies:
+        for node in bodies.pop():
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, (ast.If, ast.Try)):
+                bodies += [node.body, node.orelse, *(handler.body for handler in getattr(node, "handlers", []))]
+    return found
+
+
+def installed_by(requirement_files: tuple[str, ...]) -> set[str]:
+    """The distributions those files name, and everything they need in turn (as installed here), normalized."""
+    from importlib.metadata import PackageNotFoundError, requires
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [line.split("#")[0].strip() for name in requirement_files
+             for line in (REPO_ROOT / name).read_text(encoding="utf-8").splitlines()]
+    todo, found = [canonicalize_name(Requirement(line).name) for line in lines if line], set()
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            needs = [Requirement(text) for text in requires(name) or []]
+        except PackageNotFoundError:  # an optional dependency of something installed, not installed here
+            continue
+        todo += [canonicalize_name(need.name) for need in needs
+                 if need.marker is None or need.marker.evaluate({"extra": ""})]
+    return found
+
+
+def test_every_module_the_tests_import_when_collected_comes_with_the_readmes_install():
+    """The suite collects where only the README's install was run: no test file, nor anything it imports at
+    collection, imports an optional extra (or anything else no requirements file names) at module level."""
+    from importlib.metadata import packages_distributions
+    from packaging.utils import canonicalize_name
+
+    installed, distributions = installed_by(INSTALL_FILES), packages_distributions()
+    files = [*(REPO_ROOT / "tests").glob("*.py"), *(REPO_ROOT / PACKAGE).rglob("*.py"), *REPO_ROOT.glob("*.py"),
+             *(REPO_ROOT / "bench").rglob("*.py")]
+    missing = sorted(f"{path.relative_to(REPO_ROOT)} imports {name}" for path in files
+                     for name in top_level_imports(path)
+                     if name not in sys.stdlib_module_names and name not in OUR_TOP_LEVEL_NAMES
+                     and not name.startswith("test_")
+                     and not {canonicalize_name(d) for d in distributions.get(name, [])} & installed)
+    assert missing == [], f"not installed by {' and '.join(INSTALL_FILES)}: move the import into the test or function"

@@ -1,6 +1,5 @@
 """--report-to: the numbers of the run's log also go to TensorBoard, wandb or trackio, from the main process
 only; a backend that is not installed is a one-line refusal before anything is written."""
-import importlib.util
 import re
 import sys
 
@@ -11,7 +10,7 @@ from smolm135.errors import run_cli
 from smolm135.training.tracking import Tracker, start_tracker
 from smolm135.training.log import RunLog
 
-from conftest import tiny_train_config
+from conftest import needs_extra, tiny_train_config
 
 STEP_LINE = re.compile(r"step (\d+)/\d+ \| loss ([\d.]+) \| lr ([\d.e+-]+) \| grad_norm ([\d.]+)")
 VAL_LINE = re.compile(r"step (\d+): validation loss ([\d.]+) \(([\d.]+) bits per byte\)")
@@ -26,6 +25,7 @@ class RecordingTracker(Tracker):
 
 
 @pytest.mark.slow
+@needs_extra("tensorboard")
 def test_tensorboard_receives_the_numbers_of_the_log(corpus_file, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -71,10 +71,8 @@ def test_a_backend_that_is_not_installed_is_one_line_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("backend", ["wandb", "trackio"])
+@pytest.mark.parametrize("backend", [pytest.param(name, marks=needs_extra(name)) for name in ("wandb", "trackio")])
 def test_wandb_and_trackio_take_the_same_scalars(backend, tmp_path, monkeypatch):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed: pip install -e \".[{backend}]\"")
     monkeypatch.setenv("WANDB_MODE", "offline")  # never the network
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     monkeypatch.delenv("TRACKIO_SPACE_ID", raising=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-from smolm135.errors import UserError, import_extra
+from smolm135.errors import UserError, import_extra, import_required
 
 TEXT_SUFFIX = ".txt"
 TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -261,12 +261,12 @@ def _arrow_rows(batches, advance, bytes_per_row: float) -> Iterator[dict]:
 
 
 def _open_parquet(path: Path):
-    import pyarrow
-    import pyarrow.parquet as pq
+    pq = import_required("pyarrow.parquet", f"reading the Parquet file {path}")
+    from pyarrow import ArrowException
 
     try:
         return pq.ParquetFile(path)
-    except (pyarrow.ArrowException, OSError) as error:
+    except (ArrowException, OSError) as error:
         raise _unreadable_parquet(path, error) from None
 
 
@@ -276,15 +276,15 @@ def _unreadable_parquet(path: Path, error: BaseException) -> UserError:
 
 
 def _parquet_records(path: Path, columns: list[str] | None, advance) -> Iterator[tuple[int, dict]]:
-    import pyarrow
+    parquet = _open_parquet(path)  # first: it says in one line when pyarrow is missing
+    from pyarrow import ArrowException
 
-    parquet = _open_parquet(path)
     bytes_per_row = path.stat().st_size / max(1, parquet.metadata.num_rows)
     try:
         # one record batch at a time: memory holds a batch, never the file
         batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
         yield from enumerate(_arrow_rows(batches, advance, bytes_per_row), 1)
-    except (pyarrow.ArrowException, OSError) as error:
+    except (ArrowException, OSError) as error:
         raise _unreadable_parquet(path, error) from None
 
 

@@ -25,7 +25,7 @@ from smolm135.checkpoint import (
     newest_trained_model,
 )
 from smolm135.errors import CommandLineParser, UserError, path_argument
-from smolm135.interop.loading import TRUST_FLAG, LoadedModel, code_problem, read_config
+from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG, LoadedModel, code_problem, read_config
 from smolm135.interop.loading import load_model as load_any_model
 from smolm135.inference.generation import SAMPLING, decode_bytes, fit_conversation, fit_prompt
 from smolm135.interop.markdown import escape_markdown
@@ -332,7 +332,7 @@ def load_model(checkpoint: str | None = None, model: str | None = None, device: 
     if checkpoint and model:
         raise UserError("give --checkpoint or --model, not both")
     if trust_remote_code and not model:
-        raise UserError("--trust-remote-code applies to the model named by --model: name the folder or Hub id")
+        raise UserError(f"{TRUST_FLAG} applies to the model named by --model: name the folder or Hub id")
     if checkpoint:
         return load_named_model(checkpoint, device)
     if model:
@@ -601,9 +601,8 @@ def build_parser() -> CommandLineParser:
                              "0.0.0.0 opens it to your network")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let the --model folder or Hub id run its own Python code (only for authors you "
-                             "trust; smolm135's own exports need no such permission)")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help=f"let the --model folder or Hub id run its own Python code ({TRUST_ADVICE})")
     return parser
 
 

@@ -9,7 +9,7 @@ import torch
 
 from smolm135.data.corpus import resolve_sources
 from smolm135.errors import CommandLineParser, UserError
-from smolm135.interop.loading import TRUST_FLAG, load_model
+from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG, load_model
 from smolm135.runtime.device import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.inference.chat_scoring import AnswersRight, score_conversations
 from smolm135.inference.scoring import LogitsFn, Score, score_documents
@@ -256,8 +256,7 @@ def build_parser() -> CommandLineParser:
                         help="autocast precision: auto (bf16 where supported), float32, bfloat16, float16")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     parser.add_argument(TRUST_FLAG, action="store_true",
-                        help="let the named Hugging Face models run their own Python code (only for authors you "
-                             "trust; smolm135's own exports need no such permission)")
+                        help=f"let the named Hugging Face models run their own Python code ({TRUST_ADVICE})")
     return parser
 
 

@@ -29,7 +29,7 @@ from smolm135.checkpoint import (
 )
 from smolm135.runtime.disk import (
     WRITE_ERRORS,
-    give_default_mode,
+    give_safetensors_default_mode,
     left_by_dead_writer,
     make_room,
     remove_interrupted_writes,
@@ -59,7 +59,7 @@ from smolm135.interop.export_peft import save_peft_adapter
 from smolm135.interop.llama_names import check_rotary
 from smolm135.loss_plot import plot_losses
 from smolm135.interop.model_card import DEFAULT_LICENSE, check_license, render_model_card
-from smolm135.interop.loading import TRUST_FLAG, load_model
+from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG, load_model
 from smolm135.data.tokenizer import (
     END_OF_TEXT,
     GPT2TextTokenizer,
@@ -239,8 +239,7 @@ def write_hf_folder(native: SmoLM135_Model, facts: TrainingFacts, output_dir: Pa
             SmoLM135Config.register_for_auto_class()
             SmoLM135ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
             hf_model.save_pretrained(output_dir)
-    for weights in output_dir.glob("*.safetensors"):
-        give_default_mode(weights)  # safetensors writes through a temporary file of mode 0600
+    give_safetensors_default_mode(output_dir)
     # a chat template goes into tokenizer_config.json, where readers older than transformers' own
     # chat_template.jinja (which it writes by default) look for it too
     build_hf_tokenizer(native.config.block_size, tokenizer).save_pretrained(output_dir, save_jinja_files=False)
@@ -638,8 +637,7 @@ def build_parser() -> CommandLineParser:
                         help=f"with --from-hf: checkpoint to write (default: "
                              f"<search-dir>/{TRAINING.final_glob.replace('*', '<timestamp>')})")
     parser.add_argument(TRUST_FLAG, action="store_true",
-                        help="with --from-hf: read a folder whose Python code is not this project's (only from "
-                             "authors you trust; smolm135's own exports need no such permission)")
+                        help=f"with --from-hf: read a folder whose Python code is not this project's ({TRUST_ADVICE})")
     return parser
 
 

@@ -9,6 +9,7 @@ from smollm135_model import SmoLM135_Model
 from smolm135.interop.export_llama import llama_config, llama_model_from_native
 from smolm135.interop.llama_names import weight_names
 from smolm135.lora import ADAPTER_NAME, LoraSettings, load_split_state_dict, peft_wrapped, split_state_dict
+from smolm135.runtime.disk import give_safetensors_default_mode
 
 
 def save_peft_adapter(base: SmoLM135_Model, record: dict, folder: Path, base_model_name: str | None = None) -> Path:
@@ -34,4 +35,5 @@ def save_peft_adapter(base: SmoLM135_Model, record: dict, folder: Path, base_mod
     load_split_state_dict(llama, split_state_dict(llama)[0], llama_adapters)  # strict: every adapter has its place
     peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name
     peft_model.save_pretrained(folder)
+    give_safetensors_default_mode(folder)
     return Path(folder)

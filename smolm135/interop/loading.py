@@ -27,6 +27,8 @@ from smolm135.data.tokenizer import GPT2TextTokenizer
 
 OUR_CODE_DIR = Path(__file__).resolve().parents[2]  # where modeling_smolm135.py and the files it imports live
 TRUST_FLAG = "--trust-remote-code"
+# the end of every script's help for TRUST_FLAG
+TRUST_ADVICE = "only for authors you trust; smolm135's own exports need no such permission"
 HF_KIND = "Hugging Face model"
 SMOLM135_MODEL_TYPE = "smolm135"  # modeling_smolm135.SmoLM135Config.model_type, read here without importing it
 

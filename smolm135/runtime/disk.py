@@ -108,6 +108,13 @@ def give_default_mode(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~umask())
 
 
+def give_safetensors_default_mode(folder: Path) -> None:
+    """give_default_mode to every .safetensors file in `folder`: safetensors writes through a temporary file of
+    mode 0600, and so does everything that saves through it (transformers' and peft's save_pretrained)."""
+    for weights in Path(folder).glob("*.safetensors"):
+        give_default_mode(weights)
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` runs: a temporary file named after a live writer is still being written."""
     try:

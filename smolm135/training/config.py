@@ -13,6 +13,7 @@ from smollm135_model import GPT2_VOCAB_SIZE, PRESETS, ModelConfig, known_fields
 from smolm135.training.budget import MEASURING_STEPS
 from smolm135.data.chat import FORMATS, LOSS_ON
 from smolm135.data.corpus import DEFAULT_CHAT_DATA, DEFAULT_DATA, EMPTY_DATA
+from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG
 from smolm135.errors import EMPTY_PATH_ADVICE, UserError, is_int, is_number, path_argument, speaks_for_its_node
 from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from smolm135.data.sources import DEFAULT_TEXT_FIELD
@@ -249,7 +250,7 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("--chat-template adds tokens whose embedding rows must learn, and --lora-rank freezes the "
                         "embedding: leave --lora-rank out for this run (later runs can train adapters)")
     if cfg.trust_remote_code and not cfg.init_from:
-        problems.append("--trust-remote-code applies to the model named by --init-from: name the folder or Hub id")
+        problems.append(f"{TRUST_FLAG} applies to the model named by --init-from: name the folder or Hub id")
     if cfg.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer})")
     for name in ("weight_decay", "grad_clip"):
@@ -334,8 +335,8 @@ _HELP = {
     "minutes": "a wall-clock budget for the whole run: the trainer times its first steps, then fixes the step "
                "count (and the learning-rate schedule) so that training, evaluations, samples and saves end "
                "within it; a resumed run keeps that count. 0: no budget (default)",
-    "trust_remote_code": "read a --init-from Hugging Face folder whose Python code is not this project's (only "
-                         "from authors you trust; smolm135's own exports need no such permission)",
+    "trust_remote_code": f"read a --init-from Hugging Face folder whose Python code is not this project's "
+                         f"({TRUST_ADVICE})",
     "compile": "torch.compile the model",
     "grad_checkpointing": "recompute activations in backward to save memory",
     "progress": "show the console progress bar",
