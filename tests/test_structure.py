@@ -104,3 +104,20 @@ def test_each_script_only_parses_its_arguments_and_calls_the_package():
     for script in SCRIPTS:
         tree = ast.parse((REPO_ROOT / f"{script}.py").read_text(encoding="utf-8"))
         assert not [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))], script
+
+
+def test_a_built_in_model_is_named_by_its_owner_wherever_the_owner_may_be_imported():
+    """smolm135.interop.pretrained owns the built-in names; a later stage (or a bench) that spells one in its own
+    strings would keep pointing at it after a rename. (Earlier stages cannot import the owner: their messages
+    may name it.)"""
+    from smolm135.interop.pretrained import BUILTIN_MODELS
+
+    owner = "smolm135.interop.pretrained"
+    readers = {name: path for name, path in project_modules().items()
+               if name != owner and (stage_of(name) or 0) >= stage_of(owner)}
+    readers |= {module_name(path): path for path in (REPO_ROOT / "bench").glob("*.py")}
+    spelled = [f"{name} spells {builtin!r}" for name, path in sorted(readers.items())
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               for builtin in BUILTIN_MODELS if builtin in node.value]
+    assert spelled == []
