@@ -2,6 +2,7 @@
 one, no module imports itself round a cycle, the model file imports nothing of the package, and nothing imports
 a script."""
 import ast
+import tomllib
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -121,3 +122,12 @@ def test_a_built_in_model_is_named_by_its_owner_wherever_the_owner_may_be_import
                if isinstance(node, ast.Constant) and isinstance(node.value, str)
                for builtin in BUILTIN_MODELS if builtin in node.value]
     assert spelled == []
+
+
+def test_pip_installs_every_stage_and_the_model_files_and_no_script():
+    """A stage left out of pyproject.toml works in the checkout and is missing once installed; a script installed
+    as a top-level module would take a name other packages own (lm-evaluation-harness imports HF's `evaluate`)."""
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    packages = {module_name(path) for path in (REPO_ROOT / PACKAGE).rglob("__init__.py")}
+    assert set(setuptools["packages"]) == packages
+    assert set(setuptools["py-modules"]) == set(MODEL_FILES) and not set(SCRIPTS) & set(setuptools["py-modules"])
