@@ -21,13 +21,13 @@ from smollm135_model import PRESETS, SmoLM135_Model
 from smolm135.data.shakespeare import shakespeare_text
 from smolm135.errors import run_cli
 from smolm135.interop.export_gguf import write_gguf
-from smolm135.interop.pretrained import builtin_gguf_path, llama_state_dict_to_native, load_pretrained
+from smolm135.interop.pretrained import SMOLLM2_INSTRUCT, builtin_gguf_path, llama_state_dict_to_native, load_pretrained
 from smolm135.runtime.probes import this_host
 from smolm135.data.tokenizer import train_byte_level_bpe
 
 
 def add_arguments(parser):
-    parser.add_argument("--gguf", default=None, help="a llama .gguf file (default: the built-in smollm2-135m-instruct)")
+    parser.add_argument("--gguf", default=None, help=f"a llama .gguf file (default: the built-in {SMOLLM2_INSTRUCT})")
 
 
 def tiny_gguf(folder: Path) -> Path:
@@ -44,7 +44,7 @@ def main(argv=None) -> dict[str, float]:
 
     print(this_host().line())
     with tempfile.TemporaryDirectory() as folder:
-        path = tiny_gguf(Path(folder)) if args.quick else Path(args.gguf or builtin_gguf_path("smollm2-135m-instruct"))
+        path = tiny_gguf(Path(folder)) if args.quick else Path(args.gguf or builtin_gguf_path(SMOLLM2_INSTRUCT))
         loaded = {}
 
         def ours():

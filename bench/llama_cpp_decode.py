@@ -21,10 +21,9 @@ import numpy as np
 from bench.harness import median, parse_args, print_row
 from smolm135.errors import run_cli
 from smolm135.interop.export_gguf import write_gguf
-from smolm135.interop.pretrained import builtin_gguf_path, load_pretrained
+from smolm135.interop.pretrained import SMOLLM2_INSTRUCT, builtin_gguf_path, load_pretrained
 from smolm135.runtime.probes import this_host
 
-BUILTIN = "smollm2-135m-instruct"
 PROMPT = "The capital of France is"
 
 
@@ -65,12 +64,12 @@ def main(argv=None) -> dict[str, float]:
     import llama_cpp
 
     print(f"llama-cpp-python {llama_cpp.__version__}, {threads} llama.cpp threads")
-    pretrained = load_pretrained(BUILTIN)
+    pretrained = load_pretrained(SMOLLM2_INSTRUCT)
     model, tokenizer = pretrained.build_model().eval(), pretrained.tokenizer
     prompt_ids = tokenizer.encode(PROMPT)
     with tempfile.TemporaryDirectory() as folder:
         ours = write_gguf(model, tokenizer, Path(folder) / "smollm2-135m-q8_0.gguf", "q8_0", "smollm2-135m")
-        files = {"shipped Q4_1": builtin_gguf_path(BUILTIN), "our export, q8_0": ours}
+        files = {"shipped Q4_1": builtin_gguf_path(SMOLLM2_INSTRUCT), "our export, q8_0": ours}
         decoders, rounds, models = {}, {}, []
         for label, path in files.items():
             llm, decoders[label] = greedy_decoder(path, prompt_ids, args.new_tokens, threads)

@@ -24,6 +24,8 @@ from smolm135.training.config import TrainConfig  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_EVERYTHING = 'python -m pytest -q -m "slow or not slow" -n 2'
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
+# Session fixtures that train for about a minute: a test that asks for one is slow, marked or not
+SLOW_FIXTURES = frozenset({"trained_run"})
 
 
 def needs_extra(extra: str):
@@ -45,9 +47,13 @@ def pytest_configure(config):
                                        f"torch.compile); left out of the default run ({RUN_EVERYTHING} runs them)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the markers added here
 def pytest_collection_modifyitems(config, items):
     """Without -m, slow tests are left out, unless the command line names single tests (path::name): the
     default run is the developer's loop, and `-m "slow or not slow"` (as CI runs it) is the whole suite."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     names_tests = any("::" in arg for arg in config.args)
     if config.option.markexpr or names_tests:
         return
@@ -163,7 +169,7 @@ def tiny_train_config(data: Path, out_dir: Path, **overrides) -> TrainConfig:
 @pytest.fixture(scope="session")
 def trained_run(corpus_file, tmp_path_factory):
     """One short tiny-preset training run, shared by the tests that inspect its outputs. It takes about a minute
-    of CPU (30 steps, evaluations, samples, 85 MB checkpoints), so every test that asks for it is marked slow."""
+    of CPU (30 steps, evaluations, samples, 85 MB checkpoints), so every test that asks for it is slow (SLOW_FIXTURES)."""
     from smolm135.training.trainer import train
 
     out_dir = tmp_path_factory.mktemp("run")

@@ -10,7 +10,7 @@ import torch
 from smolm135.training.continuation import continue_training, continued_config, main
 from smolm135.training.trainer import train
 from smolm135.checkpoint import CONTINUED, load_checkpoint
-from smolm135.errors import run_cli
+from smolm135.errors import UserError, run_cli
 
 from conftest import REPO_ROOT, make_corpus_text
 
@@ -70,6 +70,17 @@ def test_overrides_steps_checkpoint_data_lr_and_out_dir(run_dir, tmp_path):
     log = open(summary["log_path"]).read()
     assert "data: other.txt" in log
     assert log.count("| lr 1.000e-04 |") == 4
+
+
+@pytest.mark.parametrize("numbers, message", [
+    (dict(steps=True), "--steps must be a positive whole number"),  # a bool is no count, as in the trainer's config
+    (dict(steps=2.0), "--steps must be a positive whole number"),
+    (dict(lr=float("nan")), "--lr must be a positive number"),
+    (dict(lr="1e-4"), "--lr must be a positive number"),  # from a notebook: a line, not a TypeError
+])
+def test_a_call_from_python_with_a_bad_number_is_one_line_before_any_file_is_read(tmp_path, numbers, message):
+    with pytest.raises(UserError, match=message):
+        continue_training(out_dir=str(tmp_path / "nothing-here"), **numbers)
 
 
 def test_without_a_final_model_main_says_what_to_run_first(tmp_path, capsys):

@@ -119,9 +119,11 @@ def test_the_quick_start_recipes_are_valid_and_let_their_budget_decide_the_steps
 def test_the_chat_recipe_fine_tunes_the_instruct_model_on_the_built_in_quiz_in_its_own_folder(tmp_path, monkeypatch):
     from smolm135.data.corpus import DEFAULT_CHAT_DATA, resolve_sources
     from smolm135.data.chat import detect_shape
+    from smolm135.interop.pretrained import BUILTIN_MODELS
 
     cfg = recipe_of("--recipe", "chat")
     assert (cfg.init_from, cfg.data, cfg.out_dir) == ("smollm2-135m-instruct", DEFAULT_CHAT_DATA, "chat-run")
+    assert cfg.init_from in BUILTIN_MODELS  # the name its owner loads, not a copy that could drift from it
     monkeypatch.chdir(tmp_path)
     [path] = resolve_sources(cfg.data)  # written when absent, as input.txt is
     assert path == Path(DEFAULT_CHAT_DATA) and detect_shape([path]).name == "messages"

@@ -5,6 +5,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO_ROOT
 
 PACKAGE = "smolm135"
@@ -166,3 +168,30 @@ def test_every_module_the_tests_import_when_collected_comes_with_the_readmes_ins
                      and not name.startswith("test_")
                      and not {canonicalize_name(d) for d in distributions.get(name, [])} & installed)
     assert missing == [], f"not installed by {' and '.join(INSTALL_FILES)}: move the import into the test or function"
+
+
+def test_a_built_in_model_is_named_by_its_owner_wherever_the_owner_may_be_imported():
+    """smolm135.interop.pretrained owns the built-in names; a later stage (or a bench) that spells one in its own
+    strings would keep pointing at it after a rename. (Earlier stages cannot import the owner: their messages
+    may name it.)"""
+    from smolm135.interop.pretrained import BUILTIN_MODELS
+
+    owner = "smolm135.interop.pretrained"
+    readers = {name: path for name, path in project_modules().items()
+               if name != owner and (stage_of(name) or 0) >= stage_of(owner)}
+    readers |= {module_name(path): path for path in (REPO_ROOT / "bench").glob("*.py")}
+    spelled = [f"{name} spells {builtin!r}" for name, path in sorted(readers.items())
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)
+               for builtin in BUILTIN_MODELS if builtin in node.value]
+    assert spelled == []
+
+
+def test_pip_installs_every_stage_and_the_model_files_and_no_script():
+    """A stage left out of pyproject.toml works in the checkout and is missing once installed; a script installed
+    as a top-level module would take a name other packages own (lm-evaluation-harness imports HF's `evaluate`)."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    packages = {module_name(path) for path in (REPO_ROOT / PACKAGE).rglob("__init__.py")}
+    assert set(setuptools["packages"]) == packages
+    assert set(setuptools["py-modules"]) == set(MODEL_FILES) and not set(SCRIPTS) & set(setuptools["py-modules"])

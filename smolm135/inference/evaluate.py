@@ -10,6 +10,7 @@ import torch
 from smolm135.data.corpus import resolve_sources
 from smolm135.errors import CommandLineParser, UserError
 from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG, load_model
+from smolm135.interop.pretrained import BUILTIN_MODELS
 from smolm135.runtime.device import DTYPES, autocast, configure_backends, pick_device, pick_dtype
 from smolm135.inference.chat_scoring import AnswersRight, score_conversations
 from smolm135.inference.scoring import LogitsFn, Score, score_documents
@@ -236,7 +237,8 @@ def comparison_table(results: list[Result]) -> str:
 
 def build_parser() -> CommandLineParser:
     parser = CommandLineParser(__doc__)
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint (.pt), Hugging Face model folder, .gguf file or smollm2-135m-instruct")
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help=f"checkpoint (.pt), Hugging Face model folder, .gguf file or {', '.join(BUILTIN_MODELS)}")
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL",
                         help="more models to score on the same text, printed as a table")
     parser.add_argument("--data", required=True, help="text, .jsonl, .jsonl.gz or .parquet file, folder or glob, "

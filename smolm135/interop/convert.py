@@ -582,7 +582,8 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 # ------------------------------------------------------------------ back to a native checkpoint
 
 
-def load_hf_folder(folder: str | os.PathLike, trust_remote_code: bool = False) -> tuple[SmoLM135_Model, Checkpoint]:
+def native_from_hf_folder(folder: str | os.PathLike,
+                          trust_remote_code: bool = False) -> tuple[SmoLM135_Model, Checkpoint]:
     """An exported folder (ours, or any Llama model the native config can express) -> (native model, native
     checkpoint), to continue training or sample natively; read by smolm135.interop.loading, under its trust policy."""
     folder = Path(folder)
@@ -599,7 +600,7 @@ def hf_folder_to_checkpoint(folder: str | os.PathLike, output: str | os.PathLike
                             search_dir: str | os.PathLike = ".", trust_remote_code: bool = False) -> Path:
     """Write the folder as a native checkpoint; by default models/final_model_<timestamp>.pt under `search_dir`,
     where continue_training.py looks first."""
-    _, checkpoint = load_hf_folder(folder, trust_remote_code)
+    _, checkpoint = native_from_hf_folder(folder, trust_remote_code)
     if output is None:
         output = TRAINING.under(search_dir).final_path(run_timestamp())
     return save_atomic(checkpoint, output)

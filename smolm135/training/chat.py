@@ -16,6 +16,7 @@ from smolm135.data.tokenizer import CHAT_TEMPLATES, has_chat_template_named
 from smolm135.errors import UserError
 from smolm135.inference.chat_scoring import AnswersRight, answers_right
 from smolm135.inference.generation import reply
+from smolm135.interop.pretrained import SMOLLM2_INSTRUCT
 from smolm135.runtime.device import autocast
 
 
@@ -135,7 +136,7 @@ def refuse_without_template(cfg, shape: ConversationShape | None, tokenizer) -> 
         known = ", ".join(CHAT_TEMPLATES)
         raise UserError(f"--data {cfg.data} holds conversations ({shape.name}), but the model has no chat template "
                         f"to render them ({reads}): pass --chat-template {known} to give it one, fine-tune a chat "
-                        f"model (e.g. --init-from smollm2-135m-instruct), or pass --format text to train on a text "
+                        f"model (e.g. --init-from {SMOLLM2_INSTRUCT}), or pass --format text to train on a text "
                         f"column")
 
 

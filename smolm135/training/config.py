@@ -15,6 +15,8 @@ from smolm135.data.chat import FORMATS, LOSS_ON
 from smolm135.data.corpus import DEFAULT_CHAT_DATA, DEFAULT_DATA, EMPTY_DATA
 from smolm135.interop.loading import TRUST_ADVICE, TRUST_FLAG
 from smolm135.errors import EMPTY_PATH_ADVICE, UserError, is_int, is_number, path_argument, speaks_for_its_node
+# interop is an earlier stage than training (tests/test_structure.py): the recipe asks it for the built-in name
+from smolm135.interop.pretrained import BUILTIN_MODELS, SMOLLM2_INSTRUCT, is_pretrained_source
 from smolm135.lora import BLOCK_PROJECTIONS, settings_problems as lora_problems
 from smolm135.data.sources import DEFAULT_TEXT_FIELD
 from smolm135.training.tracking import REPORT_TO
@@ -164,7 +166,7 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     # that teaches the answers' form within the 10 minutes (bench/README.md, "A chat fine-tune on a CPU").
     "chat": Recipe("fine-tune SmolLM2-135M-Instruct on conversations, the built-in Shakespeare quiz unless --data "
                    "says otherwise, judged by held-out answers right, before and after: 10 minutes",
-                   {"init_from": "smollm2-135m-instruct", "data": DEFAULT_CHAT_DATA, "out_dir": "chat-run",
+                   {"init_from": SMOLLM2_INSTRUCT, "data": DEFAULT_CHAT_DATA, "out_dir": "chat-run",
                     "max_steps": 2_000, "batch_size": 1, "seq_len": 512, "lr": 2e-4, "warmup_steps": 4,
                     "eval_every": 25, "eval_batches": 16, "sample_every": 50, "minutes": 10}),
 })
@@ -325,8 +327,8 @@ _HELP = {
              "float32, bfloat16, float16",
     "resume": "auto (newest checkpoint in out-dir if any), never, or a checkpoint path",
     "init_from": "when there is nothing to resume: a checkpoint to continue (weights, optimizer, step), or a "
-                 "pretrained model to fine-tune (smollm2-135m-instruct, a .gguf, a Hugging Face folder or Hub id), "
-                 f"which takes the {PRETRAINED_RECIPE} recipe unless --recipe names another",
+                 f"pretrained model to fine-tune ({', '.join(BUILTIN_MODELS)}, a .gguf, a Hugging Face folder or "
+                 f"Hub id), which takes the {PRETRAINED_RECIPE} recipe unless --recipe names another",
     "recipe": f"a named set of flag values, which the flags given override: {', '.join(RECIPES)} (listed below); "
               f"default {DEFAULT_RECIPE}, or {PRETRAINED_RECIPE} for a pretrained --init-from; list prints them",
     "sample_prompt": "the text every sample continues (default: the first tokens of the validation text, the same "
@@ -405,9 +407,4 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 
 
 def _implied_recipe(init_from: str | None) -> str:
-    if init_from:
-        from smolm135.interop.pretrained import is_pretrained_source
-
-        if is_pretrained_source(init_from):
-            return PRETRAINED_RECIPE
-    return DEFAULT_RECIPE
+    return PRETRAINED_RECIPE if init_from and is_pretrained_source(init_from) else DEFAULT_RECIPE

@@ -1,7 +1,6 @@
 """More steps from a finished model, through the trainer's own loop (the script `continue_training.py` runs `main`)."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from smolm135.checkpoint import (
     newest_trained_model,
 )
 from smolm135.data.corpus import DEFAULT_DATA
-from smolm135.errors import EMPTY_PATH_ADVICE, CommandLineParser, UserError, path_argument
+from smolm135.errors import EMPTY_PATH_ADVICE, CommandLineParser, UserError, is_int, is_number, path_argument
 from smolm135.training.config import TrainConfig, add_train_arguments
 
 DEFAULT_EXTRA_STEPS = 50
@@ -66,9 +65,9 @@ def interrupted_continuation(cfg: TrainConfig) -> Path | None:
 def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
                       data: str | None = None, lr: float | None = None, **overrides):
     """Continue a finished model for `steps` more steps; returns (model, summary) like `train`."""
-    if not (isinstance(steps, int) and steps > 0):
+    if not (is_int(steps) and steps > 0):
         raise UserError(f"--steps must be a positive whole number (got {steps})")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):  # checked before any file is read
+    if lr is not None and not (is_number(lr) and lr > 0):  # checked before any file is read
         raise UserError(f"--lr must be a positive number (got {lr})")
     for flag, path in (("--checkpoint", checkpoint), ("--data", data), ("--out-dir", out_dir)):
         if path is not None and not str(path).strip():  # "" is not "the default": it is a path left empty
