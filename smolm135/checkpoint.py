@@ -829,13 +829,23 @@ def newest_intact_checkpoint(checkpoint_dir: Path, warn=print) -> Checkpoint | N
         except NewerCheckpointError:
             raise  # a file this version cannot read is not corrupt: leave it where it is
         except CheckpointError as error:
-            evidence = path.with_name(path.name + ".corrupt")
-            os.replace(path, evidence)
-            warn(f"warning: {error}; moved it to {evidence}")
+            set_aside(path, error, warn)
     if candidates:
-        raise CheckpointError(f"no intact checkpoint left in {checkpoint_dir} (the corrupt ones were renamed "
-                              f"*.corrupt): pass --resume never to start fresh, or --resume PATH")
+        raise no_intact_checkpoint(checkpoint_dir)
     return None
+
+
+def set_aside(path: Path, error: CheckpointError, warn=print) -> None:
+    """Rename a checkpoint that cannot be resumed to `<name>.corrupt`: kept as evidence, out of the way of
+    the next save and of the next search for an intact one."""
+    evidence = path.with_name(path.name + ".corrupt")
+    os.replace(path, evidence)
+    warn(f"warning: {error}; moved it to {evidence}")
+
+
+def no_intact_checkpoint(checkpoint_dir: Path) -> CheckpointError:
+    return CheckpointError(f"no intact checkpoint left in {checkpoint_dir} (the corrupt ones were renamed "
+                           f"*.corrupt): pass --resume never to start fresh, or --resume PATH")
 
 
 def newest_trained_model(search_dirs: list[Path], patterns=TRAINED_MODEL_GLOBS) -> Path | None:

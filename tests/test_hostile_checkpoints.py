@@ -229,14 +229,15 @@ def test_auto_resume_falls_back_from_a_loadable_but_invalid_latest(corpus_file, 
     assert "step_0000008.pt at step 8" in log and summary["steps"] == 10
 
 
+# every kind of refused checkpoint, those only the run's optimizer can tell included
 @pytest.mark.parametrize("what", ["optimizer moment with no dimensions", "weights with a NaN",
-                                  "step beyond the recipe's max_steps"])
+                                  "step beyond the recipe's max_steps", *sorted(HOSTILE_TO_TRAINING)])
 def test_auto_resume_sets_a_hostile_latest_aside_and_goes_on_from_the_intact_step(what, good_state, small_vocab_file,
                                                                                   tmp_path):
     checkpoints = tmp_path / "out" / "checkpoints"
     checkpoints.mkdir(parents=True)
     shutil.copyfile(GOOD, checkpoints / "step_0000004.pt")
-    hostile_file(good_state, HOSTILE[what], tmp_path).rename(checkpoints / "latest.pt")
+    hostile_file(good_state, {**HOSTILE, **HOSTILE_TO_TRAINING}[what], tmp_path).rename(checkpoints / "latest.pt")
     _, summary = train(fixture_recipe(small_vocab_file, tmp_path / "out", resume="auto", max_steps=5))
     log = open(summary["log_path"]).read()
     assert "latest.pt.corrupt" in log and "step_0000004.pt at step 4" in log, log

@@ -19,10 +19,13 @@ from smolm135.checkpoint import (
     Progress,
     RunLayout,
     capture_rng_state,
+    CheckpointError,
     load_checkpoint,
     newest_intact_checkpoint,
+    no_intact_checkpoint,
     save_atomic,
     save_training_checkpoint,
+    set_aside,
 )
 from smolm135.data import sources
 from smolm135.data.chat import ChatData
@@ -340,18 +343,26 @@ def adopt_model(cfg: TrainConfig, model_config: ModelConfig, source: str) -> Tra
     return adopted
 
 
-def check_resumable(checkpoint: Checkpoint, model_config: ModelConfig) -> None:
-    """The checkpoint describes the model the run builds (checked before the run writes anything)."""
-    differences = checkpoint.model_mismatch(model_config)
+def check_resumable(checkpoint: Checkpoint, cfg: TrainConfig) -> None:
+    """The checkpoint describes the model and the optimizer the run builds (checked before the run writes
+    anything). A flag that differs is the user's to change: the file is not at fault, so auto-resume must not
+    set it aside as it does a checkpoint whose optimizer state does not fit (`restore_intact`)."""
+    differences = checkpoint.model_mismatch(cfg.model)
     if differences:
         raise UserError(f"checkpoint {checkpoint.source} was trained with a different model "
                         f"({'; '.join(differences)}): use the same --preset, or --resume never to start fresh")
+    # a checkpoint from before --optimizer existed was trained with AdamW, the default
+    optimizer = checkpoint.train_config.get("optimizer", TrainConfig.optimizer)
+    if checkpoint.optimizer_state_dict is not None and optimizer != cfg.optimizer:
+        raise UserError(f"checkpoint {checkpoint.source} was trained with --optimizer {optimizer}, this run asks "
+                        f"for --optimizer {cfg.optimizer}: resume with the --optimizer it was trained with, or pass "
+                        f"--resume never to start fresh")
 
 
 def resume(run: Run, checkpoint: Checkpoint) -> None:
     """Load a checkpoint of the run's model (see check_resumable) into the run; say where the run stands,
     and what (if anything) differs in the batches it will see."""
-    check_resumable(checkpoint, run.model.config)
+    check_resumable(checkpoint, run.cfg)
     lora = LoraSettings.of(run.cfg)
     if lora and checkpoint.lora is None and checkpoint.started_from != run.cfg.init_from:
         checkpoint.load_weights_into(run.model)  # an --init-from checkpoint without adapters: the base to adapt
@@ -362,7 +373,7 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
         raise UserError(f"checkpoint {checkpoint.source}: {lora_difference}: give the run the same --lora-* "
                         f"flags, or pass --resume never to start fresh")
     use_threads_of(run, checkpoint)
-    run.restore(checkpoint)
+    checkpoint = restore_intact(run, checkpoint)
     progress = run.progress
     run.log.say(f"continuing from {checkpoint.source} at step {progress.step} ({progress.tokens_seen:,} tokens "
                 f"seen, last train loss {_fmt(progress.last_train_loss)}, validation loss "
@@ -374,6 +385,43 @@ def resume(run: Run, checkpoint: Checkpoint) -> None:
         for note in checkpoint.data_position.differences(run.data_position):
             run.log.say(f"note: {note}")
     keep_budgeted_steps(run, checkpoint)
+
+
+def restore_intact(run: Run, checkpoint: Checkpoint) -> Checkpoint:
+    """run.restore(checkpoint); returns the checkpoint restored. Some faults only the run's optimizer can tell
+    (a moment of another parameter's shape or precision, a missing one, parameter groups of other sizes): under
+    auto-resume a checkpoint of the run's own folder with one is set aside, as one that does not load is, and
+    the run restores the next intact one instead of failing at every re-run."""
+    while True:
+        try:
+            run.restore(checkpoint)
+            return checkpoint
+        except CheckpointError as error:
+            if not found_by_auto_resume(run, checkpoint):
+                raise
+            refused = checkpoint
+            checkpoint = run_on_main(run.distributed, lambda: next_intact_checkpoint(run, refused, error),
+                                     send_result_to_all=True)
+            check_resumable(checkpoint, run.cfg)
+            use_threads_of(run, checkpoint)
+
+
+def found_by_auto_resume(run: Run, checkpoint: Checkpoint) -> bool:
+    return (run.cfg.resume == "auto" and checkpoint.source != run.cfg.init_from
+            and Path(checkpoint.source).resolve().parent == run.layout.checkpoint_dir.resolve())
+
+
+def next_intact_checkpoint(run: Run, refused: Checkpoint, error: CheckpointError) -> Checkpoint:
+    """Set `refused` aside and read the newest intact checkpoint left beside it. The run's data was tokenized
+    with the refused one's tokenizer, so one with another tokenizer is named, not taken."""
+    set_aside(Path(refused.source), error, run.log.say)
+    found = newest_intact_checkpoint(run.layout.checkpoint_dir, warn=run.log.say)
+    if found is None:
+        raise no_intact_checkpoint(run.layout.checkpoint_dir)
+    if found.tokenizer != refused.tokenizer or found.started_from != refused.started_from:
+        raise UserError(f"{found.source}, the intact checkpoint left, reads another tokenizer or started from "
+                        f"another model than {refused.source}: resume it with --resume {found.source}")
+    return found
 
 
 def keep_budgeted_steps(run: Run, checkpoint: Checkpoint) -> None:

@@ -131,7 +131,7 @@ def set_up(cfg: TrainConfig, layout: RunLayout, timestamp: str, distributed, log
     refuse_without_template(cfg, shape, start.tokenizer)
     checkpoint = start.checkpoint  # with the rows of the tokens --chat-template added
     if checkpoint is not None:
-        check_resumable(checkpoint, cfg.model)
+        check_resumable(checkpoint, cfg)
     # chosen on rank 0 (auto asks this host which precision trains faster), so every process agrees; a
     # resumed run keeps the one it started with
     precision = run_on_main(distributed, lambda: choose_precision(
