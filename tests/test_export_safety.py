@@ -3,9 +3,7 @@ metadata that came from a flag or a checkpoint."""
 import errno
 import json
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -169,8 +167,9 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
     monkeypatch.setattr(convert_to_hf, "write_hf_folder", stop)
     with pytest.raises(convert_to_hf.UserError, match="stopped"):
         export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.partialdraft", running.name, "gone-hf"]
-    assert (tmp_path / "gone-hf" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.partialdraft", running.name, "gone-hf",
+                                                          "olden-hf"]
+    assert (tmp_path / "gone-hf" / "config.json").is_file() and (tmp_path / "olden-hf" / "config.json").is_file()
 
 
 @pytest.mark.slow
@@ -225,13 +224,6 @@ def test_exported_and_checkpointed_files_have_the_mode_a_plain_open_gives(tmp_pa
     assert "model.safetensors" in [path.name for path in written]
     assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
         path.name: oct(0o644) for path in written}
-
-
-def limit_file_size(n_bytes: int):
-    def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
-    return preexec
 
 
 @pytest.mark.slow
