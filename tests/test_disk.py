@@ -22,6 +22,12 @@ def test_a_temporary_path_is_hidden_beside_its_target_and_names_its_writer(tmp_p
     assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}") == tmp_path / "a.json"
     assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}", "partial") is None  # another kind
     assert left_by_dead_writer(tmp_path / ".bashrc") is None
+    # as earlier versions named them: a cache's, an export's staging folder and the export it moved aside
+    assert left_by_dead_writer(tmp_path / f"tokens_ab.bin.tmp{DEAD_PID}") == tmp_path / "tokens_ab.bin"
+    assert left_by_dead_writer(tmp_path / f"out-hf_partial_{DEAD_PID}", "partial") == tmp_path / "out-hf"
+    assert left_by_dead_writer(tmp_path / f"out-hf_replaced_{DEAD_PID}", "replaced") == tmp_path / "out-hf"
+    assert left_by_dead_writer(tmp_path / f"out-hf_partial_{os.getpid()}", "partial") is None  # still writing
+    assert left_by_dead_writer(tmp_path / "input.txt.tmp") is None  # names no writer: may be a live one's
 
 
 def test_only_what_dead_writers_left_is_removed(tmp_path):

@@ -20,7 +20,7 @@ from smolm135.runtime.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.interop.model_card import HUB_LICENSES, render_model_card
 
-from conftest import REPO_ROOT, make_corpus_text, random_rotary_model, smollm_style_tokenizer
+from conftest import REPO_ROOT, limit_file_size, make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
 
@@ -160,6 +160,11 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
     running = tmp_path / f".third-hf.partial{os.getpid()}"  # an export still running
     running.mkdir()
     (tmp_path / ".notes.partialdraft").mkdir()  # not an export's: no process id
+    older = tmp_path / "older-hf_partial_999999997"  # as an earlier version named its staging folder
+    older.mkdir()
+    (older / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "olden-hf_replaced_999999996").mkdir()  # and the export it moved aside
+    write_previous_export(tmp_path / "olden-hf_replaced_999999996")
 
     def stop(*args, **kwargs):
         raise convert_to_hf.UserError("stopped after tidying")

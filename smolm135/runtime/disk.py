@@ -134,11 +134,24 @@ def temporary_path(path: Path, kind: str = TEMPORARY) -> Path:
     return path.with_name(f".{path.name}.{kind}{os.getpid()}")
 
 
+# `temporary_path`'s name, then those earlier versions gave the same paths: `<name>.tmp<pid>` (the token and
+# tokenizer caches) and `<name>_partial_<pid>`, `<name>_replaced_<pid>` (exports), so that what a killed writer
+# of an earlier version left is removed (or put back) too. Earlier names without a process id (the default
+# corpus's `input.txt.tmp`, the probes' `.probes-*.tmp`) cannot tell a live writer from a dead one: left alone.
+_TEMPORARY_NAMES = (r"\.(.+)\.{kind}(\d+)", r"(.+)\.{kind}(\d+)", r"(.+)_{kind}_(\d+)")
+
+
 def left_by_dead_writer(path: Path, kind: str = TEMPORARY) -> Path | None:
-    """The target that `path` stood in for, when `path` is a `temporary_path` of that `kind` whose writer no
-    longer runs; None when it is not one, or its writer is still writing it."""
-    found = re.fullmatch(rf"\.(.+)\.{re.escape(kind)}(\d+)", Path(path).name)
-    if found is None or process_alive(int(found.group(2))):
+    """The target that `path` stood in for, when `path` is a `temporary_path` of that `kind` (or was named as
+    one by an earlier version) whose writer no longer runs; None when it is not one, or its writer is still
+    writing it."""
+    for pattern in _TEMPORARY_NAMES:
+        found = re.fullmatch(pattern.format(kind=re.escape(kind)), Path(path).name)
+        if found is not None:
+            break
+    else:
+        return None
+    if process_alive(int(found.group(2))):
         return None
     return Path(path).with_name(found.group(1))
 
