@@ -48,6 +48,20 @@ def test_a_full_disk_while_writing_the_built_in_data_is_one_sentence_and_leaves_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_token_cache_cut_short_by_the_file_size_limit_names_that_limit_and_leaves_no_file(tmp_path, monkeypatch):
+    corpus_path = tmp_path / "c.txt"
+    corpus_path.write_text("hello there\n" * 100)
+
+    def too_large(files, out_path, *args):
+        out_path.write_bytes(b"half")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    monkeypatch.setattr(data, "_encode_files", too_large)
+    with pytest.raises(UserError, match=r"could not write the token cache .*: File too large \(the file size limit "
+                                        r"\(ulimit -f\) is .*\); raise the file size limit \(ulimit -f unlimited\)"):
+        load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_missing_file_folder_and_glob_sources(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         resolve_sources(str(tmp_path / "nope.txt"))
