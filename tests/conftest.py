@@ -4,7 +4,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import resource
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +150,14 @@ def make_small_vocab_text(n_lines: int = 2000, seed: int = 0) -> str:
     words = [w for w in words if w.startswith(" ") and w[1:].isalpha() and w.isascii()]  # " the", " and", ...
     rng = random.Random(seed)
     return "\n".join("".join(rng.choice(words) for _ in range(10)) + "." for _ in range(n_lines)) + "\n"
+
+
+def limit_file_size(n_bytes: int):
+    """A subprocess's preexec_fn: its files may grow to `n_bytes` (ulimit -f), and a write past that fails."""
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+    return preexec
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ model bitwise equal to an uninterrupted run's; a full disk is one line, leaves n
 previous checkpoint, and the run completes once there is space again."""
 import os
 import random
-import resource
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, limit_file_size
 
 pytestmark = pytest.mark.slow  # every test starts the trainer in fresh interpreters and kills it
 
@@ -117,13 +115,6 @@ def test_a_kill_while_writing_the_final_model_is_finished_by_the_next_run(corpus
     assert "nothing to train" in third.stdout and final_models(out_dir) == [final]
 
 
-def limit_file_size(n_bytes: int):
-    def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
-    return preexec
-
-
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_completes_later(
         corpus_file, uninterrupted, tmp_path):
     out_dir = tmp_path / "run"
@@ -157,3 +148,15 @@ def test_temporary_files_of_killed_runs_are_removed_and_those_of_live_ones_kept(
     _, summary = train(tiny_train_config(corpus_file, tmp_path, max_steps=2, checkpoint_every=2))
     assert not any(path.exists() for path in dead) and live.exists()
     assert "removed 2 temporary file(s)" in open(summary["log_path"]).read()
+
+
+def test_a_file_size_limit_hit_writing_the_default_corpus_is_one_line_and_leaves_nothing(tmp_path):
+    """With no --data the trainer writes the built-in input.txt (5 MB) first: cut short, it was a traceback and a
+    hidden megabyte a later run would not have cleaned up had it been given another name."""
+    full = subprocess.run([sys.executable, TRAINER, "--preset", "tiny", "--no-progress"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size(1_000_000))
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 2 and len(lines) == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "could not write the built-in default corpus input.txt: File too large" in lines[0]
+    assert "the file size limit (ulimit -f) is 1 MB" in lines[0] and "raise the file size limit" in lines[0]
+    assert list(tmp_path.iterdir()) == []

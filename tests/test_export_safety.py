@@ -3,9 +3,7 @@ metadata that came from a flag or a checkpoint."""
 import errno
 import json
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,7 +20,7 @@ from smolm135.runtime.disk import make_room, write_failure
 from smolm135.errors import run_cli
 from smolm135.interop.model_card import HUB_LICENSES, render_model_card
 
-from conftest import REPO_ROOT, make_corpus_text, random_rotary_model, smollm_style_tokenizer
+from conftest import REPO_ROOT, limit_file_size, make_corpus_text, random_rotary_model, smollm_style_tokenizer
 
 HOSTILE_DATA_NAME = '<img src=x onerror=alert(1)> [click](javascript:alert(1)) `code` | cell\n---\nlicense: x'
 
@@ -162,6 +160,11 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
     running = tmp_path / f".third-hf.partial{os.getpid()}"  # an export still running
     running.mkdir()
     (tmp_path / ".notes.partialdraft").mkdir()  # not an export's: no process id
+    older = tmp_path / "older-hf_partial_999999997"  # as an earlier version named its staging folder
+    older.mkdir()
+    (older / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "olden-hf_replaced_999999996").mkdir()  # and the export it moved aside
+    write_previous_export(tmp_path / "olden-hf_replaced_999999996")
 
     def stop(*args, **kwargs):
         raise convert_to_hf.UserError("stopped after tidying")
@@ -169,8 +172,9 @@ def test_the_next_export_tidies_what_killed_exports_of_any_target_left_beside_it
     monkeypatch.setattr(convert_to_hf, "write_hf_folder", stop)
     with pytest.raises(convert_to_hf.UserError, match="stopped"):
         export(random_rotary_model(), TrainingFacts(), tmp_path / "out-hf")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.partialdraft", running.name, "gone-hf"]
-    assert (tmp_path / "gone-hf" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.partialdraft", running.name, "gone-hf",
+                                                          "olden-hf"]
+    assert (tmp_path / "gone-hf" / "config.json").is_file() and (tmp_path / "olden-hf" / "config.json").is_file()
 
 
 @pytest.mark.slow
@@ -236,13 +240,6 @@ def test_exported_checkpointed_and_cached_files_have_the_mode_a_plain_open_gives
     assert {"out-hf/model.safetensors", "adapter/adapter_model.safetensors"} <= set(modes)
     assert any(name.startswith("cache/tokens_") for name in modes)
     assert modes == {name: oct(0o666 & ~mask) for name in modes}
-
-
-def limit_file_size(n_bytes: int):
-    def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
-    return preexec
 
 
 @pytest.mark.slow

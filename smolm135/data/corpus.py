@@ -32,7 +32,13 @@ import torch
 from tqdm import tqdm
 
 from smolm135.data import sources
-from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
+from smolm135.runtime.disk import (
+    make_room,
+    remove_interrupted_writes,
+    temporary_path,
+    write_failure,
+    write_text_atomically,
+)
 from smolm135.errors import UserError
 from smolm135.data.shakespeare import write_default_corpus, write_play_quiz
 from smolm135.data.sources import DEFAULT_TEXT_FIELD, Source
@@ -409,9 +415,14 @@ def _build_cache(files: list[Source], key: str, cache_dir: Path, token_path: Pat
     except OSError as error:
         tmp_path.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
-        raise UserError(f"could not write the token cache {token_path}: {error.strerror or error}; free "
-                        f"some disk space or choose another --out-dir") from None
+        raise UserError(_cache_write_failure(f"the token cache {token_path}", token_path, error)) from None
     return meta
+
+
+def _cache_write_failure(what: str, path: Path, error: OSError, needed_bytes: int | None = None) -> str:
+    """A cache that could not be written, in one sentence: the disk and its space, or the file size limit."""
+    return (write_failure(what, path.parent, error, needed_bytes)
+            + f"; {make_room(error, 'another --out-dir')} and run again")
 
 
 # A damaged cache must be noticed without reading a corpus of many GB on every start: the size check
@@ -500,16 +511,11 @@ def corpus_tokenizer(data: str, cache_dir: str | os.PathLike, vocab_size: int, v
     name = files[0].name if len(files) == 1 else f"{len(files)} files"
     tokenizer = train_byte_level_bpe(_tokenizer_training_text(files, text_field, val_fraction), vocab_size,
                                      origin=f"a byte-level BPE learned from {name}")
-    tmp = temporary_path(path)
+    record = json.dumps(tokenizer.to_record())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_interrupted_writes(path.parent, (path.name,))
-        tmp.write_text(json.dumps(tokenizer.to_record()), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, record)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write the tokenizer {path}: {error.strerror or error}; free some disk space "
-                        f"or choose another --out-dir") from None
+        raise UserError(_cache_write_failure(f"the tokenizer {path}", path, error, len(record))) from None
     return tokenizer
 
 

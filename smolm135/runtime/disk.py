@@ -63,19 +63,20 @@ def megabytes(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:,.0f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e3:,.1f} kB"
 
 
-def write_failure(what: str, where: Path, error: BaseException, needed_bytes: int) -> str:
-    """One sentence: what could not be written, why, the disk, its free space and what the write needs; or,
-    when the file outgrew the process's file size limit (EFBIG), that limit, since the disk may have room."""
+def write_failure(what: str, where: Path, error: BaseException, needed_bytes: int | None) -> str:
+    """One sentence: what could not be written, why, the disk, its free space and what the write needs (when
+    known); or, when the file outgrew the process's file size limit (EFBIG), that limit, since the disk may
+    have room."""
+    needs = f"; this needs about {megabytes(needed_bytes)}" if needed_bytes is not None else ""
     if error_number(error) == errno.EFBIG:
-        return (f"could not write {what}: {reason(error)} (the file size limit (ulimit -f) is {file_size_limit()}; "
-                f"this needs about {megabytes(needed_bytes)})")
+        return (f"could not write {what}: {reason(error)} (the file size limit (ulimit -f) is "
+                f"{file_size_limit()}{needs})")
     disk = mount_point(where)
     try:
         free = f"{megabytes(shutil.disk_usage(disk).free)} free"
     except OSError:
         free = "free space unknown"
-    return (f"could not write {what}: {reason(error)} (the disk at {disk} has {free}; this needs about "
-            f"{megabytes(needed_bytes)})")
+    return f"could not write {what}: {reason(error)} (the disk at {disk} has {free}{needs})"
 
 
 def make_room(error: BaseException, elsewhere: str) -> str:
@@ -140,11 +141,24 @@ def temporary_path(path: Path, kind: str = TEMPORARY) -> Path:
     return path.with_name(f".{path.name}.{kind}{os.getpid()}")
 
 
+# `temporary_path`'s name, then those earlier versions gave the same paths: `<name>.tmp<pid>` (the token and
+# tokenizer caches) and `<name>_partial_<pid>`, `<name>_replaced_<pid>` (exports), so that what a killed writer
+# of an earlier version left is removed (or put back) too. Earlier names without a process id (the default
+# corpus's `input.txt.tmp`, the probes' `.probes-*.tmp`) cannot tell a live writer from a dead one: left alone.
+_TEMPORARY_NAMES = (r"\.(.+)\.{kind}(\d+)", r"(.+)\.{kind}(\d+)", r"(.+)_{kind}_(\d+)")
+
+
 def left_by_dead_writer(path: Path, kind: str = TEMPORARY) -> Path | None:
-    """The target that `path` stood in for, when `path` is a `temporary_path` of that `kind` whose writer no
-    longer runs; None when it is not one, or its writer is still writing it."""
-    found = re.fullmatch(rf"\.(.+)\.{re.escape(kind)}(\d+)", Path(path).name)
-    if found is None or process_alive(int(found.group(2))):
+    """The target that `path` stood in for, when `path` is a `temporary_path` of that `kind` (or was named as
+    one by an earlier version) whose writer no longer runs; None when it is not one, or its writer is still
+    writing it."""
+    for pattern in _TEMPORARY_NAMES:
+        found = re.fullmatch(pattern.format(kind=re.escape(kind)), Path(path).name)
+        if found is not None:
+            break
+    else:
+        return None
+    if process_alive(int(found.group(2))):
         return None
     return Path(path).with_name(found.group(1))
 
@@ -165,3 +179,22 @@ def remove_interrupted_writes(folder: Path, targets: tuple[str, ...] | None = No
             leftover.unlink(missing_ok=True)
         removed.append(leftover)
     return removed
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small file (a cache, an answer file, the built-in data) so that no reader ever sees half of it:
+    its folder made, what killed writers of it left removed, the text written to a `temporary_path`, flushed
+    to disk (a crash right after the rename would otherwise leave an empty file) and renamed over `path`.
+    A failed write removes its temporary file and raises its OSError for the caller to word."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_interrupted_writes(path.parent, (path.name,))
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; what a failed write left otherwise

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from smolm135.runtime.disk import remove_interrupted_writes, temporary_path
+from smolm135.runtime.disk import write_text_atomically
 
 CACHE_DIR_ENV = "SMOLM135_CACHE_DIR"
 CACHE_FILE = "probes.json"
@@ -151,15 +151,10 @@ def _read_answers(path: Path) -> dict:
 
 def _write_answers(path: Path, answers: dict) -> None:
     """Written to a temporary file and renamed over the old one, so no reader ever sees half a file."""
-    tmp = temporary_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_interrupted_writes(path.parent, (path.name,))
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(answers, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(answers, indent=1, sort_keys=True))
     except OSError:
-        pass  # a read-only home: the answer still holds for this process (a later run removes a partial file)
+        pass  # a read-only home: the answer still holds for this process
 
 
 # ------------------------------------------------------------------ timing
