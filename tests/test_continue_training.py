@@ -113,6 +113,22 @@ def test_an_interrupted_continuation_resumes_instead_of_restarting(run_dir, corp
 
 
 @pytest.mark.slow
+def test_a_damaged_latest_checkpoint_of_a_continuation_resumes_from_the_intact_step_file(run_dir, corpus_file,
+                                                                                         capsys):
+    """It restarted from the source model without a word: latest.pt was the only file it looked at."""
+    (source,) = run_dir.glob("models/final_model_*.pt")
+    start = torch.load(source, weights_only=True)["step"]
+    cfg = continued_config(load_checkpoint(source), 6, str(run_dir), str(corpus_file))
+    train(replace(cfg, max_steps=start + 3, checkpoint_every=1), CONTINUED)  # stands for a run killed at +3
+    latest = CONTINUED.under(run_dir).latest_checkpoint
+    latest.unlink()  # a hard link of the newest step file: damage latest.pt alone
+    latest.write_bytes(b"not a checkpoint")
+    _, summary = continue_training(checkpoint=str(source), steps=6, out_dir=str(run_dir), data=str(corpus_file))
+    assert summary["start_step"] == start + 3 and summary["steps"] == start + 6
+    assert latest.with_name(latest.name + ".corrupt").read_bytes() == b"not a checkpoint"
+    assert "moved it to" in capsys.readouterr().out
+
+@pytest.mark.slow
 def test_a_checkpoint_never_chooses_the_text_to_train_on(run_dir, tmp_path, monkeypatch, capsys):
     """A stranger's checkpoint naming a glob of private files: without --data the run reads the default."""
     (source,) = run_dir.glob("models/final_model_*.pt")

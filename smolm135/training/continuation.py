@@ -11,7 +11,9 @@ from smolm135.checkpoint import (
     FINAL_MODEL_GLOB,
     Checkpoint,
     CheckpointError,
+    NewerCheckpointError,
     load_checkpoint,
+    newest_intact_checkpoint,
     newest_trained_model,
 )
 from smolm135.data.corpus import DEFAULT_DATA
@@ -50,16 +52,23 @@ def continued_config(source: Checkpoint, steps: int, out_dir: str, data: str | N
 
 def interrupted_continuation(cfg: TrainConfig) -> Path | None:
     """The checkpoint of an unfinished continuation of the same model, to resume rather than restart.
-    A finished one is not resumed: every call adds `steps` to the source model."""
-    latest = CONTINUED.under(cfg.out_dir).latest_checkpoint
+    A finished one is not resumed: every call adds `steps` to the source model. A damaged latest.pt is set aside
+    and the newest intact step file taken, as the trainer's auto-resume does; only when none is left does the
+    continuation start over from its source, and it says so."""
+    layout = CONTINUED.under(cfg.out_dir)
     try:
-        checkpoint = load_checkpoint(latest)
-    except CheckpointError:
+        checkpoint = newest_intact_checkpoint(layout.checkpoint_dir)
+    except NewerCheckpointError:
+        raise
+    except CheckpointError as error:
+        print(f"warning: {error}; the continuation starts over from {cfg.init_from}")
+        return None
+    if checkpoint is None:
         return None
     unfinished = checkpoint.progress.step < cfg.max_steps
-    final_missing = (checkpoint.final_model is not None
-                     and not (CONTINUED.under(cfg.out_dir).final_dir / checkpoint.final_model).exists())
-    return latest if checkpoint.started_from == cfg.init_from and (unfinished or final_missing) else None
+    final_missing = checkpoint.final_model is not None and not (layout.final_dir / checkpoint.final_model).exists()
+    own = checkpoint.started_from == cfg.init_from
+    return Path(checkpoint.source) if own and (unfinished or final_missing) else None
 
 
 def continue_training(checkpoint: str | None = None, steps: int = DEFAULT_EXTRA_STEPS, out_dir: str = ".",
