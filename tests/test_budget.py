@@ -3,8 +3,8 @@ makes every figure exact; nothing here measures real time)."""
 import pytest
 import torch
 
-from smolm135.training.trainer import train
-from smolm135.training.budget import Costs, events, seconds_to_finish, steps_within
+from smolm135.training.trainer import StepBudget, train
+from smolm135.training.budget import Costs, events, fixing_step, seconds_to_finish, steps_within
 from smolm135.checkpoint import load_checkpoint
 from smolm135.errors import UserError
 from smolm135.training.config import TrainConfig, validate
@@ -34,6 +34,19 @@ def test_the_step_count_pays_for_the_steps_evaluations_samples_and_saves_it_brin
     assert steps_within(1e9, cfg, 3, costs) == 100  # --max-steps is the most a budget fixes
     assert steps_within(0.0, cfg, 3, costs) == 3  # time is up: the run ends at the step it has reached
 
+
+def test_the_count_waits_for_the_end_of_warm_up_and_one_slow_step_does_not_decide_it():
+    """A fine-tune's second step took 5.4 s and every later one about 2.8 s: the mean of the two steps timed
+    after the first fixed a count that left a third of the 10 minutes unused."""
+    assert [fixing_step(warmup) for warmup in (3, 4, 50, 2000)] == [3, 4, 20, 20]
+    ends_of_steps = iter([0.0, 0.0, 3.6, 9.0, 12.0, 14.8])  # the start, before step 1, after steps 1 to 4
+    budget = StepBudget(clock=ends_of_steps.__next__)
+    for _ in range(5):
+        budget.mark()
+    assert budget.step_seconds() == 3.0  # the median of 5.4, 3.0 and 2.8: the warm-up step is left out
+    resumed = StepBudget(clock=iter([0.0, 0.0, 3.5]).__next__)  # resumed just before the count is fixed
+    resumed.mark(), resumed.mark()
+    assert resumed.step_seconds() == 3.5  # the one step this process took
 
 def test_a_budget_needs_warm_up_steps_to_time_and_a_sane_number():
     with pytest.raises(UserError, match="--warmup-steps must be at least 3"):

@@ -2,18 +2,22 @@
 its first evaluation and sample); these pure functions say how many steps, with the evaluations, samples and
 saves they bring, fit in the time that is left.
 
-The count is fixed once, after step MEASURING_STEPS, and recorded in the checkpoints, so a resumed run
-trains to the same step as an uninterrupted one and never measures again. The measured steps are warm-up
-steps (validate() requires it): their learning rate depends on --lr and --warmup-steps alone, not on the
-step count the measurement decides, so they are the run's real first steps.
+The count is fixed once, at the end of warm-up (`fixing_step`), and recorded in the checkpoints, so a resumed
+run trains to the same step as an uninterrupted one and never measures again. The measured steps are warm-up
+steps (validate() requires at least MEASURING_STEPS of them): their learning rate depends on --lr and
+--warmup-steps alone, not on the step count the measurement decides, so they are the run's real first steps.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Steps 0, 1 and 2 run before the count is fixed: the first warms the kernels up (allocations, the CPU
-# probes), the other two are timed.
+# At least this many steps run before the count is fixed: the first warms the kernels up (allocations, the CPU
+# probes), the others are timed.
 MEASURING_STEPS = 3
+# At most this many: the early steps of a run can be slower than the rest (a fine-tune of SmolLM2-135M on a
+# 2-core Zen 5 took 5.4 s for its second step and 2.8 s a step after that), so the count waits for the whole
+# warm-up, where the learning rate does not yet depend on it, up to this step.
+MOST_MEASURING_STEPS = 20
 # Checkpoint writes come after the count is fixed, so they are estimated: weights and optimizer state (at
 # most three fp32 copies of the parameters, AdamW's two moments beside the weights) at a rate a laptop's
 # disk sustains.
@@ -31,6 +35,20 @@ class Costs:
     evaluation: float  # one evaluation of --eval-batches batches
     sample: float
     save: float  # one checkpoint or final model written
+
+
+def fixing_step(warmup_steps: int) -> int:
+    """The step after which the count is fixed: the last warm-up step, within MEASURING_STEPS and
+    MOST_MEASURING_STEPS."""
+    return max(MEASURING_STEPS, min(warmup_steps, MOST_MEASURING_STEPS))
+
+
+def typical_step_seconds(step_seconds: list[float]) -> float:
+    """The median of the timed steps' seconds: one slow step (a first allocation, a neighbour's burst on a
+    shared machine) moves a mean of a few steps by half, and the whole run's count with it."""
+    ordered = sorted(step_seconds)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def save_seconds(parameters: int) -> float:

@@ -16,7 +16,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from smollm135_model import SmoLM135_Model
-from smolm135.training.budget import MEASURING_STEPS, Costs, evaluation_seconds, save_seconds, steps_within
+from smolm135.training.budget import (
+    Costs,
+    evaluation_seconds,
+    fixing_step,
+    save_seconds,
+    steps_within,
+    typical_step_seconds,
+)
 from smolm135.training.chat import (
     answer_sample,
     assistant_loss,
@@ -238,7 +245,8 @@ def train_run(run: Run, budget: StepBudget) -> tuple[SmoLM135_Model, dict]:
             display.show(report)
             stop_if_updates_are_skipped(run, start_step)
             budget.mark()
-            if run.cfg.minutes and run.cfg.budgeted_steps is None and run.progress.step >= MEASURING_STEPS:
+            if (run.cfg.minutes and run.cfg.budgeted_steps is None
+                    and run.progress.step >= fixing_step(run.cfg.warmup_steps)):
                 fix_step_count(run, budget)
                 display.bar.total = run.cfg.max_steps
             stopped_by = after_step(run, report, stop)
@@ -268,11 +276,10 @@ class StepBudget:
         self.marks.append(self.clock())
 
     def step_seconds(self) -> float:
-        """A step's seconds: the mean of the steps after the warm-up step, or the warm-up step itself when
-        this process took no other yet (a run resumed just before the count was fixed)."""
-        if len(self.marks) > 2:
-            return (self.marks[-1] - self.marks[1]) / (len(self.marks) - 2)
-        return self.marks[-1] - self.marks[0]
+        """A step's seconds: the typical one of the steps after the warm-up step, or the warm-up step itself
+        when this process took no other yet (a run resumed just before the count was fixed)."""
+        seconds = [after - before for before, after in zip(self.marks, self.marks[1:])]
+        return typical_step_seconds(seconds[1:] or seconds)
 
     def costs(self, run: Run) -> Costs:
         step = self.step_seconds()
