@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from smollm135_model import SmoLM135_Model
 from smolm135.training.budget import (
+    PLANNING_MARGIN,
     Costs,
     evaluation_seconds,
     fixing_step,
@@ -295,13 +296,13 @@ def fix_step_count(run: Run, budget: StepBudget) -> None:
     def decide() -> tuple[int, float]:
         costs = budget.costs(run)
         seconds_left = cfg.minutes * 60 - (budget.clock() - budget.started)
-        return steps_within(seconds_left, cfg, done, costs), costs.step
+        return steps_within(seconds_left / PLANNING_MARGIN, cfg, done, costs), costs.step
 
     steps, step_seconds = run_on_main(run.distributed, decide, send_result_to_all=True)
     run.cfg = cfg.with_budgeted_steps(steps)
     capped = f", all that --max-steps {cfg.max_steps} allows" if steps == cfg.max_steps else ""
     run.log.say(f"{cfg.minutes:g} minutes: {steps} steps at {step_seconds:.2f} s{capped} (evaluations, samples "
-                f"and saves included; the schedule ends there)")
+                f"and saves included, with {PLANNING_MARGIN - 1:.0%} to spare; the schedule ends there)")
 
 
 # ------------------------------------------------------------------ one step
