@@ -157,9 +157,11 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({
     # A short fine-tune at a low rate on long windows (bench/README.md, "Fine-tuning SmolLM2-135M-Instruct on a
     # CPU"): as many steps as fit 10 minutes, where a fixed 50 left half of them unused on a host with fast bf16.
     # The seed recipe is made for random weights: hours a run on a CPU, at a rate that wears the pretraining away.
+    # Ten warm-up steps: the budget is fixed at the end of warm-up, and the full model's first four steps on a CPU
+    # run up to twice as long as the rest (so four fixed a count that left two of the ten minutes unused).
     "finetune": Recipe("a pretrained --init-from's (taken when no recipe is named): one 1,024-token window a "
                        "step at 1e-4, as many steps as fit 10 minutes",
-                       {"max_steps": 2_000, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 4,
+                       {"max_steps": 2_000, "batch_size": 1, "seq_len": 1024, "lr": 1e-4, "warmup_steps": 10,
                         "eval_every": 25, "eval_batches": 4, "sample_every": 50, "minutes": 10}),
     # The finetune recipe on conversations with answers that can be checked: the built-in quiz (which play a
     # passage is from, written when absent) in 512-token windows of about five conversations each, at a rate
