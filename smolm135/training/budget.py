@@ -9,7 +9,6 @@ steps (validate() requires at least MEASURING_STEPS of them): their learning rat
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 # At least this many steps run before the count is fixed: the first warms the kernels up (allocations, the CPU
@@ -46,12 +45,6 @@ def fixing_step(warmup_steps: int) -> int:
     """The step after which the count is fixed: the last warm-up step, within MEASURING_STEPS and
     MOST_MEASURING_STEPS."""
     return max(MEASURING_STEPS, min(warmup_steps, MOST_MEASURING_STEPS))
-
-
-def typical_step_seconds(step_seconds: list[float]) -> float:
-    """The median of the timed steps' seconds: one slow step (a first allocation, a neighbour's burst on a
-    shared machine) moves a mean of a few steps by half, and the whole run's count with it."""
-    return statistics.median(step_seconds)
 
 
 def save_seconds(parameters: int) -> float:

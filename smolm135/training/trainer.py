@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -23,7 +24,6 @@ from smolm135.training.budget import (
     fixing_step,
     save_seconds,
     steps_within,
-    typical_step_seconds,
 )
 from smolm135.training.chat import (
     answer_sample,
@@ -277,10 +277,12 @@ class StepBudget:
         self.marks.append(self.clock())
 
     def step_seconds(self) -> float:
-        """A step's seconds: the typical one of the steps after the warm-up step, or the warm-up step itself
-        when this process took no other yet (a run resumed just before the count was fixed)."""
+        """A step's seconds: the median of the steps after the warm-up step, or the warm-up step itself when
+        this process took no other yet (a run resumed just before the count was fixed). The median, because one
+        slow step (a first allocation, a neighbour's burst on a shared machine) moves a mean of a few steps by
+        half, and the whole run's count with it."""
         seconds = [after - before for before, after in zip(self.marks, self.marks[1:])]
-        return typical_step_seconds(seconds[1:] or seconds)
+        return statistics.median(seconds[1:] or seconds)
 
     def costs(self, run: Run) -> Costs:
         step = self.step_seconds()
